@@ -1,0 +1,58 @@
+"""Angles, Attribute Score and Image Score in degrees (METHOD.md section 3)."""
+from __future__ import annotations
+
+import torch
+
+
+class ScoreError(ValueError):
+    pass
+
+
+def _unit(x: torch.Tensor, what: str) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if not torch.isfinite(x).all():
+        raise ScoreError(f"{what} contains NaN/Inf")
+    if (norm == 0).any():
+        n = int((norm == 0).sum())
+        raise ScoreError(f"{what} has {n} zero vector(s): the angle is undefined")
+    return x / norm
+
+
+def angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle between rows of a and b (broadcast over leading dims), in degrees.
+
+    Uses atan2(|a x b|, a.b) on unit vectors, which stays accurate near 0 and 180 degrees
+    where arccos of a clamped cosine loses half the digits.
+    """
+    ua, ub = torch.broadcast_tensors(_unit(a, "first argument"), _unit(b, "second argument"))
+    dot = (ua * ub).sum(-1)
+    cross = torch.linalg.vector_norm(ua - ub * dot.unsqueeze(-1), dim=-1)  # |ua| sin(theta)
+    return torch.rad2deg(torch.atan2(cross, dot))
+
+
+def _text_rows(text: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    text = torch.as_tensor(text, device=z.device, dtype=z.dtype)
+    if text.shape[-1] != z.shape[-1]:
+        raise ScoreError(f"text embedding has {text.shape[-1]} dims, image embeddings have {z.shape[-1]}")
+    if text.dim() == 1:
+        return text.expand_as(z)
+    if text.shape != z.shape:
+        raise ScoreError(f"text must be one vector (d,) or one per row {tuple(z.shape)}, got {tuple(text.shape)}")
+    return text
+
+
+def attribute_score(z: torch.Tensor, z_eq: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """AS = angle(T(f), t) - angle(T(f~), t). Positive: the equivalent is closer to t."""
+    t = _text_rows(text, z)
+    return angle_deg(z, t) - angle_deg(z_eq, t)
+
+
+def image_score(z: torch.Tensor, z_eq: torch.Tensor) -> torch.Tensor:
+    """IS = angle(T(f), T(f~))."""
+    return angle_deg(z, z_eq)
+
+
+def concept_angles(z: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+    """(B, d) x (K, d) -> (B, K) angles in degrees, one matmul."""
+    cos = _unit(z, "image embeddings") @ _unit(concepts, "concept embeddings").T
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
