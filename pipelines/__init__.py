@@ -1,0 +1,1 @@
+"""Everything that moves data: model loading, image decoding, shards, Ray jobs, CLI."""

@@ -1,0 +1,205 @@
+"""`sing audit`: webdataset shards -> decode once -> classifier actors -> per-shard Parquet.
+
+Everything that can be checked is checked on the driver before Ray starts any work:
+shards exist, model names resolve, each translator fits its model (dims and source
+model), text embeddings fit the translator's CLIP space.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .collect import ModelTarget, ShardCollector
+from .layout import check_run_id, count_rows, derive_run_id, is_done
+from .manifest import code_version, load_manifest, utc_now, write_manifest
+
+log = logging.getLogger("sing.audit")
+
+
+@dataclass
+class AuditConfig:
+    models: list[str]
+    translators: list[str]  # one per model, or one shared by all
+    shards: list[str]
+    out: str
+    concepts: str | None = None
+    run_id: str | None = None
+    templates: str = "single"
+    class_text: str | None = None  # cached `sing embed-text` Parquet for the class prompts
+    batch_size: int = 64
+    num_actors: int | None = None
+    rank_atol: float | None = 1e-5
+    rank_rtol: float | None = None
+    device: str | None = None
+    threads: int | None = None
+    max_pixels: int | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    spec: str
+    model_id: str
+    slug: str
+    sha256: str | None
+    preprocess: object
+    class_names: list[str]
+    decomposition: object
+    translator_path: str
+    translator: object
+    class_text: np.ndarray
+    concept_text: np.ndarray | None
+
+
+def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
+    """Load each classifier once on the driver (CPU) to validate and describe it."""
+    from sing_ops import HeadDecomposition, Translator
+
+    from .clip_models import TEMPLATES, load_clip
+    from .models import load_classifier
+    from .text import CONCEPT_TEMPLATES, embed_texts, load_embeddings
+
+    if len(cfg.translators) not in (1, len(cfg.models)):
+        raise ValueError(f"give one --translator, or one per --model ({len(cfg.models)}), "
+                         f"got {len(cfg.translators)}")
+    if cfg.templates not in TEMPLATES:
+        raise ValueError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
+    clip_cache: dict[str, object] = {}
+    prepared = []
+    for i, spec in enumerate(cfg.models):
+        clf = load_classifier(spec)
+        tpath = cfg.translators[i if len(cfg.translators) > 1 else 0]
+        tr = Translator.load(tpath, in_dim=clf.num_features, source_model=clf.model_id)
+        clip_id = tr.metadata.get("clip_model")
+        if cfg.class_text:
+            names, class_text, _ = load_embeddings(cfg.class_text, clip_model=clip_id)
+            if names != list(clf.class_names):
+                raise ValueError(f"--class-text {cfg.class_text} has {len(names)} entries that do not match "
+                                 f"{clf.model_id}'s {clf.num_classes} class names")
+        else:
+            clip = clip_cache.get(clip_id) or clip_cache.setdefault(clip_id, load_clip(clip_id))
+            class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[cfg.templates])
+        concept_text = None
+        if concepts:
+            clip = clip_cache.get(clip_id) or clip_cache.setdefault(clip_id, load_clip(clip_id))
+            concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
+        if class_text.shape[1] != tr.out_dim:
+            raise ValueError(f"class text embeddings are {class_text.shape[1]}-d but translator {tpath} "
+                             f"outputs {tr.out_dim}-d")
+        dec = HeadDecomposition.from_weight(clf.head_weight, atol=cfg.rank_atol, rtol=cfg.rank_rtol)
+        if dec.null_dim == 0:
+            log.warning("%s: the head has no null space (%d classes >= %d features); AS/IS will be NULL",
+                        clf.model_id, clf.num_classes, clf.num_features)
+        prepared.append(_Prepared(spec, clf.model_id, clf.slug, clf.checkpoint_sha256, clf.preprocess,
+                                  list(clf.class_names), dec, tpath, tr, class_text, concept_text))
+    slugs = [p.slug for p in prepared]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"the same model is given twice: {slugs}")
+    return prepared
+
+
+def run_audit(cfg: AuditConfig) -> dict:
+    from .model_stage import ScoreActor, pick_device
+    from .read_stage import read_decode, unique_views
+    from .ray_session import cluster_cpus, cluster_gpus, configure_data_context, ensure_ray
+    from .shards import expand_shards, shard_name
+    from .text import read_lines
+
+    started = utc_now()
+    shards = expand_shards(cfg.shards)
+    names = [shard_name(s) for s in shards]
+    if len(set(names)) != len(names):
+        raise ValueError("two shards share a file name; shard names key the output files")
+    concepts = read_lines(cfg.concepts) if cfg.concepts else None
+    prepared = prepare_models(cfg, concepts)
+    run_id = check_run_id(cfg.run_id) if cfg.run_id else derive_run_id("audit", {
+        "models": [p.model_id for p in prepared], "sha": [p.sha256 for p in prepared],
+        "translators": [p.translator.id for p in prepared], "shards": names, "concepts": concepts,
+        "templates": cfg.templates, "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol})
+    targets = []
+    for i, p in enumerate(prepared):
+        done = {n for n in names if is_done(cfg.out, p.slug, run_id, n)}
+        targets.append(ModelTarget(f"m{i}", p.slug, p.class_names, p.decomposition.null_dim,
+                                   concepts or [], done))
+    todo = [s for s, n in zip(shards, names) if any(n not in t.skip_shards for t in targets)]
+    skipped = len(shards) - len(todo)
+    manifest = {
+        "kind": "audit", "status": "running", "started_at": started, "code_version": code_version(),
+        "models": [{"model_id": p.model_id, "slug": p.slug, "checkpoint_sha256": p.sha256,
+                    "num_features": p.decomposition.num_features, "num_classes": len(p.class_names),
+                    **p.decomposition.summary(), "preprocess": asdict(p.preprocess),
+                    "translator": {"path": str(p.translator_path), "id": p.translator.id,
+                                   "clip_model": p.translator.metadata.get("clip_model"),
+                                   "lambda": p.translator.metadata.get("lambda")}}
+                   for p in prepared],
+        "config": {**{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra, "argv": sys.argv},
+        "shards": {"total": len(shards), "skipped_done": skipped, "todo": len(todo)},
+        "concepts": concepts,
+    }
+    previous = load_manifest(cfg.out, run_id)
+    if previous:
+        manifest["resumed_from"] = {k: previous.get(k) for k in ("started_at", "status", "stage_seconds")}
+    write_manifest(cfg.out, run_id, manifest)
+    log.info("run %s: %d shards, %d already done, %d to do", run_id, len(shards), skipped, len(todo))
+
+    collector = ShardCollector(cfg.out, run_id, targets, on_shard_done=_progress(len(todo)))
+    t0 = time.perf_counter()
+    if todo:
+        ray = ensure_ray()
+        from ray.data import ActorPoolStrategy
+
+        configure_data_context(cfg.progress)
+        views = unique_views([p.preprocess for p in prepared])
+        gpus = cluster_gpus() if pick_device(cfg.device).type == "cuda" else 0.0
+        # Leave CPUs for the read/decode tasks: actors take fractional CPUs (two 1-CPU
+        # actors on a 2-core box starve the read stage forever).
+        n_actors = cfg.num_actors or max(1, int(gpus) if gpus else 1)
+        ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(read_decode, batch_size=1, fn_kwargs={"views": views, "max_pixels": cfg.max_pixels},
+                            num_cpus=1)
+        for i, p in enumerate(prepared):
+            last = i == len(prepared) - 1
+            ds = ds.map_batches(
+                ScoreActor, batch_size=cfg.batch_size,
+                compute=ActorPoolStrategy(min_size=n_actors, max_size=n_actors),
+                num_cpus=0.5 if not gpus else 1, num_gpus=(1.0 / len(prepared)) if gpus else 0,
+                fn_constructor_kwargs=dict(
+                    prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path),
+                    class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,
+                    rank_rtol=cfg.rank_rtol, view=p.preprocess, device=cfg.device,
+                    threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))),
+                    drop_views=[f"img:{v.view_key}" for v in views] if last else ()))
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            collector.add(batch)
+        if collector.unfinished():
+            raise RuntimeError(f"stream ended with incomplete shards {collector.unfinished()}; rerun to retry them")
+    wall = time.perf_counter() - t0
+    manifest.update({
+        "status": "complete", "finished_at": utc_now(), "wall_seconds": round(wall, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in collector.stage_seconds.items()},
+        "shards": {**manifest["shards"], "written": len(collector.done_shards)},
+        "counts": {p.slug: {"images": count_rows(cfg.out, "images", p.slug, run_id),
+                            "errors": count_rows(cfg.out, "errors", p.slug, run_id),
+                            "images_this_session": collector.counts.get(f"{p.slug}/images", 0)}
+                   for p in prepared},
+        "run_id": run_id,
+    })
+    write_manifest(cfg.out, run_id, manifest)
+    return manifest
+
+
+def _progress(total: int):
+    state = {"n": 0, "rows": 0, "t0": time.perf_counter()}
+
+    def cb(shard: str, rows: int):
+        state["n"] += 1
+        state["rows"] += rows
+        rate = state["rows"] / max(time.perf_counter() - state["t0"], 1e-9)
+        log.info("shard %s written (%d/%d shards, %d images, %.1f img/s)", shard, state["n"], total,
+                 state["rows"], rate)
+    return cb

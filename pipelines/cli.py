@@ -1,0 +1,188 @@
+"""The `sing` command line. Each subcommand is a thin layer over a function you can call
+from Python; errors in the user's input print one line and exit 2 before any work."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _add_model_help(p):
+    p.epilog = ("MODEL: timm:NAME[.TAG] | torchvision:NAME | ARCH@random | ARCH@/path/ckpt.safetensors|.pt | lite0.  "
+                "CLIP: openclip:ARCH@TAG | openclip:ARCH@random | openclip:tiny@random")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sing", description="SING at dataset scale: what image classifiers hide "
+                                                         "in their null space.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="less logging, no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sh = sub.add_parser("shards", help="make webdataset shards").add_subparsers(dest="shards_cmd", required=True)
+    mk = sh.add_parser("make", help="ImageFolder tree (SRC/<class>/*.jpg) -> webdataset shards (jpg+cls+json)")
+    mk.add_argument("src")
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--per-shard", type=int, default=1000)
+    mk.add_argument("--class-index", help="JSON {folder name: class index}; default: ImageNet synsets, else sorted")
+    mk.add_argument("--prefix", default="shard")
+
+    et = sub.add_parser("embed-text", help="cache CLIP text embeddings of class prompts or a concept vocabulary")
+    et.add_argument("--clip", required=True)
+    src = et.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="text file, one class name / concept per line")
+    src.add_argument("--classes", choices=["imagenet"], help="the 1000 ImageNet class names")
+    et.add_argument("--templates", default="single", help="single | ensemble (class prompts)")
+    et.add_argument("--raw", action="store_true", help="embed each line as is, no template")
+    et.add_argument("--out", required=True)
+    _add_model_help(et)
+
+    ft = sub.add_parser("fit-translator", help="fit the feature -> CLIP translator in one streaming pass")
+    ft.add_argument("--model", required=True)
+    ft.add_argument("--clip", required=True)
+    ft.add_argument("--shards", required=True, nargs="+", help="glob(s), brace ranges or fsspec URLs")
+    ft.add_argument("--heldout-shards", nargs="+", help="shards held out to choose lambda (default: last 10%%)")
+    ft.add_argument("--lambdas", type=float, nargs="+", help="ridge penalties to try (default: relative grid)")
+    ft.add_argument("--templates", default="single")
+    ft.add_argument("--batch-size", type=int, default=64)
+    ft.add_argument("--device")
+    ft.add_argument("--out", required=True, help="translator .safetensors path (report goes to OUT.report.json)")
+    _add_model_help(ft)
+
+    au = sub.add_parser("audit", help="per-image SING scores over shards -> Parquet")
+    au.add_argument("--model", required=True, action="append", help="repeat to audit several models in one decode")
+    au.add_argument("--translator", required=True, action="append", help="one, or one per --model")
+    au.add_argument("--shards", required=True, nargs="+")
+    au.add_argument("--out", required=True)
+    au.add_argument("--concepts", help="text file of concepts (one per line)")
+    au.add_argument("--class-text", help="class prompt embeddings from `sing embed-text` (default: computed)")
+    au.add_argument("--templates", default="single")
+    au.add_argument("--run-id")
+    au.add_argument("--batch-size", type=int, default=64)
+    au.add_argument("--num-actors", type=int)
+    au.add_argument("--rank-atol", type=float, default=1e-5)
+    au.add_argument("--rank-rtol", type=float)
+    au.add_argument("--device")
+    au.add_argument("--max-pixels", type=int, help="decompression-bomb guard (default: PIL's)")
+    _add_model_help(au)
+
+    dm = sub.add_parser("demo", help="end to end on real photos shipped with scikit-image/scikit-learn")
+    dm.add_argument("--out", default="sing_demo_out")
+    dm.add_argument("--images-per-photo", type=int, default=12)
+    dm.add_argument("--offline", action="store_true", help="do not try to download pretrained weights")
+
+    bn = sub.add_parser("bench", help="pipeline throughput vs bare model forward, naive loop, memory")
+    bn.add_argument("--model", default="torchvision:resnet50@random")
+    bn.add_argument("--images", type=int, default=192)
+    bn.add_argument("--batch-size", type=int, default=32)
+    bn.add_argument("--out", help="keep the benchmark's shards and results here")
+
+    sub.add_parser("bench-ops", help="SING ops vs one ResNet50 forward (python -m sing_ops.bench)",
+                   add_help=False)
+    sub.add_parser("query", help="run a named SQL query over results (sing query --help)", add_help=False)
+    sub.add_parser("report", help="PNG figures and index.html over results (sing report --help)", add_help=False)
+    return p
+
+
+def _cmd_shards_make(a):
+    from .shards import make_shards
+
+    paths = make_shards(a.src, a.out, per_shard=a.per_shard, class_index=a.class_index, prefix=a.prefix)
+    print(f"wrote {len(paths)} shards to {a.out}")
+    return EXIT_OK
+
+
+def _cmd_embed_text(a):
+    from .clip_models import TEMPLATES, load_clip
+    from .text import CONCEPT_TEMPLATES, embed_texts, read_lines, save_embeddings
+
+    if a.classes:
+        from .imagenet_classes import imagenet_class_names
+
+        names = imagenet_class_names()
+    else:
+        names = read_lines(a.prompts)
+    if a.raw:
+        templates = ["{}"]
+    elif a.templates == "concept":
+        templates = CONCEPT_TEMPLATES
+    elif a.templates in TEMPLATES:
+        templates = TEMPLATES[a.templates]
+    else:
+        raise ValueError(f"unknown templates {a.templates!r}; choose from {sorted(TEMPLATES) + ['concept']}")
+    clip = load_clip(a.clip)
+    path = save_embeddings(a.out, names, embed_texts(clip, names, templates), clip.model_id, templates)
+    print(f"wrote {len(names)} embeddings ({clip.embed_dim}-d, {clip.model_id}) to {path}")
+    return EXIT_OK
+
+
+def _cmd_fit(a):
+    from .fit import FitConfig, run_fit
+
+    rep = run_fit(FitConfig(model=a.model, clip=a.clip, shards=a.shards, out=a.out, heldout_shards=a.heldout_shards,
+                            lambdas=a.lambdas, templates=a.templates, batch_size=a.batch_size, device=a.device,
+                            progress=not a.quiet))
+    h, zs = rep["heldout"], rep["zero_shot_top1"]
+    print(f"translator {rep['translator_path']} (id {rep['translator_id']}): {rep['n_train']} train / "
+          f"{rep['n_heldout']} held-out images, lambda={rep['lambda']:.4g}")
+    print(f"held-out MSE {h['mse']:.4g}  R^2 {h['r2']:.3f}  mean cosine {h['mean_cosine']:.3f}")
+    print(f"zero-shot top-1: T(f) {zs['translated']:.3f}  CLIP {zs['clip']:.3f}  (classifier {zs['classifier']:.3f})")
+    return EXIT_OK
+
+
+def _cmd_audit(a):
+    from .audit import AuditConfig, run_audit
+
+    man = run_audit(AuditConfig(models=a.model, translators=a.translator, shards=a.shards, out=a.out,
+                                concepts=a.concepts, class_text=a.class_text, templates=a.templates, run_id=a.run_id,
+                                batch_size=a.batch_size, num_actors=a.num_actors, rank_atol=a.rank_atol,
+                                rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
+                                progress=not a.quiet))
+    print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
+    for slug, c in man["counts"].items():
+        print(f"  {slug}: {c['images']} images, {c['errors']} errors")
+    print(f"manifest: {os.path.join(a.out, 'runs', man['run_id'] + '.json')}")
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Subcommands implemented by other packages parse their own arguments.
+    passthrough = {"query": ("queries.runner", "cli_query"), "report": ("queries.report", "cli_report"),
+                   "bench-ops": ("sing_ops.bench", "main")}
+    if argv and argv[0] in passthrough:
+        import importlib
+
+        mod, fn = passthrough[argv[0]]
+        rc = getattr(importlib.import_module(mod), fn)(argv[1:])
+        return rc if isinstance(rc, int) else EXIT_OK
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    handlers = {"shards": _cmd_shards_make, "embed-text": _cmd_embed_text, "fit-translator": _cmd_fit,
+                "audit": _cmd_audit}
+    if args.command == "demo":
+        from .demo import run_demo_cli as handler
+    elif args.command == "bench":
+        from .bench import run_bench_cli as handler
+    else:
+        handler = handlers[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        if args.debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"sing {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"sing {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Ray Data stage 2: actors that hold a model and turn decoded images into numbers.
+
+`ScoreActor`   classifier forward + SING ops -> per-image score columns (audit).
+`FeatureActor` classifier (or CLIP image tower) forward -> raw embedding column (fit).
+Several actors can be chained on one decoded stream (one decode, many models): each
+writes columns under its own prefix `<prefix>/...` and passes the rest through.
+Rows that are not "ok" pass through untouched; a row a model cannot score (NaN feature,
+label outside the head) gets `<prefix>/error` instead of failing the batch.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from .read_stage import view_column
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _set_threads(threads: int | None):
+    # Ray pins OMP_NUM_THREADS to the actor's logical CPUs; on a small CPU-only box we
+    # want the forward to use the cores the read stage leaves idle.
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class _ModelActor:
+    def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None):
+        from .images import normalise
+
+        _set_threads(threads)
+        self.prefix, self.view, self.col = prefix, view, view_column(view)
+        self.drop = set(drop_views)
+        self.device = pick_device(device)
+        self.cuda = self.device.type == "cuda"
+        self._normalise = normalise
+
+    def _inputs(self, batch, ok):
+        x = torch.from_numpy(np.ascontiguousarray(batch[self.col][ok])).to(self.device, non_blocking=True)
+        return self._normalise(x, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
+                               channels_last=self.cuda)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+
+    def _passthrough(self, batch):
+        return {k: v for k, v in batch.items() if k not in self.drop}
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+class ScoreActor(_ModelActor):
+    """Holds one classifier, its head decomposition, the translator and text embeddings."""
+
+    def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
+                 rank_rtol=None, drop_views=(), device=None, threads=None, view=None):
+        from sing_ops import AuditScorer, HeadDecomposition, Translator
+
+        from .models import load_classifier
+
+        clf = load_classifier(model_spec)
+        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads)
+        self.clf = clf.to(self.device, channels_last=self.cuda)
+        dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
+        tr = Translator.load(translator_path, in_dim=clf.num_features, source_model=clf.model_id)
+        self.scorer = AuditScorer(clf.head_weight, dec, tr, class_text, concept_text, device=self.device)
+        self.num_classes = clf.num_classes
+
+    def __call__(self, batch: dict) -> dict:
+        out = self._passthrough(batch)
+        n = len(batch["key"])
+        p = self.prefix
+        ok = batch["status"] == "ok"
+        labels = batch["label"]
+        bad_label = ok & ((labels < 0) | (labels >= self.num_classes))
+        run = ok & ~bad_label
+        err = np.full(n, "", dtype=object)
+        err[bad_label] = [f"label {int(v)} outside the head's {self.num_classes} classes" for v in labels[bad_label]]
+        cols = {k: np.full(n, np.nan, dtype=np.float32) for k in
+                ("as_deg", "is_deg", "pred_as_deg", "logit_drift", "null_norm_frac")}
+        cols["pred"] = np.full(n, -1, dtype=np.int64)
+        k = 0 if self.scorer.concept_text is None else self.scorer.concept_text.shape[0]
+        before = np.full((n, k), np.nan, dtype=np.float32)
+        after = np.full((n, k), np.nan, dtype=np.float32)
+        t0 = time.perf_counter()
+        t_fwd = t_ops = 0.0
+        if run.any():
+            idx = np.flatnonzero(run)
+            with torch.inference_mode(), self._autocast():
+                f, logits = self.clf.features_and_logits(self._inputs(batch, run))
+            f, logits = f.float(), logits.float()
+            self._sync()
+            t_fwd = time.perf_counter() - t0
+            finite = torch.isfinite(f).all(-1).cpu().numpy()
+            if not finite.all():
+                err[idx[~finite]] = "non-finite (NaN/Inf) classifier features"
+                idx, f, logits = idx[finite], f[torch.from_numpy(finite).to(f.device)], logits[
+                    torch.from_numpy(finite).to(f.device)]
+            if len(idx):
+                res = self.scorer.score(f, torch.from_numpy(labels[idx]), logits)
+                for name in cols:
+                    cols[name][idx] = res[name].cpu().numpy()
+                if k:
+                    before[idx] = res["concept_before"].cpu().numpy()
+                    after[idx] = res["concept_after"].cpu().numpy()
+            self._sync()
+            t_ops = time.perf_counter() - t0 - t_fwd
+        for name, arr in cols.items():
+            out[f"{p}/{name}"] = arr
+        if k:
+            out[f"{p}/concept_before"] = before
+            out[f"{p}/concept_after"] = after
+        out[f"{p}/error"] = err
+        out[f"{p}/t_forward"] = _first_only(n, t_fwd)
+        out[f"{p}/t_ops"] = _first_only(n, t_ops)
+        return out
+
+
+class FeatureActor(_ModelActor):
+    """Classifier penultimate features (kind="classifier") or CLIP image embeddings (kind="clip")."""
+
+    def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None):
+        if kind == "classifier":
+            from .models import load_classifier
+
+            model = load_classifier(model_spec)
+        elif kind == "clip":
+            from .clip_models import load_clip
+
+            model = load_clip(model_spec)
+        else:
+            raise ValueError(f"unknown feature kind {kind!r}")
+        super().__init__(prefix, model.preprocess, drop_views, device, threads)
+        self.kind = kind
+        self.dim = model.num_features if kind == "classifier" else model.embed_dim
+        self.model = model.to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        out = self._passthrough(batch)
+        n = len(batch["key"])
+        ok = batch["status"] == "ok"
+        t0 = time.perf_counter()
+        emb = np.zeros((n, self.dim), dtype=np.float32)
+        if ok.any():
+            with torch.inference_mode(), self._autocast():
+                x = self._inputs(batch, ok)
+                e = self.model.features_and_logits(x)[0] if self.kind == "classifier" else self.model.encode_image(x)
+            emb[ok] = e.float().cpu().numpy()
+        out[f"{self.prefix}/emb"] = emb
+        out[f"{self.prefix}/t_forward"] = _first_only(n, time.perf_counter() - t0)
+        return out
+
+
+def _first_only(n: int, value: float) -> np.ndarray:
+    """A per-batch number stored on the batch's first row (so sums over rows are exact)."""
+    a = np.zeros(n, dtype=np.float64)
+    if n:
+        a[0] = value
+    return a
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

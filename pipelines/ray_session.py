@@ -1,0 +1,45 @@
+"""One place that starts (or joins) Ray, with settings that suit both a laptop and a cluster."""
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False):
+    """Join RAY_ADDRESS / `address` when given (a cluster), else start a local Ray.
+
+    Already initialised (tests share one session): reuse it.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"include_dashboard": False, "log_to_driver": not quiet}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return ray
+
+
+def configure_data_context(progress: bool = True):
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False  # the collector regroups by shard itself
+    ctx.enable_progress_bars = progress
+    return ctx
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
