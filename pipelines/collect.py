@@ -61,9 +61,20 @@ class ShardCollector:
         self.counts = defaultdict(int)
         self.on_shard_done = on_shard_done
         self.done_shards: list[str] = []
+        # steady-state throughput: rows arriving after the first batch, over that time
+        self.first_batch_at: float | None = None
+        self.last_batch_at: float | None = None
+        self.rows_after_first = 0
 
     def add(self, batch: dict) -> None:
         status = batch["status"]
+        now = time.perf_counter()
+        n_body = int((status != "end").sum())
+        if self.first_batch_at is None:
+            self.first_batch_at = now
+        else:
+            self.rows_after_first += n_body
+        self.last_batch_at = now
         for t in self.targets:
             self.stage_seconds["forward"] += float(batch[f"{t.prefix}/t_forward"].sum())
             self.stage_seconds["sing_ops"] += float(batch[f"{t.prefix}/t_ops"].sum())
@@ -150,6 +161,12 @@ class ShardCollector:
         write_table_atomic(images, path("images"))  # last: its presence marks the shard done
         self.counts[f"{t.slug}/images"] += n
         self.counts[f"{t.slug}/errors"] += errors.num_rows
+
+    def steady_rate(self) -> float | None:
+        """Images/s once the stream is flowing (excludes Ray and actor start-up)."""
+        if self.first_batch_at is None or self.last_batch_at <= self.first_batch_at:
+            return None
+        return self.rows_after_first / (self.last_batch_at - self.first_batch_at)
 
     def unfinished(self) -> list[str]:
         return sorted(self.pending)

@@ -1,0 +1,196 @@
+"""`sing bench`: is the pipeline as fast as the model allows, and does it stream?
+
+Measured in one run, on this machine, with the same model, batch size, device and
+precision throughout:
+  1. bare forward: the classifier on in-memory random tensors (the ceiling);
+  2. pipeline: `sing audit` over JPEG shards (read, decode, forward, SING ops, Parquet);
+     steady-state images/s (after the first batch, so Ray/actor start-up is excluded) and
+     end-to-end images/s (start-up included) are both reported;
+  3. naive loop: what single-image code does (decode, forward, score, one at a time);
+  4. peak RSS of the whole process tree (driver + Ray workers) for 1x and 4x the images.
+Prints ratios last.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _make_jpegs(root: Path, n: int, n_classes: int = 8, seed: int = 0) -> Path:
+    """Photo-sized JPEGs (500x375, smooth shapes + noise: decodes like a real photo)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:375, 0:500]
+    for i in range(n):
+        c = i % n_classes
+        d = root / f"class_{c:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        fx, fy, ph = rng.uniform(0.005, 0.05, 3)
+        base = np.stack([np.sin(xx * fx + ph), np.cos(yy * fy - ph), np.sin((xx + yy) * (fx + fy) / 2)], -1)
+        img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"img_{i:05d}.jpg", quality=90)
+    return root
+
+
+def _rss_tree(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _peak_rss_of(cmd: list[str], env: dict) -> tuple[int, int, str]:
+    """Run cmd; sample RSS of its whole process tree every 100 ms. (peak bytes, rc, tail)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _rss_tree(proc.pid))
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    th.join()
+    return peak[0], proc.returncode, out[-2000:]
+
+
+def _bench_translator(clf, path: Path) -> Path:
+    """A random translator with the right metadata (numbers are not the point here)."""
+    import torch
+
+    from sing_ops import Translator
+
+    from .clip_models import load_clip
+
+    clip = load_clip("openclip:tiny@random")
+    g = torch.Generator().manual_seed(0)
+    t = Translator(torch.randn(clip.embed_dim, clf.num_features, generator=g) / clf.num_features**0.5,
+                   torch.randn(clip.embed_dim, generator=g),
+                   {"source_model": clf.model_id, "clip_model": clip.model_id})
+    return t.save(path)
+
+
+def bare_forward_rate(clf, batch_size: int, n_images: int, threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.randn(batch_size, 3, clf.preprocess.size, clf.preprocess.size)
+    with torch.inference_mode():
+        clf.features_and_logits(x)  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while n < n_images:
+            clf.features_and_logits(x)
+            n += batch_size
+    return n / (time.perf_counter() - t0)
+
+
+def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images: int, threads: int) -> float:
+    """Single-image code: for each image decode -> transform -> forward -> SING scores."""
+    import torch
+
+    from sing_ops import AuditScorer, HeadDecomposition, Translator
+
+    from .images import decode_image, normalise, to_uint8_view
+    from .shards import Sample, iter_shard
+
+    torch.set_num_threads(threads)
+    tr = Translator.load(translator_path)
+    dec = HeadDecomposition.from_weight(clf.head_weight)
+    text = torch.randn(clf.num_classes, tr.out_dim)
+    samples = [s for p in shard_paths for s in iter_shard(p) if isinstance(s, Sample)][:n_images]
+    t0 = time.perf_counter()
+    for s in samples:
+        # the single-image path rebuilds its projector and scorer per image, like one-image code
+        scorer = AuditScorer(clf.head_weight, dec, tr, text)
+        u8 = torch.from_numpy(to_uint8_view(decode_image(s.image), clf.preprocess))[None]
+        with torch.inference_mode():
+            f, logits = clf.features_and_logits(normalise(u8, clf.preprocess))
+        scorer.score(f, torch.tensor([s.label % clf.num_classes]), logits)
+    return len(samples) / (time.perf_counter() - t0)
+
+
+def run_bench(model: str, n_images: int, batch_size: int, out: str | None = None) -> dict:
+    from .models import load_classifier
+    from .shards import make_shards
+
+    work = Path(out) if out else Path(tempfile.mkdtemp(prefix="sing-bench-"))
+    threads = os.cpu_count() or 1
+    clf = load_classifier(model)
+    tpath = _bench_translator(clf, work / "translator.safetensors")
+    shards = {}
+    for mult in (1, 4):
+        src = work / f"jpeg_{mult}x"
+        if not src.is_dir():
+            _make_jpegs(src, n_images * mult, seed=mult)
+        sd = work / f"shards_{mult}x"
+        if not any(sd.glob("*.tar")):
+            make_shards(str(src), str(sd), per_shard=max(batch_size, n_images // 4))
+        shards[mult] = sorted(str(p) for p in sd.glob("*.tar"))
+
+    print(f"[bench] model {clf.model_id}, {n_images} images, batch {batch_size}, {threads} threads, CPU")
+    bare = bare_forward_rate(clf, batch_size, max(n_images // 2, 2 * batch_size), threads)
+    print(f"[bench] bare forward: {bare:.2f} img/s")
+    naive = naive_loop_rate(clf, tpath, shards[1], min(n_images, 24), threads)
+    print(f"[bench] naive per-image loop: {naive:.2f} img/s")
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    results = {}
+    for mult in (1, 4):
+        res_dir = work / f"results_{mult}x"
+        cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", model, "--translator", str(tpath),
+               "--shards", *shards[mult], "--out", str(res_dir), "--batch-size", str(batch_size),
+               "--run-id", f"bench-{mult}x-{int(time.time())}"]
+        t0 = time.perf_counter()
+        peak, rc, tail = _peak_rss_of(cmd, env)
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            raise RuntimeError(f"benchmark audit failed (rc {rc}):\n{tail}")
+        man = json.loads(sorted((res_dir / "runs").glob("*.json"))[-1].read_text())
+        results[mult] = {"peak_rss_mb": peak / 2**20, "wall_s": wall, "manifest": man}
+        print(f"[bench] pipeline {mult}x ({n_images * mult} images): steady "
+              f"{man['steady_images_per_second'] or float('nan'):.2f} img/s, end-to-end "
+              f"{n_images * mult / wall:.2f} img/s, peak RSS {peak / 2**20:.0f} MiB")
+    man = results[4]["manifest"]
+    stages = man["stage_seconds"]
+    print("[bench] stage seconds (4x run; summed over workers): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items())))
+    steady = man["steady_images_per_second"] or 0.0
+    report = {
+        "bare_forward_ips": bare, "pipeline_steady_ips": steady,
+        "pipeline_end_to_end_ips": 4 * n_images / results[4]["wall_s"], "naive_ips": naive,
+        "peak_rss_mb_1x": results[1]["peak_rss_mb"], "peak_rss_mb_4x": results[4]["peak_rss_mb"],
+        "stage_seconds": stages,
+    }
+    print(f"peak RSS 1x {report['peak_rss_mb_1x']:.0f} MiB, 4x {report['peak_rss_mb_4x']:.0f} MiB "
+          f"(ratio {report['peak_rss_mb_4x'] / report['peak_rss_mb_1x']:.2f}; streaming keeps it ~1)")
+    print(f"speed-up over naive per-image loop: {steady / naive:.1f}x (end-to-end "
+          f"{report['pipeline_end_to_end_ips'] / naive:.1f}x)")
+    print(f"ratio pipeline/bare forward: steady {steady / bare:.3f}, end-to-end "
+          f"{report['pipeline_end_to_end_ips'] / bare:.3f} (goal >= 0.85 steady on CPU)")
+    return report
+
+
+def run_bench_cli(args) -> int:
+    run_bench(args.model, args.images, args.batch_size, args.out)
+    return 0
