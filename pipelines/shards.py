@@ -66,8 +66,7 @@ def _brace_expand(p: str) -> list[str]:
     elif "," in inner:
         items = inner.split(",")
     else:
-        items = ["{" + inner + "}"]  # literal braces
-        return [p[: m.end()] + rest for rest in _brace_expand(p[m.end():])] if False else [p]
+        return [p]  # literal braces (no range, no list): leave the rest unexpanded
     out = []
     for it in items:
         out.extend(_brace_expand(p[: m.start()] + it + p[m.end():]))
