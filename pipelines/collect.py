@@ -6,6 +6,8 @@ duplicating a row: a shard is either fully on disk or not at all.
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -104,6 +106,11 @@ class ShardCollector:
         self.done_shards.append(shard)
         if self.on_shard_done:
             self.on_shard_done(shard, p.rows)
+        # Fault injection for the kill-and-resume test: a real SIGKILL of the driver at a
+        # known point mid-run (setting it in production would just kill the job).
+        kill_after = os.environ.get("SING_FAULT_KILL_AFTER_SHARDS")
+        if kill_after and len(self.done_shards) >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _write_model(self, shard: str, t: ModelTarget, cols: dict | None) -> None:
         path = lambda table: shard_file(self.out, table, t.slug, self.run_id, shard)  # noqa: E731

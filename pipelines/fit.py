@@ -130,10 +130,10 @@ def run_fit(cfg: FitConfig) -> dict:
     from .text import embed_texts
 
     started = utc_now()
-    train, held = split_shards(cfg)
     if cfg.templates not in TEMPLATES:
         raise FitError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
-    clf, clip = load_classifier(cfg.model), load_clip(cfg.clip)
+    clf, clip = load_classifier(cfg.model), load_clip(cfg.clip)  # unknown names fail first
+    train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
     ray = ensure_ray()
     configure_data_context(cfg.progress)

@@ -109,8 +109,6 @@ def decode_image(data: bytes, max_pixels: int | None = MAX_PIXELS,
         rgb = _to_rgb(img)
     except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"cannot convert {img.format} mode {img.mode} to RGB: {e}") from None
-    if rgb is img:
-        rgb = img
     return rgb
 
 
@@ -131,14 +129,10 @@ def to_uint8_view(img: Image.Image, spec: PreprocessSpec, reducing_gap: float | 
     nw, nh = resized_size(w, h, spec.resize)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), _RESAMPLE[spec.interpolation], reducing_gap=reducing_gap)
-    s = spec.size
-    if nw < s or nh < s:  # torchvision CenterCrop pads with zeros when the crop is larger
-        canvas = Image.new("RGB", (max(nw, s), max(nh, s)), (0, 0, 0))
-        canvas.paste(img, ((max(nw, s) - nw) // 2, (max(nh, s) - nh) // 2))
-        img, nw, nh = canvas, max(nw, s), max(nh, s)
+    s = spec.size  # <= spec.resize <= both sides, so the crop never needs padding
     top = int(round((nh - s) / 2.0))
     left = int(round((nw - s) / 2.0))
-    out = np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+    out = np.array(img.crop((left, top, left + s, top + s)), dtype=np.uint8)  # writable copy
     assert out.shape == (s, s, 3), out.shape
     return out
 

@@ -183,9 +183,10 @@ def _make_sample(key: str, shard: str, parts: dict[str, bytes], require_label: b
 
 def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | SampleError]:
     """Yield Samples and SampleErrors of one tar shard (local path or fsspec URL); never raises
-    on bad data. A damaged tar yields every sample completed before the damage (the sample
-    being read when the damage is hit is dropped: it may be incomplete) and then one
-    SampleError(key='<shard>#truncated', stage='read')."""
+    on bad data. A damaged tar yields every sample before the damage and then one
+    SampleError(key='<shard>#truncated', stage='read'): a sample whose member data is cut is
+    dropped (named in the reason); when the damage is a header (or a missing end of archive),
+    the last sample read is still yielded, since all of its members read so far are intact."""
     shard = shard_name(path)
 
     def damage(reason: str, pending: str | None):
@@ -217,7 +218,9 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
             except StopIteration:
                 break
             except Exception as e:  # noqa: BLE001
-                yield damage(f"corrupt tar header after offset {tf.offset}: {e}", cur_key)
+                if cur_key is not None:
+                    yield _make_sample(cur_key, shard, parts, require_label)
+                yield damage(f"corrupt tar header after offset {tf.offset}: {e}", None)
                 return
             if not m.isfile():
                 continue
@@ -249,13 +252,12 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
         end = tf.offset
         fh.seek(end)
         tail = fh.read(512)
+        if cur_key is not None:
+            yield _make_sample(cur_key, shard, parts, require_label)
         if len(tail) < 512 or tail.strip(b"\0"):
             why = ("file ends without the end-of-archive marker" if len(tail) < 512
                    else "invalid tar header")
-            yield damage(f"{why} at offset {end} of {size} bytes", cur_key)
-            return
-        if cur_key is not None:
-            yield _make_sample(cur_key, shard, parts, require_label)
+            yield damage(f"{why} at offset {end} of {size} bytes", None)
     finally:
         fh.close()
 

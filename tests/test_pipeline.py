@@ -1,0 +1,215 @@
+"""End-to-end: shards -> fit-translator -> audit on tiny random models, with bad samples,
+an independent float64 recomputation of the scores, and kill-and-resume."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pipelines.cli import main as sing
+from tests.pipeline_data import CLASSIFIER, CLIP, bad_shard, photo_folder, truncate
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ray_session):
+    from pipelines.shards import make_shards
+
+    root = tmp_path_factory.mktemp("pipe")
+    make_shards(str(photo_folder(root / "photos", per_class=8)), str(root / "shards"), per_shard=6)
+    expected_bad = bad_shard(root / "shards" / "zz-bad.tar")
+    (root / "broken").mkdir()
+    truncate(root / "shards" / "shard-000000.tar", root / "broken" / "cut.tar")
+    return root, expected_bad
+
+
+@pytest.fixture(scope="module")
+def translator(data):
+    root, _ = data
+    out = root / "tr.safetensors"
+    rc = sing(["-q", "fit-translator", "--model", CLASSIFIER, "--clip", CLIP,
+               "--shards", str(root / "shards" / "shard-*.tar"), "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def audited(data, translator):
+    root, _ = data
+    vocab = root / "concepts.txt"
+    vocab.write_text("red\nstriped\nwooden\n")
+    out = root / "results"
+    rc = sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+               str(root / "shards" / "*.tar"), str(root / "broken" / "cut.tar"), "--out", str(out),
+               "--concepts", str(vocab), "--run-id", "r1"])
+    assert rc == 0
+    return out
+
+
+def _read(out, table):
+    return pl.read_parquet(str(Path(out) / table / "**" / "*.parquet"), hive_partitioning=True)
+
+
+def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
+    """The Ray aggregate path must give the same translator as an in-process float64 solve."""
+    from sing_ops import Translator
+
+    from pipelines.clip_models import load_clip
+    from pipelines.images import decode_image, normalise, to_uint8_view
+    from pipelines.models import load_classifier
+    from pipelines.shards import Sample, iter_shard
+
+    root, _ = data
+    rep = json.loads(Path(f"{translator}.report.json").read_text())
+    assert rep["n_train"] + rep["n_heldout"] == 24 and rep["heldout_shards"] == 1
+    assert len(rep["lambda_grid"]) == 13 and rep["heldout"]["mse"] == min(r["mse"] for r in rep["lambda_grid"])
+    tr = Translator.load(translator, source_model=CLASSIFIER, clip_model=CLIP)
+    clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
+    train = sorted((root / "shards").glob("shard-*.tar"))[:-1]
+    fs, zs = [], []
+    with torch.inference_mode():
+        for p in train:
+            for s in iter_shard(str(p)):
+                assert isinstance(s, Sample)
+                img = decode_image(s.image)
+                fs.append(clf.features_and_logits(normalise(torch.from_numpy(
+                    to_uint8_view(img, clf.preprocess))[None], clf.preprocess))[0][0].double())
+                zs.append(clip.encode_image(normalise(torch.from_numpy(
+                    to_uint8_view(img, clip.preprocess))[None], clip.preprocess))[0].double())
+    f, z = torch.stack(fs).numpy(), torch.stack(zs).numpy()
+    lam = tr.metadata["lambda"]
+    fm, zm = f.mean(0), z.mean(0)
+    a = np.linalg.solve((f - fm).T @ (f - fm) + lam * np.eye(f.shape[1]), (f - fm).T @ (z - zm)).T
+    scale = np.abs(a).max()
+    assert np.abs(tr.weight.double().numpy() - a).max() < 1e-3 * scale
+    assert np.allclose(tr.bias.double().numpy(), zm - a @ fm, atol=1e-3 * (np.abs(zm).max() + 1))
+
+
+def test_audit_rows_errors_and_manifest(data, audited):
+    root, expected_bad = data
+    images, errors = _read(audited, "images"), _read(audited, "errors")
+    # every good (shard, key) exactly once: 24 clean + the 4 odd-format images of the bad
+    # shard (+ what survives in the truncated copy of shard 0, which repeats its keys)
+    assert images.select("shard", "key").n_unique() == images.height
+    assert images.filter(pl.col("shard") != "cut").height == 24 + sum(v == "ok" for v in expected_bad.values())
+    got = {r["key"]: r["stage"] for r in errors.filter(pl.col("shard") == "zz-bad").iter_rows(named=True)}
+    assert got == {k: v for k, v in expected_bad.items() if v != "ok"}
+    bomb = errors.filter(pl.col("key") == "bomb")["reason"][0]
+    assert "100000" in bomb  # the message says how big it claimed to be
+    # the truncated tar: complete samples before the damage are scored, then one read error
+    cut = errors.filter(pl.col("shard") == "cut")
+    assert cut.height == 1 and cut["stage"][0] == "read" and images.filter(pl.col("shard") == "cut").height >= 1
+    assert images["null_dim"].unique().to_list() == [86]
+    assert images["logit_drift"].max() < 1e-3
+    assert (images["abs_as_deg"] - images["as_deg"].abs()).abs().max() < 1e-6
+    man = json.loads((audited / "runs" / "r1.json").read_text())
+    assert man["status"] == "complete" and man["models"][0]["null_dim"] == 86
+    assert man["counts"]["timm-test_resnet-random-num_classes-10"]["images"] == images.height
+    assert set(man["stage_seconds"]) == {"read_decode", "forward", "sing_ops", "write"}
+    assert man["models"][0]["translator"]["clip_model"] == CLIP
+
+
+def test_audit_scores_match_independent_float64(data, translator, audited):
+    """Recompute AS/IS/concept angles for one shard with explicit pinv projectors."""
+    from sing_ops import Translator
+
+    from pipelines.clip_models import load_clip
+    from pipelines.images import decode_image, normalise, to_uint8_view
+    from pipelines.models import load_classifier
+    from pipelines.shards import iter_shard
+    from pipelines.text import CONCEPT_TEMPLATES
+
+    root, _ = data
+    clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
+    tr = Translator.load(translator)
+    w = clf.head_weight.double().numpy()
+    p_n = np.eye(w.shape[1]) - np.linalg.pinv(w) @ w  # independent of the SVD route
+    a, b = tr.weight.double().numpy(), tr.bias.double().numpy()
+    from pipelines.clip_models import TEMPLATES, embed_prompts
+
+    text = embed_prompts(clip, clf.class_names, TEMPLATES["single"]).double().numpy()
+    conc = embed_prompts(clip, ["red", "striped", "wooden"], CONCEPT_TEMPLATES).double().numpy()
+
+    def ang(u, v):
+        return np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
+
+    rows = _read(audited, "images").filter(pl.col("shard") == "shard-000001")
+    concepts = _read(audited, "concepts").filter(pl.col("shard") == "shard-000001")
+    for s in iter_shard(str(root / "shards" / "shard-000001.tar")):
+        u8 = torch.from_numpy(to_uint8_view(decode_image(s.image), clf.preprocess))[None]
+        with torch.inference_mode():
+            f = clf.features_and_logits(normalise(u8, clf.preprocess))[0][0].double().numpy()
+        f_eq = f - p_n @ f
+        z, z_eq = a @ f + b, a @ f_eq + b
+        row = rows.filter(pl.col("key") == s.key).row(0, named=True)
+        t = text[s.label]
+        assert row["as_deg"] == pytest.approx(ang(z, t) - ang(z_eq, t), abs=2e-3)
+        assert row["is_deg"] == pytest.approx(ang(z, z_eq), abs=2e-3)
+        assert row["null_norm_frac"] == pytest.approx(np.linalg.norm(p_n @ f) / np.linalg.norm(f), abs=1e-4)
+        assert row["pred"] == int(np.argmax(w @ f + clf.head_bias.double().numpy()))
+        for k, name in enumerate(["red", "striped", "wooden"]):
+            c = concepts.filter((pl.col("key") == s.key) & (pl.col("concept") == name)).row(0, named=True)
+            assert c["angle_before_deg"] == pytest.approx(ang(z, conc[k]), abs=2e-3)
+            assert c["angle_after_deg"] == pytest.approx(ang(z_eq, conc[k]), abs=2e-3)
+
+
+def test_rerun_of_finished_run_does_no_work_and_duplicates_nothing(data, translator, audited):
+    root, _ = data
+    before = _read(audited, "images").height
+    rc = sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+               str(root / "shards" / "*.tar"), str(root / "broken" / "cut.tar"), "--out", str(audited),
+               "--concepts", str(root / "concepts.txt"), "--run-id", "r1"])
+    assert rc == 0
+    man = json.loads((audited / "runs" / "r1.json").read_text())
+    assert man["shards"]["todo"] == 0 and man["shards"]["skipped_done"] == man["shards"]["total"]
+    assert _read(audited, "images").height == before
+
+
+def test_kill_mid_run_then_rerun_gives_every_key_exactly_once(data, translator, tmp_path):
+    root, _ = data
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", CLASSIFIER, "--translator",
+           str(translator), "--shards", str(root / "shards" / "shard-*.tar"), "--out", str(out)]
+    env = {**os.environ, "SING_FAULT_KILL_AFTER_SHARDS": "2"}
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILLed mid-run
+    done_before = list(out.glob("images/**/*.parquet"))
+    assert 2 <= len(done_before) < 4
+    (done_before[0].parent / ".shard-000003.parquet.123.tmp").write_bytes(b"partial garbage")  # a torn write
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    images = pl.read_parquet(str(out / "images" / "**" / "*.parquet"))
+    assert images.height == images["key"].n_unique() == 24
+    man = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert man["shards"]["skipped_done"] == len(done_before) and man["resumed_from"]["status"] == "running"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["audit", "--model", CLASSIFIER, "--translator", "T", "--shards", "/nonexistent/*.tar", "--out", "o"],
+     "no shard matched"),
+    (["audit", "--model", "timm:resnet5O", "--translator", "T", "--shards", "S", "--out", "o"], "resnet5O"),
+    (["fit-translator", "--model", "nonsense-model", "--clip", CLIP, "--shards", "S", "--out", "o"], "nonsense"),
+])
+def test_bad_input_exits_2_before_work(argv, message, capsys, tmp_path):
+    if "S" in argv:
+        argv = [str(tmp_path / "x.tar") if a == "S" else a for a in argv]
+        (tmp_path / "x.tar").write_bytes(b"")
+    assert sing(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_translator_for_another_model_is_refused(data, translator, capsys):
+    root, _ = data
+    rc = sing(["audit", "--model", "timm:test_resnet@random?num_classes=5", "--translator", str(translator),
+               "--shards", str(root / "shards" / "*.tar"), "--out", str(root / "never")])
+    assert rc == 2
+    assert "was fitted for source model" in capsys.readouterr().err
+    assert not (root / "never").exists()  # nothing was started
