@@ -1,0 +1,49 @@
+"""One decode pass feeding several classifier actors gives exactly what separate runs give."""
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from pipelines.cli import main as sing
+from tests.pipeline_data import photo_folder
+
+pytestmark = pytest.mark.slow
+MODELS = ["timm:test_resnet@random?num_classes=10", "timm:test_vit@random?num_classes=10"]  # two decode views
+
+
+def random_translator(model: str, path, clip="openclip:tiny@random"):
+    """A translator with the right dims and metadata; its values do not matter here."""
+    from sing_ops import Translator
+
+    from pipelines.clip_models import load_clip
+    from pipelines.models import load_classifier
+
+    clf, d = load_classifier(model), load_clip(clip).embed_dim
+    g = torch.Generator().manual_seed(len(model))
+    return Translator(torch.randn(d, clf.num_features, generator=g), torch.randn(d, generator=g),
+                      {"source_model": clf.model_id, "clip_model": clip}).save(path)
+
+
+def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):
+    from pipelines.shards import make_shards
+
+    make_shards(str(photo_folder(tmp_path / "photos", per_class=4)), str(tmp_path / "shards"), per_shard=5)
+    trs = [str(random_translator(m, tmp_path / f"t{i}.safetensors")) for i, m in enumerate(MODELS)]
+    shards = str(tmp_path / "shards" / "*.tar")
+    assert sing(["-q", "audit", "--model", MODELS[0], "--model", MODELS[1], "--translator", trs[0],
+                 "--translator", trs[1], "--shards", shards, "--out", str(tmp_path / "joint"), "--run-id", "j"]) == 0
+    for m, t in zip(MODELS, trs):
+        assert sing(["-q", "audit", "--model", m, "--translator", t, "--shards", shards,
+                     "--out", str(tmp_path / "alone"), "--run-id", "a"]) == 0
+    cols = ["model", "key", "shard", "label", "pred", "as_deg", "is_deg", "pred_as_deg", "logit_drift",
+            "null_norm_frac", "null_dim"]
+    read = lambda d: pl.read_parquet(str(tmp_path / d / "images" / "**" / "*.parquet"),  # noqa: E731
+                                     hive_partitioning=True).select(cols).sort("model", "shard", "key")
+    joint, alone = read("joint"), read("alone")
+    assert joint.height == alone.height == 2 * 12
+    assert joint["model"].n_unique() == 2
+    assert joint.select("model", "key", "shard", "pred", "null_dim").equals(
+        alone.select("model", "key", "shard", "pred", "null_dim"))
+    for c in ("as_deg", "is_deg", "pred_as_deg", "null_norm_frac"):
+        assert (joint[c] - alone[c]).abs().max() < 1e-4, c
