@@ -70,6 +70,63 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--max-pixels", type=int, help="decompression-bomb guard (default: PIL's)")
     _add_model_help(au)
 
+    # issue 5: single-image explanations, retrieval index, null-space steering, validation
+    ex = sub.add_parser("explain", help="SING for a few images: prediction, AS/IS, concepts that moved, neighbours")
+    ex.add_argument("images", nargs="+", metavar="IMAGE", help="image file, or SHARD.tar#KEY (its cls is the label)")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--translator", required=True)
+    ex.add_argument("--concepts", help="concept vocabulary, one per line (default: pipelines/vocab/concepts.txt)")
+    ex.add_argument("--label", help="true class (index or name) for every image; default: the shard's cls, if any")
+    ex.add_argument("--top", type=int, default=5, help="concepts listed per direction")
+    ex.add_argument("--json", dest="json_out", metavar="OUT", help="write the explanations as JSON")
+    ex.add_argument("--index", help="image index from `sing index`: show the nearest real images")
+    ex.add_argument("--k", type=int, default=5, help="nearest images per query (with --index)")
+    ex.add_argument("--sheet", help="contact sheet OUT.html or OUT.png (with --index)")
+    ex.add_argument("--templates", help="class prompt templates (default: the translator's)")
+    ex.add_argument("--rank-atol", type=float, default=1e-5)
+    ex.add_argument("--rank-rtol", type=float)
+    ex.add_argument("--device")
+    _add_model_help(ex)
+
+    st = sub.add_parser("steer", help="null-space steering of one class toward a prompt (paper Table 1)")
+    st.add_argument("--model", required=True)
+    st.add_argument("--translator", required=True)
+    st.add_argument("--shards", required=True, nargs="+")
+    st.add_argument("--class", dest="target_class", required=True, metavar="NAME_OR_INDEX")
+    st.add_argument("--prompt", required=True, help='target text, e.g. "an image of a jellyfish" (no template)')
+    st.add_argument("--is-deg", type=float, help="target Image Score in degrees, in (0, 180) (paper: 40)")
+    st.add_argument("--eps", type=float, help="fixed step length along the unit null direction instead")
+    st.add_argument("--out", required=True)
+    st.add_argument("--run-id")
+    st.add_argument("--batch-size", type=int, default=64)
+    st.add_argument("--rank-atol", type=float, default=1e-5)
+    st.add_argument("--rank-rtol", type=float)
+    st.add_argument("--device")
+    st.add_argument("--max-pixels", type=int, help="decompression-bomb guard (default: PIL's)")
+    _add_model_help(st)
+
+    va = sub.add_parser("validate", help="logit change under null removal vs random/principal perturbations")
+    va.add_argument("--model", required=True)
+    va.add_argument("--shards", required=True, nargs="+")
+    va.add_argument("--n", type=int, default=64, help="images to sample")
+    va.add_argument("--out", required=True)
+    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--batch-size", type=int, default=32)
+    va.add_argument("--rank-atol", type=float, default=1e-5)
+    va.add_argument("--rank-rtol", type=float)
+    va.add_argument("--device")
+    _add_model_help(va)
+
+    ix = sub.add_parser("index", help="CLIP image-embedding index with thumbnails (for `sing explain --index`)")
+    ix.add_argument("--clip", required=True)
+    ix.add_argument("--shards", required=True, nargs="+")
+    ix.add_argument("--out", required=True)
+    ix.add_argument("--thumb-size", type=int, default=96)
+    ix.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--device")
+    _add_model_help(ix)
+
     dm = sub.add_parser("demo", help="end to end on real photos shipped with scikit-image/scikit-learn")
     dm.add_argument("--out", default="sing_demo_out")
     dm.add_argument("--images-per-photo", type=int, default=12)
@@ -149,6 +206,60 @@ def _cmd_audit(a):
     return EXIT_OK
 
 
+def _cmd_explain(a):
+    from .explain import ExplainConfig, format_explanations, run_explain
+
+    res = run_explain(ExplainConfig(images=a.images, model=a.model, translator=a.translator, concepts=a.concepts,
+                                    label=a.label, top=a.top, json_out=a.json_out, index=a.index, k=a.k,
+                                    sheet=a.sheet, templates=a.templates, rank_atol=a.rank_atol,
+                                    rank_rtol=a.rank_rtol, device=a.device))
+    print(format_explanations(res))
+    for what, path in (("json", a.json_out), ("contact sheet", a.sheet)):
+        if path:
+            print(f"{what}: {path}")
+    return EXIT_OK
+
+
+def _cmd_steer(a):
+    from .steer_job import SteerConfig, run_steer
+
+    man = run_steer(SteerConfig(model=a.model, translator=a.translator, shards=a.shards, out=a.out,
+                                target_class=a.target_class, prompt=a.prompt, is_deg=a.is_deg, eps=a.eps,
+                                run_id=a.run_id, batch_size=a.batch_size, rank_atol=a.rank_atol,
+                                rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
+                                progress=not a.quiet))
+    t = man["target"]
+    print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
+          f"{man['counts']['images']} images, {man['counts']['errors']} errors")
+    if man["counts"]["images"]:
+        from queries.runner import format_frame, steer_summary
+
+        print(format_frame(steer_summary(a.out, run=man["run_id"], model=man["models"][0]["slug"])))
+    print(f"manifest: {os.path.join(a.out, 'runs', man['run_id'] + '.json')}")
+    return EXIT_OK
+
+
+def _cmd_validate(a):
+    from .validate import ValidateConfig, run_validate
+
+    rep = run_validate(ValidateConfig(model=a.model, shards=a.shards, out=a.out, n=a.n, seed=a.seed,
+                                      batch_size=a.batch_size, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol,
+                                      device=a.device))
+    print(rep["text"])
+    print(f"table: {rep['files']['parquet']} (and .csv)  histogram: {rep['files']['png']}")
+    return EXIT_OK
+
+
+def _cmd_index(a):
+    from .retrieval import IndexConfig, build_index
+
+    man = build_index(IndexConfig(clip=a.clip, shards=a.shards, out=a.out, thumb_size=a.thumb_size, dtype=a.dtype,
+                                  batch_size=a.batch_size, device=a.device, progress=not a.quiet))
+    print(f"index {a.out}: {man['images']} images ({man['clip_model']}, {man['dim']}-d {man['dtype']}), "
+          f"{man['errors']} errors, {man['shards']['skipped_done']} of {man['shards']['total']} shards already done")
+    return EXIT_OK
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands implemented by other packages parse their own arguments.
@@ -164,7 +275,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     handlers = {"shards": _cmd_shards_make, "embed-text": _cmd_embed_text, "fit-translator": _cmd_fit,
-                "audit": _cmd_audit}
+                "audit": _cmd_audit, "explain": _cmd_explain, "steer": _cmd_steer, "validate": _cmd_validate,
+                "index": _cmd_index}
     if args.command == "demo":
         from .demo import run_demo_cli as handler
     elif args.command == "bench":

@@ -5,9 +5,12 @@ import os
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False):
-    """Join RAY_ADDRESS / `address` when given (a cluster), else start a local Ray.
+    """Join RAY_ADDRESS / `address` when given (a cluster), else start a fresh local Ray.
 
-    Already initialised (tests share one session): reuse it.
+    Already initialised (tests share one session): reuse it. Without an address we pass
+    address="local" on purpose: plain ray.init() would try to join whatever cluster
+    /tmp/ray/ray_current_cluster names, which is stale after any earlier process exited
+    (a ConnectionError). To join a running `ray start --head`, set RAY_ADDRESS=auto.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -20,7 +23,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return ray
 
 

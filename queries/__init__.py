@@ -1,0 +1,47 @@
+"""Ready-made DuckDB SQL analyses of SING results (one question per `*.sql` file), the
+runner behind `sing query`, and the figure/HTML report behind `sing report`.
+
+    import queries
+    queries.list_queries()
+    queries.model_summary("results/")                       # Polars DataFrame
+    queries.run_query("class_leakage", "results/", {"model": "resnet50", "top": 10})
+    queries.rank_correlation("results/", "resnet50", "vit_large_patch16_224")
+    queries.checkpoint_diff("results/", model="resnet50", baseline_run="a", candidate_run="b")
+"""
+from .runner import (
+    QueryError,
+    RankCorrelation,
+    checkpoint_diff,
+    class_leakage,
+    cli_query,
+    concept_shift,
+    format_frame,
+    image_leakage,
+    list_queries,
+    load_query,
+    model_summary,
+    rank_correlation,
+    run_query,
+    spearman_p_value,
+    steer_summary,
+)
+
+
+def build_report(*args, **kwargs):
+    """See queries.report.build_report (imported lazily: matplotlib is slow to import)."""
+    from .report import build_report as _build
+
+    return _build(*args, **kwargs)
+
+
+def cli_report(args=None) -> int:
+    from .report import cli_report as _cli
+
+    return _cli(args)
+
+
+__all__ = [
+    "QueryError", "RankCorrelation", "build_report", "checkpoint_diff", "class_leakage", "cli_query",
+    "cli_report", "concept_shift", "format_frame", "image_leakage", "list_queries", "load_query",
+    "model_summary", "rank_correlation", "run_query", "spearman_p_value", "steer_summary",
+]

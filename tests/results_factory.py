@@ -1,0 +1,224 @@
+"""Synthetic result trees in the documented layout (docs/ARCHITECTURE.md, "Results layout").
+
+    OUT/images/model=<slug>/run=<run_id>/<shard>.parquet
+    OUT/concepts/model=<slug>/run=<run_id>/<shard>.parquet     (with_concepts)
+    OUT/steer/model=<slug>/run=<run_id>/<shard>.parquet        (with_steer)
+    OUT/errors/model=<slug>/run=<run_id>/<shard>.parquet
+    OUT/runs/<run_id>.json
+
+Columns and Arrow types are exactly the documented schemas (float32 angles, int32 labels),
+written with pyarrow. A model whose null_dim is 0 gets NULL as_deg / abs_as_deg / is_deg /
+pred_as_deg, as the audit writes them. `write_results` returns every row it wrote as Polars
+frames (with `model` and `run` columns added) so tests can recompute statistics
+independently of the SQL under test.
+
+Per-model parameters (all optional) in `models={slug: params}`:
+    as_scale   spread of the per-class AS offsets (deg), default 1.0: larger = more leakage
+    as_noise   per-image AS noise sd (deg), default 0.5
+    is_mean    mean IS (deg), default 20.0;  is_sd: per-image sd, default 3.0
+    null_dim   overrides the `null_dim` argument (0 -> NULL scores)
+    acc        top-1 accuracy, default 0.8
+    drift      scale of the (tiny) logit drift, default 1e-4
+    round_as   round AS to this many decimals (creates ties in class medians), default None
+    n_classes  this model sees only classes 0..n_classes-1 (<= the global n_classes)
+    steer_as   mean |AS| toward steering targets (deg), default 10.0
+    runs       {run_id: {param: value}} per-run overrides (e.g. a worse candidate checkpoint)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMAGES_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("class_name", pa.string()),
+    ("pred", pa.int32()), ("pred_name", pa.string()), ("as_deg", pa.float32()), ("abs_as_deg", pa.float32()),
+    ("is_deg", pa.float32()), ("pred_as_deg", pa.float32()), ("logit_drift", pa.float32()),
+    ("null_norm_frac", pa.float32()), ("null_dim", pa.int32()),
+])
+CONCEPTS_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("concept", pa.string()),
+    ("angle_before_deg", pa.float32()), ("angle_after_deg", pa.float32()), ("as_deg", pa.float32()),
+])
+ERRORS_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("stage", pa.string()),
+                           ("reason", pa.string())])
+STEER_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("target", pa.string()),
+    ("eps", pa.float32()), ("is_deg", pa.float32()), ("as_deg", pa.float32()), ("abs_as_deg", pa.float32()),
+    ("logit_drift", pa.float32()), ("reachable", pa.bool_()),
+])
+
+# The paper's 16 classes, one name with a quote (SQL-literal hazard), then generated names.
+PAPER_CLASSES = ["goldfish", "great white shark", "jellyfish", "sea lion", "starfish", "porcupine", "gazelle",
+                 "Arabian camel", "chimpanzee", "anemone fish", "lionfish", "catamaran", "jeep", "minivan",
+                 "pirate ship", "sports car", "jack-o'-lantern"]
+DEFAULT_CONCEPTS = ["water", "stripes", "grass", "sky", "metal", "fur"]
+DEFAULT_TARGETS = ["an image of a jellyfish", "an image of a zebra"]
+
+
+def class_names(n: int) -> list[str]:
+    return (PAPER_CLASSES + [f"class_{i:03d}" for i in range(len(PAPER_CLASSES), n)])[:n]
+
+
+@dataclass
+class WrittenResults:
+    root: Path
+    images: pl.DataFrame                    # every images row + model, run
+    concepts: pl.DataFrame | None = None    # every concepts row + model, run (with_concepts)
+    steer: pl.DataFrame | None = None       # every steer row + model, run (with_steer)
+    files: list[Path] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    concepts_list: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+
+
+def _f32(a) -> pa.Array:
+    a = np.asarray(a, dtype=np.float32)
+    return pa.array(a, mask=np.isnan(a), type=pa.float32())
+
+
+def _write(table: pa.Table, path: Path, files: list[Path]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+    files.append(path)
+
+
+def _frame(table: pa.Table, model: str, run: str) -> pl.DataFrame:
+    return pl.from_arrow(table).with_columns(pl.lit(model).alias("model"), pl.lit(run).alias("run"))
+
+
+def write_results(root, models: dict[str, dict] | None = None, n_per_class: int = 20, n_classes: int = 8,
+                  seed: int = 0, null_dim: int = 64, with_concepts: bool = True, with_steer: bool = False,
+                  runs: tuple[str, ...] | list[str] = ("run-0",), n_shards: int = 2,
+                  concepts: list[str] | None = None, targets: list[str] | None = None,
+                  with_errors: bool = True) -> WrittenResults:
+    """Write a synthetic results tree under `root`; see the module docstring."""
+    root = Path(root)
+    models = models if models is not None else {"resnet50": {}, "vit_large_patch16_224": {"as_scale": 0.3}}
+    names = class_names(n_classes)
+    names_arr = np.asarray(names, dtype=object)
+    concepts = list(concepts or DEFAULT_CONCEPTS)
+    targets = list(targets or DEFAULT_TARGETS)
+    files: list[Path] = []
+    img_frames, con_frames, steer_frames = [], [], []
+    rng0 = np.random.default_rng(seed)
+    for mi, (slug, mparams) in enumerate(models.items()):
+        # Per-model class effects are shared by all runs of the model (a checkpoint diff
+        # then changes them through per-run overrides).
+        class_offset = rng0.normal(0.0, 1.0, n_classes)
+        concept_effect = rng0.normal(0.0, 1.0, (n_classes, len(concepts)))
+        for ri, run in enumerate(runs):
+            p = {"as_scale": 1.0, "as_noise": 0.5, "is_mean": 20.0, "is_sd": 3.0, "null_dim": null_dim,
+                 "acc": 0.8, "drift": 1e-4, "round_as": None, "steer_as": 10.0}
+            p.update({k: v for k, v in mparams.items() if k != "runs"})
+            p.update(mparams.get("runs", {}).get(run, {}))
+            rng = np.random.default_rng([seed, mi, ri])
+            nc = int(p.get("n_classes", n_classes))
+            if not 1 <= nc <= n_classes:
+                raise ValueError(f"per-model n_classes must be in 1..{n_classes}")
+            n = n_per_class * nc
+            labels = np.repeat(np.arange(nc, dtype=np.int32), n_per_class)
+            rng.shuffle(labels)
+            shard_of = np.arange(n) % n_shards
+            wrong = rng.random(n) > p["acc"]
+            pred = np.where(wrong, (labels + rng.integers(1, max(nc, 2), n)) % nc, labels).astype(np.int32)
+            as_deg = class_offset[labels] * p["as_scale"] + rng.normal(0.0, p["as_noise"], n)
+            if p["round_as"] is not None:
+                as_deg = np.round(as_deg, p["round_as"])
+            is_deg = np.abs(rng.normal(p["is_mean"], p["is_sd"], n))
+            pred_as = as_deg + rng.normal(0.0, 0.3, n)
+            drift = np.abs(rng.normal(0.0, p["drift"], n))
+            nnf = rng.uniform(0.3, 0.9, n)
+            scored = int(p["null_dim"]) > 0
+            if not scored:
+                as_deg = np.full(n, np.nan)
+                is_deg = np.full(n, np.nan)
+                pred_as = np.full(n, np.nan)
+                nnf = np.zeros(n)
+            as32 = as_deg.astype(np.float32)
+            for s in range(n_shards):
+                shard = f"shard-{s:06d}"
+                sel = shard_of == s
+                m = int(sel.sum())
+                keys = [f"{shard}/{i:06d}" for i in np.flatnonzero(sel)]
+                lab = labels[sel]
+                images = pa.table({
+                    "key": pa.array(keys, pa.string()),
+                    "shard": pa.array([shard] * m, pa.string()),
+                    "label": pa.array(lab, pa.int32()),
+                    "class_name": pa.array(names_arr[lab].tolist(), pa.string()),
+                    "pred": pa.array(pred[sel], pa.int32()),
+                    "pred_name": pa.array(names_arr[pred[sel]].tolist(), pa.string()),
+                    "as_deg": _f32(as32[sel]),
+                    "abs_as_deg": _f32(np.abs(as32[sel])),
+                    "is_deg": _f32(is_deg[sel]),
+                    "pred_as_deg": _f32(pred_as[sel]),
+                    "logit_drift": _f32(drift[sel]),
+                    "null_norm_frac": _f32(nnf[sel]),
+                    "null_dim": pa.array(np.full(m, int(p["null_dim"]), np.int32), pa.int32()),
+                }, schema=IMAGES_SCHEMA)
+                _write(images, root / "images" / f"model={slug}" / f"run={run}" / f"{shard}.parquet", files)
+                img_frames.append(_frame(images, slug, run))
+                if with_errors:
+                    errors = pa.table({"key": [f"{shard}/bad"], "shard": [shard], "stage": ["decode"],
+                                       "reason": ["truncated JPEG"]}, schema=ERRORS_SCHEMA)
+                    _write(errors, root / "errors" / f"model={slug}" / f"run={run}" / f"{shard}.parquet", files)
+                if with_concepts:
+                    k = len(concepts)
+                    before = rng.uniform(60.0, 80.0, (m, k)).astype(np.float32)
+                    shift = concept_effect[lab] * p["as_scale"] + rng.normal(0.0, 0.4, (m, k))
+                    after = (before - shift).astype(np.float32)
+                    if not scored:
+                        after = before.copy()
+                    ctab = pa.table({
+                        "key": pa.array(np.repeat(np.asarray(keys, dtype=object), k).tolist(), pa.string()),
+                        "shard": pa.array([shard] * (m * k), pa.string()),
+                        "label": pa.array(np.repeat(lab, k), pa.int32()),
+                        "concept": pa.array(concepts * m, pa.string()),
+                        "angle_before_deg": _f32(before.reshape(-1)),
+                        "angle_after_deg": _f32(after.reshape(-1)),
+                        "as_deg": _f32((before - after).reshape(-1)),
+                    }, schema=CONCEPTS_SCHEMA)
+                    _write(ctab, root / "concepts" / f"model={slug}" / f"run={run}" / f"{shard}.parquet", files)
+                    con_frames.append(_frame(ctab, slug, run))
+                if with_steer:
+                    t = len(targets)
+                    reachable = rng.random((m, t)) < 0.85
+                    s_is = np.where(reachable, rng.normal(40.0, 0.05, (m, t)), rng.uniform(10.0, 39.0, (m, t)))
+                    s_as = -np.abs(rng.normal(p["steer_as"], 1.0, (m, t)))
+                    s_as = s_as.astype(np.float32)
+                    stab = pa.table({
+                        "key": pa.array(np.repeat(np.asarray(keys, dtype=object), t).tolist(), pa.string()),
+                        "shard": pa.array([shard] * (m * t), pa.string()),
+                        "label": pa.array(np.repeat(lab, t), pa.int32()),
+                        "target": pa.array(targets * m, pa.string()),
+                        "eps": _f32(rng.uniform(1.0, 5.0, m * t)),
+                        "is_deg": _f32(s_is.reshape(-1)),
+                        "as_deg": _f32(s_as.reshape(-1)),
+                        "abs_as_deg": _f32(np.abs(s_as).reshape(-1)),
+                        "logit_drift": _f32(rng.normal(0.0, 1e-4, m * t)),
+                        "reachable": pa.array(reachable.reshape(-1), pa.bool_()),
+                    }, schema=STEER_SCHEMA)
+                    _write(stab, root / "steer" / f"model={slug}" / f"run={run}" / f"{shard}.parquet", files)
+                    steer_frames.append(_frame(stab, slug, run))
+    for run in runs:
+        man = {"run_id": run, "kind": "audit",
+               "models": [{"model_id": s, "slug": s, "null_dim": int(m.get("null_dim", null_dim)),
+                           "num_classes": n_classes} for s, m in models.items()],
+               "counts": {s: {"images": n_per_class * int(m.get("n_classes", n_classes)),
+                              "errors": n_shards if with_errors else 0} for s, m in models.items()},
+               "synthetic": True}
+        path = root / "runs" / f"{run}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(man, indent=2) + "\n")
+    return WrittenResults(
+        root=root,
+        images=pl.concat(img_frames),
+        concepts=pl.concat(con_frames) if con_frames else None,
+        steer=pl.concat(steer_frames) if steer_frames else None,
+        files=files, class_names=names, concepts_list=concepts, targets=targets)
