@@ -38,6 +38,10 @@ class AuditConfig:
     threads: int | None = None
     max_pixels: int | None = None
     progress: bool = True
+    # "exact": a translator must have been fitted on this very model id (checkpoint file name
+    # included); "arch": any checkpoint of the same architecture with the same feature dim
+    # will do (nightly audits reusing one translator across a training run).
+    translator_match: str = "exact"
     extra: dict = field(default_factory=dict)
 
 
@@ -58,7 +62,7 @@ class _Prepared:
 
 def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
     """Load each classifier once on the driver (CPU) to validate and describe it."""
-    from sing_ops import HeadDecomposition, Translator
+    from sing_ops import HeadDecomposition
 
     from .clip_models import TEMPLATES, load_clip
     from .models import load_classifier
@@ -74,7 +78,7 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
     for i, spec in enumerate(cfg.models):
         clf = load_classifier(spec)
         tpath = cfg.translators[i if len(cfg.translators) > 1 else 0]
-        tr = Translator.load(tpath, in_dim=clf.num_features, source_model=clf.model_id)
+        tr = load_translator_for(tpath, spec, clf, cfg.translator_match)
         clip_id = tr.metadata.get("clip_model")
         if cfg.class_text:
             names, class_text, _ = load_embeddings(cfg.class_text, clip_model=clip_id)
@@ -101,6 +105,30 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"the same model is given twice: {slugs}")
     return prepared
+
+
+def load_translator_for(path, spec: str, clf, match: str = "exact"):
+    """Load a translator and check it fits `clf` (see AuditConfig.translator_match)."""
+    from sing_ops import Translator
+    from sing_ops.translator import TranslatorMismatch
+
+    from .model_spec import parse_model_spec
+
+    if match == "exact":
+        return Translator.load(path, in_dim=clf.num_features, source_model=clf.model_id)
+    if match != "arch":
+        raise ValueError(f"unknown translator match {match!r}; choose exact or arch")
+    tr = Translator.load(path, in_dim=clf.num_features)
+    fitted_on = tr.metadata.get("source_model") or ""
+    try:
+        fitted_arch = parse_model_spec(fitted_on).arch_ref
+    except ValueError:
+        fitted_arch = fitted_on
+    arch = parse_model_spec(spec).arch_ref
+    if fitted_arch != arch:
+        raise TranslatorMismatch(f"translator {path} was fitted on {fitted_on!r} (architecture {fitted_arch}), "
+                                 f"but is used with {clf.model_id!r} (architecture {arch})")
+    return tr
 
 
 def run_audit(cfg: AuditConfig) -> dict:
@@ -172,6 +200,7 @@ def run_audit(cfg: AuditConfig) -> dict:
                     prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path),
                     class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,
                     rank_rtol=cfg.rank_rtol, view=p.preprocess, device=cfg.device,
+                    translator_match=cfg.translator_match,
                     threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))),
                     drop_views=[f"img:{v.view_key}" for v in views] if last else ()))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

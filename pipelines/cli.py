@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="per-image SING scores over shards -> Parquet")
     au.add_argument("--model", required=True, action="append", help="repeat to audit several models in one decode")
     au.add_argument("--translator", required=True, action="append", help="one, or one per --model")
+    au.add_argument("--translator-match", choices=["exact", "arch"], default="exact",
+                    help="exact: translator fitted on this very model id; arch: on any checkpoint of the same "
+                         "architecture and feature dim (reusing one translator across a training run)")
     au.add_argument("--shards", required=True, nargs="+")
     au.add_argument("--out", required=True)
     au.add_argument("--concepts", help="text file of concepts (one per line)")
@@ -198,7 +201,7 @@ def _cmd_audit(a):
                                 concepts=a.concepts, class_text=a.class_text, templates=a.templates, run_id=a.run_id,
                                 batch_size=a.batch_size, num_actors=a.num_actors, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
-                                progress=not a.quiet))
+                                translator_match=a.translator_match, progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():
         print(f"  {slug}: {c['images']} images, {c['errors']} errors")
@@ -227,7 +230,7 @@ def _cmd_steer(a):
                                 target_class=a.target_class, prompt=a.prompt, is_deg=a.is_deg, eps=a.eps,
                                 run_id=a.run_id, batch_size=a.batch_size, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
-                                progress=not a.quiet))
+                                translator_match=a.translator_match, progress=not a.quiet))
     t = man["target"]
     print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
           f"{man['counts']['images']} images, {man['counts']['errors']} errors")

@@ -62,8 +62,10 @@ class ScoreActor(_ModelActor):
     """Holds one classifier, its head decomposition, the translator and text embeddings."""
 
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
-                 rank_rtol=None, drop_views=(), device=None, threads=None, view=None):
-        from sing_ops import AuditScorer, HeadDecomposition, Translator
+                 rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact"):
+        from sing_ops import AuditScorer, HeadDecomposition
+
+        from .audit import load_translator_for
 
         from .models import load_classifier
 
@@ -71,7 +73,7 @@ class ScoreActor(_ModelActor):
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
-        tr = Translator.load(translator_path, in_dim=clf.num_features, source_model=clf.model_id)
+        tr = load_translator_for(translator_path, model_spec, clf, translator_match)
         self.scorer = AuditScorer(clf.head_weight, dec, tr, class_text, concept_text, device=self.device)
         self.num_classes = clf.num_classes
 
