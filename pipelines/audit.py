@@ -108,17 +108,21 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
 
 
 def load_translator_for(path, spec: str, clf, match: str = "exact"):
-    """Load a translator and check it fits `clf` (see AuditConfig.translator_match)."""
+    """Load a translator (local path or fsspec URL) and check it fits `clf` (see
+    AuditConfig.translator_match). Runs on the driver and in every actor: a URL is fetched
+    into the cache of the node it runs on."""
     from sing_ops import Translator
     from sing_ops.translator import TranslatorMismatch
 
     from .model_spec import parse_model_spec
+    from .remote import local_copy
 
-    if match == "exact":
-        return Translator.load(path, in_dim=clf.num_features, source_model=clf.model_id)
-    if match != "arch":
+    if match not in ("exact", "arch"):
         raise ValueError(f"unknown translator match {match!r}; choose exact or arch")
-    tr = Translator.load(path, in_dim=clf.num_features)
+    local = local_copy(path)
+    if match == "exact":
+        return Translator.load(local, in_dim=clf.num_features, source_model=clf.model_id)
+    tr = Translator.load(local, in_dim=clf.num_features)
     fitted_on = tr.metadata.get("source_model") or ""
     try:
         fitted_arch = parse_model_spec(fitted_on).arch_ref

@@ -19,6 +19,7 @@ import torch
 from pipelines.model_spec import UnknownModelError, parse_model_spec
 from pipelines.models import (PreprocessSpec, _download_error, _offline_error, _suggest, apply_state_dict,
                               file_sha256, load_state_dict_file, seed_for, state_dict_sha256)
+from pipelines.remote import local_copy
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,9 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
             torch.manual_seed(seed_for(ms.model_id))
             module = build()
         if ms.weights == "file":
-            apply_state_dict(module, load_state_dict_file(ms.path), ms.path)
-            sha = file_sha256(ms.path)
+            path = local_copy(ms.path)  # a URL is downloaded to this node's cache
+            apply_state_dict(module, load_state_dict_file(path), ms.path)
+            sha = file_sha256(path)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)

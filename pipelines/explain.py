@@ -310,13 +310,15 @@ def run_explain(cfg: ExplainConfig) -> dict:
     from .images import normalise, to_uint8_view
     from .models import load_classifier
     from .model_stage import pick_device
+    from .remote import local_copy
     from .text import CONCEPT_TEMPLATES, embed_texts, read_lines
 
     _check_config(cfg)
     # Cheap checks first: image files, vocabulary, translator file, index.
     queries = [load_query_image(s, cfg.max_pixels) for s in cfg.images]
     concepts = read_lines(cfg.concepts or DEFAULT_CONCEPTS)
-    if not Path(cfg.translator).is_file():
+    tpath = local_copy(cfg.translator)  # a URL is downloaded (FileNotFoundError when missing)
+    if not Path(tpath).is_file():
         raise FileNotFoundError(f"translator file not found: {cfg.translator}")
     index = None
     if cfg.index:
@@ -324,7 +326,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
 
         index = ImageIndex.open(cfg.index)
     clf = load_classifier(cfg.model)
-    tr = Translator.load(cfg.translator, in_dim=clf.num_features, source_model=clf.model_id)
+    tr = Translator.load(tpath, in_dim=clf.num_features, source_model=clf.model_id)
     clip_id = tr.metadata.get("clip_model")
     if not clip_id:
         raise ExplainError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
@@ -374,7 +376,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
     if cfg.json_out:
         from .layout import write_json_atomic
 
-        write_json_atomic(result, Path(cfg.json_out))
+        write_json_atomic(result, cfg.json_out)  # a local path or a URL
     if cfg.sheet:
         write_sheet(cfg.sheet, queries, rows, index)
     return result

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from .layout import manifest_path, write_json_atomic
+from .layout import manifest_path, read_json, write_json_atomic
 
 
 def utc_now() -> str:
@@ -40,11 +39,10 @@ def file_sha256(path) -> str:
 
 
 def load_manifest(out, run_id: str) -> dict | None:
-    p = manifest_path(out, run_id)
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(manifest_path(out, run_id))
 
 
-def write_manifest(out, run_id: str, manifest: dict) -> Path:
+def write_manifest(out, run_id: str, manifest: dict) -> Path | str:
     p = manifest_path(out, run_id)
     write_json_atomic({**manifest, "run_id": run_id, "python": sys.version.split()[0]}, p)
     return p

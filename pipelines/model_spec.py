@@ -11,6 +11,8 @@ Accepted forms (see docs/ARCHITECTURE.md):
                                    SRC:NAME@random?num_classes=N changes the head size (tests: a head
                                    with fewer classes than features has a null space)
     SRC:NAME@/path/ckpt.safetensors   local weights (.safetensors, .pt, .pth, .bin)
+    SRC:NAME@s3://bucket/ckpt.safetensors   the same from an fsspec URL (s3://, gs://, ...), downloaded
+                                   to a per-node cache when loaded (pipelines.remote.local_copy)
     openclip:ARCH@TAG              open_clip pretrained tag (openclip:ViT-L-14@openai)
     openclip:ARCH@random           any open_clip config, random init; openclip:tiny@random is the
                                    project's tiny test config
@@ -25,6 +27,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from .remote import is_url, local_path
+
 SOURCES = ("timm", "torchvision", "lite0", "openclip")
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -34,7 +38,7 @@ ACCEPTED_FORMS = (
     "torchvision:NAME (DEFAULT weights; torchvision:NAME.WEIGHTS for another enum member), "
     "lite0, "
     "SRC:NAME@random (optionally @random?num_classes=N), "
-    "SRC:NAME@/path/to/ckpt.safetensors|.pt|.pth|.bin, "
+    "SRC:NAME@/path/to/ckpt.safetensors|.pt|.pth|.bin (or an s3://, gs://, ... URL), "
     "openclip:ARCH@TAG (e.g. openclip:ViT-L-14@openai), openclip:ARCH@random, openclip:tiny@random"
 )
 
@@ -56,7 +60,7 @@ class ModelSpec:
     source: str  # timm | torchvision | lite0 | openclip
     name: str  # architecture (timm: without the pretrained tag)
     weights: str  # pretrained | random | file
-    path: str | None  # absolute checkpoint path when weights == "file"
+    path: str | None  # absolute checkpoint path or fsspec URL when weights == "file"
     tag: str | None  # timm pretrained tag / torchvision weights enum member / open_clip tag
     raw: str  # the string as given (stripped)
     num_classes: int | None = None  # only with @random?num_classes=N
@@ -153,7 +157,8 @@ def parse_model_spec(s: str) -> ModelSpec:
             if not w.lower().endswith(CHECKPOINT_EXTS):
                 raise _err(raw, f"checkpoint {w!r} must end with one of {', '.join(CHECKPOINT_EXTS)}")
             weights = "file"
-            path = os.path.abspath(os.path.expanduser(w))
+            # A URL stays a URL (resolved where the model is loaded: caches are per node).
+            path = w if is_url(w) else os.path.abspath(os.path.expanduser(local_path(w)))
             if source in ("timm", "torchvision") and tag:
                 raise _err(raw, "a pretrained tag and a checkpoint file exclude each other")
         elif source == "openclip":

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.model_spec import ModelSpec, UnknownModelError, parse_model_spec, slug
+from pipelines.remote import local_copy
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +457,7 @@ def _build(ms: ModelSpec):
         if ms.source == "lite0" and ms.weights == "pretrained":
             path = lite0_weights_path()
         else:
-            path = ms.path
+            path = local_copy(ms.path)  # a URL is downloaded to this node's cache
         sd = load_state_dict_file(path)
         if ms.source == "lite0" and set(sd) != set(model.state_dict()):
             _load_by_position(model, sd, path)
@@ -464,7 +465,7 @@ def _build(ms: ModelSpec):
             head_key = _head_name(model, find_head(model)) + ".weight"
             if head_key in sd and sd[head_key].shape[0] != model.state_dict()[head_key].shape[0]:
                 model.reset_classifier(int(sd[head_key].shape[0]))
-            apply_state_dict(model, sd, path)
+            apply_state_dict(model, sd, ms.path or path)  # messages name the URL, not the cache
         return model, pre, file_sha256(path)
 
     if ms.source == "torchvision":
@@ -486,7 +487,8 @@ def _build(ms: ModelSpec):
             model = torchvision.models.get_model(ms.name, weights=None, **kw)
         if ms.weights == "random":
             return model, pre, None
-        sd = load_state_dict_file(ms.path)
+        path = local_copy(ms.path)
+        sd = load_state_dict_file(path)
         head_key = _head_name(model, find_head(model)) + ".weight"
         n = model.state_dict()[head_key].shape[0]
         if head_key in sd and sd[head_key].shape[0] != n:
@@ -495,7 +497,7 @@ def _build(ms: ModelSpec):
                 model = torchvision.models.get_model(ms.name, weights=None,
                                                      num_classes=int(sd[head_key].shape[0]))
         apply_state_dict(model, sd, ms.path)
-        return model, pre, file_sha256(ms.path)
+        return model, pre, file_sha256(path)
 
     raise UnknownModelError(f"{ms.raw!r} is a CLIP model: load it with pipelines.clip_models.load_clip")
 

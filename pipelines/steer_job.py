@@ -131,13 +131,15 @@ class SteerActor(_ModelActor):
         from sing_ops import HeadDecomposition, Translator
 
         from .models import load_classifier
+        from .remote import local_copy
 
         clf = load_classifier(model_spec)
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
-        self.tr = Translator.load(translator_path, in_dim=clf.num_features, source_model=clf.model_id).to(
-            dtype=torch.float64)
+        # local_copy here too: the actor may run on another node, whose cache is its own
+        self.tr = Translator.load(local_copy(translator_path), in_dim=clf.num_features,
+                                  source_model=clf.model_id).to(dtype=torch.float64)
         self.w = clf.head_weight.to(torch.float64)
         self.text = torch.tensor(np.array(target_text, dtype=np.float64)).reshape(-1)
         self.class_index, self.eps, self.is_deg = int(class_index), eps, is_deg
@@ -249,6 +251,7 @@ def prepare(cfg: SteerConfig):
     from .clip_models import load_clip
     from .explain import resolve_class
     from .models import load_classifier
+    from .remote import local_copy
     from .shards import expand_shards, shard_name
     from .text import embed_texts
 
@@ -265,7 +268,7 @@ def prepare(cfg: SteerConfig):
         raise SteerConfigError(f"{clf.model_id} has no null space (rank {dec.rank} = {clf.num_features} features, "
                                f"{clf.num_classes} classes): null-space steering is undefined")
     class_index = resolve_class(cfg.target_class, clf.class_names)
-    tr = Translator.load(cfg.translator, in_dim=clf.num_features, source_model=clf.model_id)
+    tr = Translator.load(local_copy(cfg.translator), in_dim=clf.num_features, source_model=clf.model_id)
     clip_id = tr.metadata.get("clip_model")
     if not clip_id:
         raise SteerConfigError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
@@ -282,6 +285,7 @@ def run_steer(cfg: SteerConfig) -> dict:
     from .manifest import code_version, file_sha256, load_manifest, utc_now, write_manifest
     from .model_stage import pick_device
     from .ray_session import cluster_cpus, cluster_gpus, configure_data_context, ensure_ray
+    from .remote import local_copy
 
     started = utc_now()
     shards, names, clf, dec, class_index, tr, clip_id, text = prepare(cfg)
@@ -296,7 +300,7 @@ def run_steer(cfg: SteerConfig) -> dict:
         "kind": "steer", "status": "running", "started_at": started, "code_version": code_version(),
         "models": [{"model_id": clf.model_id, "slug": clf.slug, "checkpoint_sha256": clf.checkpoint_sha256,
                     "num_classes": clf.num_classes, **dec.summary()}],
-        "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(cfg.translator),
+        "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(local_copy(cfg.translator)),
                        "clip_model": clip_id, "lambda": tr.metadata.get("lambda")},
         "target": {"prompt": target, "class_index": class_index, "class_name": clf.class_names[class_index],
                    "is_deg": cfg.is_deg, "eps": cfg.eps, "templates": "raw prompt (no template)"},

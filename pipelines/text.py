@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .layout import write_table_atomic
+from .remote import local_copy
 
 
 # Concepts are short phrases ("striped", "snow", "wooden"): one neutral template.
@@ -20,11 +21,16 @@ class VocabularyError(ValueError):
 
 
 def read_lines(path) -> list[str]:
-    """One entry per line; blank lines and lines starting with '#' are ignored; duplicates refused."""
-    p = Path(path)
-    if not p.is_file():
-        raise VocabularyError(f"vocabulary file not found: {p}")
-    items = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    """One entry per line; blank lines and lines starting with '#' are ignored; duplicates refused.
+    `path` may be an fsspec URL (downloaded to the cache first)."""
+    try:
+        local = Path(local_copy(path))
+    except FileNotFoundError:
+        local = None
+    if local is None or not local.is_file():
+        raise VocabularyError(f"vocabulary file not found: {path}")
+    p = path  # messages name the file as given, not the cache copy
+    items = [ln.strip() for ln in local.read_text(encoding="utf-8").splitlines()]
     items = [ln for ln in items if ln and not ln.startswith("#")]
     if not items:
         raise VocabularyError(f"vocabulary file {p} has no entries")
@@ -52,7 +58,7 @@ def save_embeddings(path, names: list[str], emb: np.ndarray, clip_model: str, te
 
 
 def load_embeddings(path, clip_model: str | None = None) -> tuple[list[str], np.ndarray, dict]:
-    t = pq.read_table(path)
+    t = pq.read_table(local_copy(path))  # a URL is downloaded to the cache first
     meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
     if clip_model is not None and meta.get("clip_model") != clip_model:
         raise VocabularyError(f"text embeddings {path} were made with CLIP {meta.get('clip_model')!r}, "

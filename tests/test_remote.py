@@ -1,0 +1,211 @@
+"""fsspec URLs for inputs (translators, checkpoints) and results, on fsspec's in-process
+memory:// filesystem (what works there works on s3:// and gs://, whose backends are not
+installed in the test environment)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines.remote import is_url, local_copy
+
+
+@pytest.fixture(autouse=True)
+def mem(tmp_path, monkeypatch):
+    """A clean memory:// store per test, and a private download cache."""
+    fs = fsspec.filesystem("memory")
+
+    def clear():
+        fs.store.clear()
+        fs.pseudo_dirs[:] = [""]
+
+    clear()
+    monkeypatch.setenv("SING_CACHE", str(tmp_path / "cache"))
+    yield fs
+    clear()
+
+
+def test_is_url_and_local_paths(tmp_path):
+    for u in ("s3://b/x.safetensors", "gs://b/x", "memory://x/y", "https://h/x.pt"):
+        assert is_url(u), u
+    for p in ("/a/b", "a/b", "file:///a/b", "C:/x", "~/x", Path("/a")):
+        assert not is_url(p), p
+    assert local_copy("file:///a/b.pt") == "/a/b.pt"
+    assert local_copy(str(tmp_path / "x.pt")) == str(tmp_path / "x.pt")  # unchanged, even when missing
+
+
+def test_local_copy_downloads_once_and_refreshes_when_the_remote_changes(mem, tmp_path, monkeypatch):
+    mem.pipe_file("/data/t.safetensors", b"first")
+    mem.pipe_file("/data/t.safetensors.json", b'{"id": 1}')
+    calls = []
+    real_get = type(mem).get_file
+    monkeypatch.setattr(type(mem), "get_file", lambda self, r, l, **kw: (calls.append(r), real_get(self, r, l, **kw)))
+
+    a = local_copy("memory://data/t.safetensors")
+    assert Path(a).name == "t.safetensors" and Path(a).read_bytes() == b"first"
+    assert Path(a).is_relative_to(tmp_path / "cache")  # $SING_CACHE
+    assert Path(f"{a}.json").read_text() == '{"id": 1}'  # the translator's sidecar comes along
+    assert len(calls) == 2
+    assert local_copy("memory://data/t.safetensors") == a and len(calls) == 2  # cached: no download
+
+    mem.pipe_file("/data/t.safetensors", b"second, longer")
+    b = local_copy("memory://data/t.safetensors")
+    assert b != a and Path(b).read_bytes() == b"second, longer"
+    assert not list(Path(b).parent.glob(".*.tmp"))  # written atomically, no temp left behind
+
+    c = local_copy("memory://data/t.safetensors", cache_dir=tmp_path / "other")
+    assert Path(c).is_relative_to(tmp_path / "other") and Path(c).read_bytes() == b"second, longer"
+
+
+def test_local_copy_of_a_missing_url_names_it():
+    with pytest.raises(FileNotFoundError, match=r"memory://nowhere/t\.safetensors"):
+        local_copy("memory://nowhere/t.safetensors")
+
+
+def _translator(d=6, m=8, source="timm:test_resnet@random"):
+    from sing_ops import Translator
+
+    g = torch.Generator().manual_seed(0)
+    return Translator(torch.randn(d, m, generator=g), torch.randn(d, generator=g),
+                      {"source_model": source, "clip_model": "openclip:tiny@random"})
+
+
+def test_translator_from_a_url(mem, tmp_path):
+    from sing_ops.translator import TranslatorMismatch
+
+    from pipelines.audit import load_translator_for
+
+    tr = _translator()
+    local = tr.save(tmp_path / "t.safetensors")
+    mem.put_file(str(local), "/tr/t.safetensors")
+    clf = SimpleNamespace(num_features=8, model_id="timm:test_resnet@random")
+    got = load_translator_for("memory://tr/t.safetensors", clf.model_id, clf)
+    assert got.id == tr.id and got.metadata["clip_model"] == "openclip:tiny@random"
+    other = SimpleNamespace(num_features=8, model_id="timm:test_resnet@e1.safetensors")
+    assert load_translator_for("memory://tr/t.safetensors", "timm:test_resnet@/c/e1.safetensors", other,
+                               "arch").id == tr.id
+    with pytest.raises(TranslatorMismatch):
+        load_translator_for("memory://tr/t.safetensors", other.model_id, other)  # exact: another model id
+    with pytest.raises(FileNotFoundError, match="memory://tr/missing.safetensors"):
+        load_translator_for("memory://tr/missing.safetensors", clf.model_id, clf)
+
+
+def test_checkpoint_spec_with_a_url(mem, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from pipelines.manifest import file_sha256
+    from pipelines.model_spec import parse_model_spec
+    from pipelines.models import load_classifier
+
+    torch.manual_seed(3)
+    sd = {k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=10).state_dict().items()}
+    local = tmp_path / "x.safetensors"
+    save_file(sd, str(local))
+    mem.put_file(str(local), "/ckpt/x.safetensors")
+
+    spec = "timm:test_resnet@memory://ckpt/x.safetensors"
+    ms = parse_model_spec(spec)
+    assert (ms.weights, ms.path, ms.model_id) == ("file", "memory://ckpt/x.safetensors", "timm:test_resnet@x.safetensors")
+    clf = load_classifier(spec, verify=False)
+    assert clf.checkpoint_sha256 == file_sha256(local)
+    assert clf.model_id == load_classifier(f"timm:test_resnet@{local}", verify=False).model_id
+    assert torch.equal(clf.head_weight, sd[clf.head_name + ".weight"].float().reshape(10, -1))
+    with pytest.raises(FileNotFoundError, match="memory://ckpt/y.safetensors"):
+        load_classifier("timm:test_resnet@memory://ckpt/y.safetensors", verify=False)
+
+
+def test_layout_on_a_url(mem, tmp_path):
+    from pipelines.layout import count_rows, is_done, manifest_path, shard_file, write_table_atomic
+    from pipelines.manifest import load_manifest, write_manifest
+
+    out = "memory://results/"
+    f = shard_file(out, "images", "m", "r", "s0")
+    assert f == "memory://results/images/model=m/run=r/s0.parquet"
+    assert not is_done(out, "m", "r", "s0") and count_rows(out, "images", "m", "r") == 0
+    write_table_atomic(pa.table({"key": ["a", "b", "c"]}), f)
+    write_table_atomic(pa.table({"key": ["d"]}), shard_file(out, "images", "m", "r", "s1"))
+    assert is_done(out, "m", "r", "s0") and not is_done(out, "m", "r", "s2")
+    assert count_rows(out, "images", "m", "r") == 4
+    with mem.open("/results/images/model=m/run=r/s0.parquet", "rb") as fh:
+        assert pq.read_table(fh).column("key").to_pylist() == ["a", "b", "c"]
+    write_table_atomic(pa.table({"key": ["z"]}), f)  # a rerun overwrites, never appends
+    assert count_rows(out, "images", "m", "r") == 2
+
+    assert load_manifest(out, "r") is None
+    assert write_manifest(out, "r", {"kind": "audit", "counts": {"x": 1}}) == manifest_path(out, "r")
+    assert load_manifest(out, "r")["counts"] == {"x": 1}
+    assert sorted(mem.find("/results")) == ["/results/images/model=m/run=r/s0.parquet",
+                                            "/results/images/model=m/run=r/s1.parquet", "/results/runs/r.json"]
+    # a local OUT is unchanged: Paths, temp + rename
+    assert shard_file(tmp_path, "images", "m", "r", "s0") == tmp_path / "images" / "model=m" / "run=r" / "s0.parquet"
+    write_manifest(str(tmp_path), "r", {"kind": "audit"})
+    assert load_manifest(tmp_path, "r")["kind"] == "audit"
+
+
+@pytest.fixture(scope="module")
+def job_inputs(tmp_path_factory):
+    """Local shards (6 images of classes 0-2 in 2 shards) and a translator of the right dims."""
+    from pipelines.clip_models import load_clip
+    from pipelines.models import load_classifier
+    from pipelines.shards import iter_shard, make_shards
+    from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
+
+    root = tmp_path_factory.mktemp("remote_job")
+    shards = make_shards(str(photo_folder(root / "photos", per_class=2)), str(root / "shards"), per_shard=4)
+    samples = {s.key: s.label for p in shards for s in iter_shard(str(p))}
+    clf, d = load_classifier(CLASSIFIER), load_clip(CLIP).embed_dim
+    tr = _translator(d, clf.num_features, clf.model_id).save(root / "t.safetensors")
+    return shards, samples, clf.slug, tr
+
+
+def _keys(mem, pattern: str) -> tuple[int, list[str]]:
+    files = mem.glob(pattern)
+    keys = []
+    for f in files:
+        with mem.open(f, "rb") as fh:
+            keys += pq.read_table(fh).column("key").to_pylist()
+    return len(files), sorted(keys)
+
+
+@pytest.mark.slow
+def test_audit_writes_results_to_a_url(mem, job_inputs, ray_session):
+    """The driver writes every file, so an in-process memory:// OUT sees the whole run."""
+    from pipelines.audit import AuditConfig, run_audit
+    from tests.pipeline_data import CLASSIFIER
+
+    shards, samples, slug, tr = job_inputs
+    cfg = AuditConfig(models=[CLASSIFIER], translators=[f"file://{tr}"], shards=[str(p) for p in shards],
+                      out="memory://results", run_id="u1", progress=False, batch_size=8)
+    man = run_audit(cfg)
+    n = len(samples)
+    assert man["counts"][slug] == {"images": n, "errors": 0, "images_this_session": n}
+    assert _keys(mem, f"/results/images/model={slug}/run=u1/*.parquet") == (len(shards), sorted(samples))
+    assert _keys(mem, f"/results/errors/model={slug}/run=u1/*.parquet") == (len(shards), [])
+    assert json.loads(mem.cat_file("/results/runs/u1.json"))["status"] == "complete"
+
+    again = run_audit(cfg)  # resume: every shard is done on the URL, nothing rewritten
+    assert again["shards"]["skipped_done"] == len(shards) and again["shards"]["written"] == 0
+    assert again["counts"][slug]["images"] == n and "resumed_from" in again
+
+
+@pytest.mark.slow
+def test_steer_writes_results_to_a_url(mem, job_inputs, ray_session):
+    from pipelines.steer_job import SteerConfig, run_steer
+    from tests.pipeline_data import CLASSIFIER
+
+    shards, samples, slug, tr = job_inputs
+    cfg = SteerConfig(model=CLASSIFIER, translator=str(tr), shards=[str(p) for p in shards], out="memory://st",
+                      target_class="1", prompt="an image of a jellyfish", is_deg=40.0, run_id="s1", progress=False)
+    man = run_steer(cfg)
+    of_class = sorted(k for k, y in samples.items() if y == 1)
+    assert man["counts"]["images"] == len(of_class) > 0
+    assert _keys(mem, f"/st/steer/model={slug}/run=s1/*.parquet") == (len(shards), of_class)
+    again = run_steer(cfg)
+    assert again["shards"]["skipped_done"] == len(shards) and again["counts"]["images"] == len(of_class)
