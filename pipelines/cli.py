@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--device")
     _add_model_help(ix)
 
+    ni = sub.add_parser("nightly", help="audit new checkpoints, compare with a baseline, alarm (exit 3)",
+                        description="Exit codes: 0 ok or nothing new, 1 the run failed (rerun resumes), "
+                                    "2 bad config or input, 3 ALARM (a checkpoint crossed a threshold). "
+                                    "Config keys: cluster/nightly.example.yaml.")
+    ni.add_argument("--config", required=True, help="nightly YAML (see cluster/nightly.example.yaml)")
+    ni.add_argument("--dry-run", action="store_true", help="list the checkpoints that would be audited")
+
     dm = sub.add_parser("demo", help="end to end on real photos shipped with scikit-image/scikit-learn")
     dm.add_argument("--out", default="sing_demo_out")
     dm.add_argument("--images-per-photo", type=int, default=12)
@@ -230,11 +237,13 @@ def _cmd_steer(a):
                                 target_class=a.target_class, prompt=a.prompt, is_deg=a.is_deg, eps=a.eps,
                                 run_id=a.run_id, batch_size=a.batch_size, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
-                                translator_match=a.translator_match, progress=not a.quiet))
+                                progress=not a.quiet))
     t = man["target"]
     print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
           f"{man['counts']['images']} images, {man['counts']['errors']} errors")
-    if man["counts"]["images"]:
+    from .remote import is_url
+
+    if man["counts"]["images"] and not is_url(a.out):  # the query engine reads local results only
         from queries.runner import format_frame, steer_summary
 
         print(format_frame(steer_summary(a.out, run=man["run_id"], model=man["models"][0]["slug"])))
@@ -280,6 +289,10 @@ def main(argv=None) -> int:
     handlers = {"shards": _cmd_shards_make, "embed-text": _cmd_embed_text, "fit-translator": _cmd_fit,
                 "audit": _cmd_audit, "explain": _cmd_explain, "steer": _cmd_steer, "validate": _cmd_validate,
                 "index": _cmd_index}
+    if args.command == "nightly":  # has its own exit codes (3 = alarm)
+        from .nightly import cli_nightly
+
+        return cli_nightly(args.config, dry_run=args.dry_run, progress=not args.quiet)
     if args.command == "demo":
         from .demo import run_demo_cli as handler
     elif args.command == "bench":

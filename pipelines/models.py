@@ -357,6 +357,19 @@ def _check_timm(ms: ModelSpec) -> None:
                                     f"available: {', '.join(a.split('.', 1)[1] for a in avail)}")
 
 
+def check_arch(spec: str) -> ModelSpec:
+    """Parse a MODEL string and check its architecture exists, without building it."""
+    ms = parse_model_spec(spec)
+    if ms.source == "timm":
+        import timm
+
+        if not timm.is_model(ms.name):
+            raise UnknownModelError(f"timm has no model {ms.name!r}.{_suggest(ms.name, timm.list_models())}")
+    elif ms.source == "torchvision":
+        _check_torchvision(ms)
+    return ms
+
+
 def _check_torchvision(ms: ModelSpec):
     import torchvision
 

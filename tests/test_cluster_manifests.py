@@ -331,13 +331,9 @@ def _sing_commands() -> list[tuple[str, list[str]]]:
 
 
 def _command_params():
-    subs = _subcommands()
     params = []
     for where, argv in _sing_commands():
-        marks = []
-        if argv[0] == "nightly" and "nightly" not in subs:
-            marks = [pytest.mark.xfail(strict=False, reason="sing nightly lands with issue 6")]
-        params.append(pytest.param(argv, id=f"{where}:{argv[0]}", marks=marks))
+        params.append(pytest.param(argv, id=f"{where}:{argv[0]}"))
     return params
 
 
@@ -413,7 +409,7 @@ def test_nightly_example_config():
     assert cfg["version"] == 1 and re.fullmatch(r"[A-Za-z0-9._-]+", cfg["name"])
     ck = cfg["checkpoints"]
     assert set(ck) == {"source", "pattern", "arch", "select", "order", "max_per_run"}
-    assert isinstance(ck["source"], (str, list)) and ck["select"] in ("new", "latest", "all")
+    assert isinstance(ck["source"], (str, list)) and ck["select"] in ("new", "latest")
     assert ck["order"] in ("mtime", "name") and ck["max_per_run"] >= 1
     assert "@" not in ck["arch"] and parse_model_spec(ck["arch"] + "@/ckpt/x.safetensors").weights == "file"
     tr = cfg["translator"]
@@ -436,6 +432,14 @@ def test_nightly_example_config():
     assert set(refit) == {"clip", "shards", "heldout_shards", "templates", "out"}
     parse_model_spec(refit["clip"])
     assert set(_commented_block(text, "baseline")["baseline"]) == {"run", "model"}
+    # ... and `sing nightly`'s own parser accepts the example and both alternatives.
+    from pipelines.nightly_config import parse_nightly_config
+
+    parsed = parse_nightly_config(cfg)
+    assert parsed.reuse == tr.get("reuse") and parsed.thresholds.max_error_rate == th["max_error_rate"]
+    alt = parse_nightly_config({**cfg, "translator": {"refit": refit},
+                                "baseline": _commented_block(text, "baseline")["baseline"]})
+    assert alt.refit.clip == refit["clip"] and alt.baseline["run"] == _commented_block(text, "baseline")["baseline"]["run"]
 
 
 def _commented_block(text: str, key: str) -> dict:

@@ -30,9 +30,10 @@ def test_two_node_cluster_and_node_loss(tmp_path):
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads(lines[-1][len("RESULT "):])
     assert rep["nodes"] == 2
-    assert rep["clean_images"] == 24
-    assert rep["node_was_killed"]
-    assert rep["rerun_images"] == 24
+    assert rep["clean_rc"] == 0 and rep["clean_images"] == 24, rep
+    assert rep["node_was_killed"], rep
+    assert rep["rerun_rc"] == 0 and rep["rerun_images"] == 24, rep
+    assert rep["rerun_skipped"] == rep["written_before_rerun"], rep  # finished shards are not redone
     for run in ("two-nodes", "node-killed"):
         df = pl.read_parquet(str(out / "images" / "*" / f"run={run}" / "*.parquet"))
         assert df.height == df.select("shard", "key").n_unique() == 24, run
