@@ -3,7 +3,6 @@ from Python; errors in the user's input print one line and exit 2 before any wor
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .layout import shard_file, write_table_atomic
+from .regroup import ShardGrouper
 
 IMAGES_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("class_name", pa.string()),
@@ -42,14 +43,6 @@ class ModelTarget:
     skip_shards: set = field(default_factory=set)  # already done for this model
 
 
-@dataclass
-class _Pending:
-    batches: list = field(default_factory=list)
-    rows: int = 0
-    expected: int | None = None
-    t_read: float = 0.0
-
-
 def _f32_nullable(a: np.ndarray) -> pa.Array:
     a = np.asarray(a, dtype=np.float32)
     return pa.array(a, mask=np.isnan(a), type=pa.float32())
@@ -58,54 +51,30 @@ def _f32_nullable(a: np.ndarray) -> pa.Array:
 class ShardCollector:
     def __init__(self, out: str, run_id: str, targets: list[ModelTarget], on_shard_done=None):
         self.out, self.run_id, self.targets = out, run_id, targets
-        self.pending: dict[str, _Pending] = defaultdict(_Pending)
+        self.grouper = ShardGrouper()
         self.stage_seconds = defaultdict(float)
         self.counts = defaultdict(int)
         self.on_shard_done = on_shard_done
         self.done_shards: list[str] = []
-        # steady-state throughput: rows arriving after the first batch, over that time
-        self.first_batch_at: float | None = None
-        self.last_batch_at: float | None = None
-        self.rows_after_first = 0
 
     def add(self, batch: dict) -> None:
-        status = batch["status"]
-        now = time.perf_counter()
-        n_body = int((status != "end").sum())
-        if self.first_batch_at is None:
-            self.first_batch_at = now
-        else:
-            self.rows_after_first += n_body
-        self.last_batch_at = now
         for t in self.targets:
             self.stage_seconds["forward"] += float(batch[f"{t.prefix}/t_forward"].sum())
             self.stage_seconds["sing_ops"] += float(batch[f"{t.prefix}/t_ops"].sum())
-        for shard in np.unique(batch["shard"]):
-            sel = batch["shard"] == shard
-            p = self.pending[shard]
-            end = sel & (status == "end")
-            body = sel & (status != "end")
-            if body.any():
-                p.batches.append({k: v[body] for k, v in batch.items()})
-                p.rows += int(body.sum())
-            if end.any():
-                p.expected = int(batch["n_rows"][end][0])
-                p.t_read = float(batch["t_read"][end][0])
-            if p.expected is not None and p.rows == p.expected:
-                self._write(shard, self.pending.pop(shard))
+        for shard, cols, t_read in self.grouper.add(batch):
+            self._write(shard, cols, t_read)
 
-    def _write(self, shard: str, p: _Pending) -> None:
+    def _write(self, shard: str, cols: dict, t_read: float) -> None:
         t0 = time.perf_counter()
-        cols = {k: np.concatenate([b[k] for b in p.batches]) for k in p.batches[0]} if p.batches else None
         for t in self.targets:
             if shard in t.skip_shards:
                 continue
             self._write_model(shard, t, cols)
-        self.stage_seconds["read_decode"] += p.t_read
+        self.stage_seconds["read_decode"] += t_read
         self.stage_seconds["write"] += time.perf_counter() - t0
         self.done_shards.append(shard)
         if self.on_shard_done:
-            self.on_shard_done(shard, p.rows)
+            self.on_shard_done(shard, len(cols["key"]))
         # Fault injection for the kill-and-resume test: a real SIGKILL of the driver at a
         # known point mid-run (setting it in production would just kill the job).
         kill_after = os.environ.get("SING_FAULT_KILL_AFTER_SHARDS")
@@ -114,8 +83,6 @@ class ShardCollector:
 
     def _write_model(self, shard: str, t: ModelTarget, cols: dict | None) -> None:
         path = lambda table: shard_file(self.out, table, t.slug, self.run_id, shard)  # noqa: E731
-        if cols is None:
-            cols = {"key": np.array([], dtype=object), "status": np.array([], dtype=object)}
         status = cols["status"]
         model_err = cols.get(f"{t.prefix}/error", np.full(len(status), "", dtype=object))
         good = (status == "ok") & (model_err == "")
@@ -169,11 +136,9 @@ class ShardCollector:
         self.counts[f"{t.slug}/images"] += n
         self.counts[f"{t.slug}/errors"] += errors.num_rows
 
-    def steady_rate(self) -> float | None:
-        """Images/s once the stream is flowing (excludes Ray and actor start-up)."""
-        if self.first_batch_at is None or self.last_batch_at <= self.first_batch_at:
-            return None
-        return self.rows_after_first / (self.last_batch_at - self.first_batch_at)
-
     def unfinished(self) -> list[str]:
-        return sorted(self.pending)
+        return self.grouper.unfinished()
+
+    def counts_total(self) -> int:
+        """Rows (images + failed samples) of the shards written this session."""
+        return sum(v for k, v in self.counts.items())

@@ -106,7 +106,7 @@ def build_index(cfg: IndexConfig) -> dict:
     from .ray_session import cluster_cpus, cluster_gpus, configure_data_context, ensure_ray
     from .read_stage import read_decode, unique_views, view_column
     from .shards import expand_shards, shard_name
-    from .steer_job import ShardGrouper
+    from .regroup import ShardGrouper
 
     if cfg.dtype not in DTYPES:
         raise ImageIndexError(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")

@@ -19,14 +19,15 @@ import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from .model_stage import _first_only, _ModelActor
+from .read_stage import read_decode
+from .regroup import ShardGrouper
 
 log = logging.getLogger("sing.steer")
 
@@ -42,79 +43,6 @@ class SteerConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------- stream helpers
-
-
-@dataclass
-class _Pending:
-    batches: list = field(default_factory=list)
-    rows: int = 0
-    expected: int | None = None
-    t_read: float = 0.0
-
-
-class ShardGrouper:
-    """Regroup streamed rows by shard. `add(batch)` returns (shard, columns, t_read) for every
-    shard whose "end" row and all of its rows have now arrived (columns without the end row;
-    zero-length arrays when the shard had no rows)."""
-
-    def __init__(self):
-        self.pending: dict[str, _Pending] = defaultdict(_Pending)
-
-    def add(self, batch: dict) -> list[tuple[str, dict, float]]:
-        status = batch["status"]
-        done = []
-        for shard in np.unique(batch["shard"]):
-            sel = batch["shard"] == shard
-            p = self.pending[shard]
-            end, body = sel & (status == "end"), sel & (status != "end")
-            if body.any() or end.any():
-                p.batches.append({k: v[body] for k, v in batch.items()})
-                p.rows += int(body.sum())
-            if end.any():
-                p.expected = int(batch["n_rows"][end][0])
-                p.t_read = float(batch["t_read"][end][0])
-            if p.expected is not None and p.rows == p.expected:
-                p = self.pending.pop(shard)
-                cols = {k: np.concatenate([b[k] for b in p.batches]) for k in p.batches[0]}
-                done.append((str(shard), cols, p.t_read))
-        return done
-
-    def unfinished(self) -> list[str]:
-        return sorted(self.pending)
-
-
-def read_decode_class(batch: dict, views, label: int, chunk_size: int = 64,
-                      max_pixels: int | None = None) -> Iterator[dict]:
-    """read_stage.read_decode, but only samples whose label is `label` are decoded and emitted
-    (one class is ~0.1% of ImageNet: the other images are never decoded). Same row format,
-    same per-shard "end" row; read errors (including unlabelled samples) are kept."""
-    from .images import ImageDecodeError, decode_image, to_uint8_view
-    from .read_stage import _Chunk
-    from .shards import SampleError, iter_shard, shard_name
-
-    for path in batch["path"]:
-        t0 = time.perf_counter()
-        shard = shard_name(path)
-        chunk = _Chunk(shard, views)
-        emitted = 0
-        for item in iter_shard(path):
-            if isinstance(item, SampleError):
-                chunk.add(item.key, status="error", stage=item.stage, reason=item.reason)
-            elif item.label != label:
-                continue
-            else:
-                try:
-                    img = decode_image(item.image, **({"max_pixels": max_pixels} if max_pixels else {}))
-                    images = {v.view_key: to_uint8_view(img, v) for v in views}
-                    chunk.add(item.key, label=int(item.label), images=images)
-                except ImageDecodeError as exc:
-                    chunk.add(item.key, label=int(item.label), status="error", stage="decode", reason=str(exc))
-            if len(chunk.rows) >= chunk_size:
-                emitted += len(chunk.rows)
-                yield chunk.flush()
-        emitted += len(chunk.rows)
-        chunk.add(f"{shard}#end", status="end", n_rows=emitted, t_read=time.perf_counter() - t0)
-        yield chunk.flush()
 
 
 # ----------------------------------------------------------------------------- the actor
@@ -323,8 +251,9 @@ def run_steer(cfg: SteerConfig) -> dict:
         configure_data_context(cfg.progress)
         gpus = cluster_gpus() if pick_device(cfg.device).type == "cuda" else 0.0
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(read_decode_class, batch_size=1, num_cpus=1,
-                            fn_kwargs={"views": [clf.preprocess], "label": class_index, "max_pixels": cfg.max_pixels})
+        ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
+                            fn_kwargs={"views": [clf.preprocess], "only_label": class_index,
+                                       "max_pixels": cfg.max_pixels})
         n_actors = max(1, int(gpus))
         ds = ds.map_batches(
             SteerActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=1, max_size=n_actors),

@@ -153,13 +153,15 @@ def test_rerun_resumes_without_work_and_summary_query_reads_the_table(setup, ste
 def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
     """In process, no Ray: the class-filtered reader, the actor in --eps mode, the regrouping."""
     from pipelines.models import load_classifier
-    from pipelines.steer_job import ShardGrouper, SteerActor, read_decode_class, steer_table
+    from pipelines.read_stage import read_decode
+    from pipelines.regroup import ShardGrouper
+    from pipelines.steer_job import SteerActor, steer_table
 
     root, tr = setup
     clf = load_classifier(CLASSIFIER)
     # 12 images sorted by class, 5 per shard: shard-000001 holds 3 of class 1 and 2 of class 2
-    batches = list(read_decode_class({"path": np.array([str(root / "shards" / "shard-000001.tar")])},
-                                     [clf.preprocess], label=1, chunk_size=2))
+    batches = list(read_decode({"path": np.array([str(root / "shards" / "shard-000001.tar")])},
+                               [clf.preprocess], chunk_size=2, only_label=1))
     assert sum((b["status"] == "ok").sum() for b in batches) == 3
     assert all((b["label"][b["status"] == "ok"] == 1).all() for b in batches)
     actor = SteerActor("s", CLASSIFIER, str(tr), np.random.default_rng(0).standard_normal(32), 1, eps=0.5,
