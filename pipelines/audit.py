@@ -136,9 +136,9 @@ def load_translator_for(path, spec: str, clf, match: str = "exact"):
 
 
 def run_audit(cfg: AuditConfig) -> dict:
-    from .model_stage import ScoreActor, pick_device
+    from .model_stage import ScoreActor
     from .read_stage import read_decode, unique_views
-    from .ray_session import cluster_cpus, cluster_gpus, configure_data_context, ensure_ray
+    from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .shards import expand_shards, shard_name
     from .text import read_lines
 
@@ -187,7 +187,9 @@ def run_audit(cfg: AuditConfig) -> dict:
 
         configure_data_context(cfg.progress)
         views = unique_views([p.preprocess for p in prepared])
-        gpus = cluster_gpus() if pick_device(cfg.device).type == "cuda" else 0.0
+        gpus = actor_gpus(cfg.device)
+        if cfg.device and str(cfg.device).startswith("cuda") and not gpus:
+            raise ValueError(f"--device {cfg.device} but the Ray cluster has no GPUs")
         # Leave CPUs for the read/decode tasks: actors take fractional CPUs (two 1-CPU
         # actors on a 2-core box starve the read stage forever).
         n_actors = cfg.num_actors or max(1, int(gpus) if gpus else 1)

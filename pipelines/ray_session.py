@@ -46,3 +46,11 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def actor_gpus(requested_device: str | None) -> float:
+    """GPUs the model actors ask Ray for. With no --device, look at the cluster, not at this
+    process: on a cluster the driver often runs on a CPU-only head while workers have GPUs."""
+    if requested_device is not None and not str(requested_device).startswith("cuda"):
+        return 0.0
+    return cluster_gpus()

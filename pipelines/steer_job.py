@@ -211,8 +211,7 @@ def run_steer(cfg: SteerConfig) -> dict:
     from .collect import ERRORS_SCHEMA
     from .layout import check_run_id, count_rows, derive_run_id, is_done, shard_file, write_table_atomic
     from .manifest import code_version, file_sha256, load_manifest, utc_now, write_manifest
-    from .model_stage import pick_device
-    from .ray_session import cluster_cpus, cluster_gpus, configure_data_context, ensure_ray
+    from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .remote import local_copy
 
     started = utc_now()
@@ -249,7 +248,9 @@ def run_steer(cfg: SteerConfig) -> dict:
         from ray.data import ActorPoolStrategy
 
         configure_data_context(cfg.progress)
-        gpus = cluster_gpus() if pick_device(cfg.device).type == "cuda" else 0.0
+        gpus = actor_gpus(cfg.device)
+        if cfg.device and str(cfg.device).startswith("cuda") and not gpus:
+            raise ValueError(f"--device {cfg.device} but the Ray cluster has no GPUs")
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
                             fn_kwargs={"views": [clf.preprocess], "only_label": class_index,
