@@ -42,6 +42,9 @@ class AuditConfig:
     # included); "arch": any checkpoint of the same architecture with the same feature dim
     # will do (nightly audits reusing one translator across a training run).
     translator_match: str = "exact"
+    # "host": the read stage decodes (PIL, pixel-exact eval transforms); "device": the model
+    # actors decode JPEGs on their device (nvJPEG on GPUs), see pipelines.device_decode
+    decode: str = "host"
     extra: dict = field(default_factory=dict)
 
 
@@ -71,6 +74,8 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
     if len(cfg.translators) not in (1, len(cfg.models)):
         raise ValueError(f"give one --translator, or one per --model ({len(cfg.models)}), "
                          f"got {len(cfg.translators)}")
+    if cfg.decode not in ("host", "device"):
+        raise ValueError(f"unknown decode mode {cfg.decode!r}; choose host or device")
     if cfg.templates not in TEMPLATES:
         raise ValueError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
     clip_cache: dict[str, object] = {}
@@ -137,7 +142,7 @@ def load_translator_for(path, spec: str, clf, match: str = "exact"):
 
 def run_audit(cfg: AuditConfig) -> dict:
     from .model_stage import ScoreActor
-    from .read_stage import read_decode, unique_views
+    from .read_stage import ENC_COLUMN, read_decode, unique_views, view_column
     from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .shards import expand_shards, shard_name
     from .text import read_lines
@@ -152,7 +157,8 @@ def run_audit(cfg: AuditConfig) -> dict:
     run_id = check_run_id(cfg.run_id) if cfg.run_id else derive_run_id("audit", {
         "models": [p.model_id for p in prepared], "sha": [p.sha256 for p in prepared],
         "translators": [p.translator.id for p in prepared], "shards": names, "concepts": concepts,
-        "templates": cfg.templates, "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol})
+        "templates": cfg.templates, "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol,
+        **({"decode": cfg.decode} if cfg.decode != "host" else {})})
     targets = []
     for i, p in enumerate(prepared):
         done = {n for n in names if is_done(cfg.out, p.slug, run_id, n)}
@@ -194,8 +200,11 @@ def run_audit(cfg: AuditConfig) -> dict:
         # actors on a 2-core box starve the read stage forever).
         n_actors = cfg.num_actors or max(1, int(gpus) if gpus else 1)
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(read_decode, batch_size=1, fn_kwargs={"views": views, "max_pixels": cfg.max_pixels},
-                            num_cpus=1)
+        device_decode = cfg.decode == "device"
+        ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
+                            fn_kwargs={"views": [] if device_decode else views, "max_pixels": cfg.max_pixels,
+                                       "encoded": device_decode})
+        drop = [ENC_COLUMN] if device_decode else [view_column(v) for v in views]
         for i, p in enumerate(prepared):
             last = i == len(prepared) - 1
             ds = ds.map_batches(
@@ -206,9 +215,9 @@ def run_audit(cfg: AuditConfig) -> dict:
                     prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path),
                     class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,
                     rank_rtol=cfg.rank_rtol, view=p.preprocess, device=cfg.device,
-                    translator_match=cfg.translator_match,
+                    translator_match=cfg.translator_match, decode=cfg.decode, max_pixels=cfg.max_pixels,
                     threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))),
-                    drop_views=[f"img:{v.view_key}" for v in views] if last else ()))
+                    drop_views=drop if last else ()))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             collector.add(batch)
         if collector.unfinished():

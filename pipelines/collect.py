@@ -61,6 +61,8 @@ class ShardCollector:
         for t in self.targets:
             self.stage_seconds["forward"] += float(batch[f"{t.prefix}/t_forward"].sum())
             self.stage_seconds["sing_ops"] += float(batch[f"{t.prefix}/t_ops"].sum())
+            if f"{t.prefix}/t_decode" in batch:  # device-decode mode: decoding inside the actor
+                self.stage_seconds["device_decode"] += float(batch[f"{t.prefix}/t_decode"].sum())
         for shard, cols, t_read in self.grouper.add(batch):
             self._write(shard, cols, t_read)
 
@@ -91,7 +93,8 @@ class ShardCollector:
         errors = pa.table({
             "key": pa.array(list(cols["key"][bad_read]) + list(cols["key"][bad_model]), pa.string()),
             "shard": pa.array([shard] * int(bad_read.sum() + bad_model.sum()), pa.string()),
-            "stage": pa.array(list(cols["stage"][bad_read]) + ["model"] * int(bad_model.sum()), pa.string()),
+            "stage": pa.array(list(cols["stage"][bad_read]) + [
+                "decode" if str(r).startswith("decode: ") else "model" for r in model_err[bad_model]], pa.string()),
             "reason": pa.array(list(cols["reason"][bad_read]) + list(model_err[bad_model]), pa.string()),
         }, schema=ERRORS_SCHEMA)
         write_table_atomic(errors, path("errors"))

@@ -62,16 +62,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, max_pixels: int | None = MAX_PIXELS,
-                 draft_min_side: int | None = None) -> Image.Image:
-    """Decode image bytes to an RGB PIL image.
-
-    max_pixels: width*height limit checked from the header before decoding (None: no limit;
-    PIL's own hard limit, 2x its MAX_IMAGE_PIXELS, still applies when above it).
-    draft_min_side: JPEG only, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as the
-    shorter side stays >= 2 * draft_min_side (much faster on large photos; DCT-domain scaling
-    changes pixels slightly, so the default None decodes exactly).
-    """
+def open_image(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open lazily (header only) and apply every check that needs no pixels: allowed format,
+    positive size, the decompression-bomb limit. Shared by host decoding and by the device
+    path, which must refuse a bomb before its bytes reach the GPU decoder."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageDecodeError(f"expected bytes, got {type(data).__name__}")
     if len(data) == 0:
@@ -96,6 +90,21 @@ def decode_image(data: bytes, max_pixels: int | None = MAX_PIXELS,
         raise ImageDecodeError(
             f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} "
             "(decompression bomb guard); refused before decoding")
+    return img
+
+
+def decode_image(data: bytes, max_pixels: int | None = MAX_PIXELS,
+                 draft_min_side: int | None = None) -> Image.Image:
+    """Decode image bytes to an RGB PIL image.
+
+    max_pixels: width*height limit checked from the header before decoding (None: no limit;
+    PIL's own hard limit, 2x its MAX_IMAGE_PIXELS, still applies when above it).
+    draft_min_side: JPEG only, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as the
+    shorter side stays >= 2 * draft_min_side (much faster on large photos; DCT-domain scaling
+    changes pixels slightly, so the default None decodes exactly).
+    """
+    img = open_image(data, max_pixels)
+    w, h = img.size
     if draft_min_side and img.format == "JPEG":
         k = 2.0 * draft_min_side / min(w, h)
         if k < 1.0:

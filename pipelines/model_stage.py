@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from .read_stage import view_column
+from .read_stage import ENC_COLUMN, view_column
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -32,7 +32,8 @@ def _set_threads(threads: int | None):
 
 
 class _ModelActor:
-    def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None):
+    def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
+                 max_pixels=None):
         from .images import normalise
 
         _set_threads(threads)
@@ -41,11 +42,28 @@ class _ModelActor:
         self.device = pick_device(device)
         self.cuda = self.device.type == "cuda"
         self._normalise = normalise
+        if decode not in ("host", "device"):
+            raise ValueError(f"unknown decode mode {decode!r}; choose host or device")
+        self.decode, self.max_pixels = decode, max_pixels
 
     def _inputs(self, batch, ok):
         x = torch.from_numpy(np.ascontiguousarray(batch[self.col][ok])).to(self.device, non_blocking=True)
         return self._normalise(x, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
                                channels_last=self.cuda)
+
+    def _model_inputs(self, batch, sel) -> tuple[torch.Tensor, dict[int, str], float]:
+        """Normalised inputs of the selected rows, {position in selection: reason} of rows that
+        failed to decode here (device mode only; they are left out of the tensor), seconds."""
+        if self.decode == "host":
+            return self._inputs(batch, sel), {}, 0.0
+        from .device_decode import decode_batch
+
+        t0 = time.perf_counter()
+        u8, bad = decode_batch(batch[ENC_COLUMN][sel], self.view, self.device, self.max_pixels)
+        x = self._normalise(u8, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
+                            channels_last=self.cuda)
+        self._sync()
+        return x, bad, time.perf_counter() - t0
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
@@ -62,7 +80,8 @@ class ScoreActor(_ModelActor):
     """Holds one classifier, its head decomposition, the translator and text embeddings."""
 
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
-                 rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact"):
+                 rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
+                 decode="host", max_pixels=None):
         from sing_ops import AuditScorer, HeadDecomposition
 
         from .audit import load_translator_for
@@ -70,7 +89,7 @@ class ScoreActor(_ModelActor):
         from .models import load_classifier
 
         clf = load_classifier(model_spec)
-        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads)
+        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         tr = load_translator_for(translator_path, model_spec, clf, translator_match)
@@ -93,12 +112,17 @@ class ScoreActor(_ModelActor):
         k = 0 if self.scorer.concept_text is None else self.scorer.concept_text.shape[0]
         before = np.full((n, k), np.nan, dtype=np.float32)
         after = np.full((n, k), np.nan, dtype=np.float32)
+        t_fwd = t_ops = t_dec = 0.0
+        idx = np.flatnonzero(run)
+        if len(idx):
+            x, bad, t_dec = self._model_inputs(batch, run)
+            for j, reason in bad.items():
+                err[idx[j]] = reason
+            idx = np.delete(idx, list(bad))
         t0 = time.perf_counter()
-        t_fwd = t_ops = 0.0
-        if run.any():
-            idx = np.flatnonzero(run)
+        if len(idx):
             with torch.inference_mode(), self._autocast():
-                f, logits = self.clf.features_and_logits(self._inputs(batch, run))
+                f, logits = self.clf.features_and_logits(x)
             f, logits = f.float(), logits.float()
             self._sync()
             t_fwd = time.perf_counter() - t0
@@ -124,6 +148,8 @@ class ScoreActor(_ModelActor):
         out[f"{p}/error"] = err
         out[f"{p}/t_forward"] = _first_only(n, t_fwd)
         out[f"{p}/t_ops"] = _first_only(n, t_ops)
+        if self.decode == "device":
+            out[f"{p}/t_decode"] = _first_only(n, t_dec)
         return out
 
 

@@ -8,6 +8,8 @@ Output batches are dicts of numpy arrays, one row per sample:
     n_rows                int64 (end row: rows emitted for this shard before it)
     t_read                float64 (end row: seconds spent reading + decoding the shard)
     img:<view_key>        uint8 (N, S, S, 3), one column per distinct eval transform
+    enc                   object (bytes) instead of img:* in device-decode mode: the header
+                          is checked here, the model actor decodes (pipelines.device_decode)
 Each shard ends with exactly one "end" row, so the driver knows when a shard is complete
 however the rows were spread over actors.
 """
@@ -18,11 +20,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .images import ImageDecodeError, decode_image, to_uint8_view
+from .images import ImageDecodeError, decode_image, open_image, to_uint8_view
 from .models import PreprocessSpec
 from .shards import SampleError, iter_shard, shard_name
 
 IMG_PREFIX = "img:"
+ENC_COLUMN = "enc"  # encoded image bytes (device-decode mode)
 
 
 def view_column(spec: PreprocessSpec) -> str:
@@ -38,9 +41,9 @@ def unique_views(specs) -> list[PreprocessSpec]:
 
 
 class _Chunk:
-    def __init__(self, shard: str, views: list[PreprocessSpec]):
-        self.shard, self.views = shard, views
-        self.rows: list[tuple] = []  # (key, label, status, stage, reason, n_rows, t_read, images|None)
+    def __init__(self, shard: str, views: list[PreprocessSpec], encoded: bool = False):
+        self.shard, self.views, self.encoded = shard, views, encoded
+        self.rows: list[tuple] = []  # (key, label, status, stage, reason, n_rows, t_read, images|bytes|None)
 
     def add(self, key, label=-1, status="ok", stage="", reason="", n_rows=0, t_read=0.0, images=None):
         self.rows.append((key, label, status, stage, reason, n_rows, t_read, images))
@@ -58,6 +61,11 @@ class _Chunk:
             "n_rows": np.array([r[5] for r in rows], dtype=np.int64),
             "t_read": np.array([r[6] for r in rows], dtype=np.float64),
         }
+        if self.encoded:
+            enc = np.empty(n, dtype=object)
+            enc[:] = [r[7] if r[7] is not None else b"" for r in rows]
+            out[ENC_COLUMN] = enc
+            return out
         for v in self.views:
             arr = np.zeros((n, v.size, v.size, 3), dtype=np.uint8)
             for i, r in enumerate(rows):
@@ -68,15 +76,17 @@ class _Chunk:
 
 
 def read_decode(batch: dict, views: list[PreprocessSpec], chunk_size: int = 64,
-                max_pixels: int | None = None, only_label: int | None = None) -> Iterator[dict]:
+                max_pixels: int | None = None, only_label: int | None = None,
+                encoded: bool = False) -> Iterator[dict]:
     """map_batches UDF (batch_size=1 over shard paths): yields chunks of decoded samples.
 
     only_label: decode and emit only samples of this class (`sing steer`: one class is ~0.1%
-    of ImageNet, the rest is never decoded); read errors are kept either way."""
+    of ImageNet, the rest is never decoded); read errors are kept either way.
+    encoded: device-decode mode: check each header, pass the bytes on undecoded."""
     for path in batch["path"]:
         t0 = time.perf_counter()
         shard = shard_name(path)
-        chunk = _Chunk(shard, views)
+        chunk = _Chunk(shard, views, encoded)
         emitted = 0
         for item in iter_shard(path):
             if isinstance(item, SampleError):
@@ -85,9 +95,14 @@ def read_decode(batch: dict, views: list[PreprocessSpec], chunk_size: int = 64,
                 continue
             else:
                 try:
-                    img = decode_image(item.image, **({"max_pixels": max_pixels} if max_pixels else {}))
-                    images = {v.view_key: to_uint8_view(img, v) for v in views}
-                    chunk.add(item.key, label=int(item.label), images=images)
+                    limit = {"max_pixels": max_pixels} if max_pixels else {}
+                    if encoded:
+                        open_image(item.image, **limit)
+                        chunk.add(item.key, label=int(item.label), images=bytes(item.image))
+                    else:
+                        img = decode_image(item.image, **limit)
+                        images = {v.view_key: to_uint8_view(img, v) for v in views}
+                        chunk.add(item.key, label=int(item.label), images=images)
                 except ImageDecodeError as exc:
                     chunk.add(item.key, label=int(item.label), status="error", stage="decode", reason=str(exc))
             if len(chunk.rows) >= chunk_size:

@@ -213,3 +213,28 @@ def test_translator_for_another_model_is_refused(data, translator, capsys):
     assert rc == 2
     assert "was fitted for source model" in capsys.readouterr().err
     assert not (root / "never").exists()  # nothing was started
+
+
+def test_device_decode_mode_matches_host_decoding(data, translator, audited, tmp_path):
+    """--decode device (here on the CPU: torchvision's decode_jpeg, as nvJPEG does on a GPU):
+    the same keys scored, the same samples refused at the same stage, scores close to the
+    pixel-exact host path (tensor resizing differs from PIL by a few grey levels)."""
+    root, expected_bad = data
+    out = tmp_path / "dev"
+    assert sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+                 str(root / "shards" / "*.tar"), str(root / "broken" / "cut.tar"), "--out", str(out),
+                 "--run-id", "d1", "--decode", "device"]) == 0
+    host, dev = _read(audited, "images"), _read(out, "images")
+    assert sorted(zip(dev["shard"], dev["key"])) == sorted(zip(host["shard"], host["key"]))
+    err_h = {(r["key"], r["stage"]) for r in _read(audited, "errors").iter_rows(named=True)}
+    err_d = {(r["key"], r["stage"]) for r in _read(out, "errors").iter_rows(named=True)}
+    assert err_d == err_h
+    j = host.join(dev, on=["shard", "key"], suffix="_dev")
+    assert (j["label"] == j["label_dev"]).all()
+    diff = (j["as_deg"] - j["as_deg_dev"]).abs()
+    assert diff.median() < 0.5 and diff.max() < 5.0, (diff.median(), diff.max())
+    # the odd formats went to the host decoder inside the actor: identical scores
+    odd = j.filter(pl.col("key").is_in(["png_rgb", "rgba", "cmyk"]))
+    assert odd.height == 3 and (odd["as_deg"] - odd["as_deg_dev"]).abs().max() < 1e-4
+    man = json.loads((out / "runs" / "d1.json").read_text())
+    assert "device_decode" in man["stage_seconds"] and man["config"]["decode"] == "device"
