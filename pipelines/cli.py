@@ -146,8 +146,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="pipeline throughput vs bare model forward, naive loop, memory")
     bn.add_argument("--model", default="torchvision:resnet50@random")
-    bn.add_argument("--images", type=int, default=192)
+    bn.add_argument("--images", type=int, help="images of the 1x run (default: 192 on CPU, 4096 on CUDA)")
     bn.add_argument("--batch-size", type=int, default=32)
+    bn.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bn.add_argument("--decode", choices=["host", "device"], help="default: device on CUDA, host on CPU")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
     sub.add_parser("bench-ops", help="SING ops vs one ResNet50 forward (python -m sing_ops.bench)",

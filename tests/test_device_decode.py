@@ -69,3 +69,14 @@ def test_geometry_matches_host_crop(w, h):
     x, _ = decode_batch([data], SPEC, "cpu")
     d = np.abs(x[0].numpy().astype(np.int16) - _host(data).astype(np.int16))
     assert d.mean() < 1.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_decode_matches_cpu_decode(chelsea, coffee):
+    """nvJPEG on the GPU against libjpeg on the CPU, both through decode_batch."""
+    batch = [_enc(chelsea, quality=92), _enc(coffee), _enc(coffee, "PNG"), b"\xff\xd8\xff\xe0 junk" * 4]
+    x_gpu, bad_gpu = decode_batch(batch, SPEC, "cuda")
+    x_cpu, bad_cpu = decode_batch(batch, SPEC, "cpu")
+    assert x_gpu.device.type == "cuda" and set(bad_gpu) == set(bad_cpu) == {3}
+    d = (x_gpu.cpu().to(torch.int16) - x_cpu.to(torch.int16)).abs()
+    assert d.float().mean() < 2.0, d.float().mean()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# GPU checks, run on a machine with a CUDA GPU from the repository root:
+#   bash tests/scripts/gpu_check.sh            (logs under $OUT, default /tmp/sing-gpu)
+# 1. the tests that need CUDA (actor on CUDA vs CPU, nvJPEG vs libjpeg, bf16 channels_last);
+# 2. `sing bench` on CUDA with device decode (nvJPEG in the actors) and host decode (PIL in
+#    the read tasks): pipeline/bare-forward ratio, speed-up over a naive loop, peak RSS.
+# Packages a bare image lacks can sit in .whl/ (wheels, and ray as ray-cp312.tar.xz).
+set -uo pipefail
+OUT=${OUT:-/tmp/sing-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+if [ -d .whl ]; then
+  mkdir -p /tmp/site
+  [ -f .whl/ray-cp312.tar.xz ] && tar xJf .whl/ray-cp312.tar.xz -C /tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi -L | tee "$OUT/env.txt"
+$PY -c "import torch, torchvision, timm, ray, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/env.txt"
+timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_decode.py tests/test_models.py -k "cuda or gpu" 2>&1 | tee "$OUT/pytest_cuda.log"
+for mode in device host; do
+  timeout ${BENCH_TIMEOUT:-240} $PY -m pipelines.cli -q bench --device cuda --decode $mode \
+      --images ${IMAGES:-4096} --batch-size ${BATCH:-256} 2>&1 | tee "$OUT/bench_$mode.log"
+done
