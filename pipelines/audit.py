@@ -45,6 +45,9 @@ class AuditConfig:
     # "host": the read stage decodes (PIL, pixel-exact eval transforms); "device": the model
     # actors decode JPEGs on their device (nvJPEG on GPUs), see pipelines.device_decode
     decode: str = "host"
+    # model actors sharing each GPU: while one runs its forward, the others deserialise
+    # their next batch, decode it and build results (one actor leaves the GPU idle then)
+    actors_per_gpu: int = 4
     extra: dict = field(default_factory=dict)
 
 
@@ -198,7 +201,8 @@ def run_audit(cfg: AuditConfig) -> dict:
             raise ValueError(f"--device {cfg.device} but the Ray cluster has no GPUs")
         # Leave CPUs for the read/decode tasks: actors take fractional CPUs (two 1-CPU
         # actors on a 2-core box starve the read stage forever).
-        n_actors = cfg.num_actors or max(1, int(gpus) if gpus else 1)
+        per_gpu = max(1, cfg.actors_per_gpu) if gpus else 1
+        n_actors = cfg.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         device_decode = cfg.decode == "device"
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
@@ -210,7 +214,8 @@ def run_audit(cfg: AuditConfig) -> dict:
             ds = ds.map_batches(
                 ScoreActor, batch_size=cfg.batch_size,
                 compute=ActorPoolStrategy(min_size=n_actors, max_size=n_actors),
-                num_cpus=0.5 if not gpus else 1, num_gpus=(1.0 / len(prepared)) if gpus else 0,
+                num_cpus=0.5 if not gpus else 1,
+                num_gpus=min(1.0, gpus / n_actors) / len(prepared) if gpus else 0,
                 fn_constructor_kwargs=dict(
                     prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path),
                     class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--decode", choices=["host", "device"], default="host",
                     help="host: decode in the read stage (PIL, pixel-exact eval transforms); device: the model "
                          "actors decode JPEGs on their device (nvJPEG on GPUs; a few grey levels off PIL)")
+    au.add_argument("--actors-per-gpu", type=int, default=4,
+                    help="model actors sharing each GPU, so data movement overlaps the forward (default 4)")
     au.add_argument("--translator-match", choices=["exact", "arch"], default="exact",
                     help="exact: translator fitted on this very model id; arch: on any checkpoint of the same "
                          "architecture and feature dim (reusing one translator across a training run)")
@@ -212,7 +214,8 @@ def _cmd_audit(a):
                                 concepts=a.concepts, class_text=a.class_text, templates=a.templates, run_id=a.run_id,
                                 batch_size=a.batch_size, num_actors=a.num_actors, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
-                                translator_match=a.translator_match, decode=a.decode, progress=not a.quiet))
+                                translator_match=a.translator_match, decode=a.decode,
+                                actors_per_gpu=a.actors_per_gpu, progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():
         print(f"  {slug}: {c['images']} images, {c['errors']} errors")

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from tests.pipeline_data import CLASSIFIER, photo_folder
-from tests.test_multimodel import random_translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -27,8 +26,12 @@ def _batches(tmp_path, encoded: bool):
 
 def _actor(tmp_path, device, decode):
     from pipelines.model_stage import ScoreActor
+    from pipelines.models import load_classifier
+    from sing_ops import Translator
 
-    tr = random_translator(CLASSIFIER, tmp_path / "t.safetensors")
+    clf, g = load_classifier(CLASSIFIER), torch.Generator().manual_seed(0)
+    tr = Translator(torch.randn(32, clf.num_features, generator=g), torch.randn(32, generator=g),
+                    {"source_model": clf.model_id, "clip_model": "openclip:tiny@random"}).save(tmp_path / "t.safetensors")
     text = np.random.default_rng(0).standard_normal((10, 32)).astype(np.float32)
     return ScoreActor("m0", CLASSIFIER, str(tr), text, device=device, decode=decode)
 
