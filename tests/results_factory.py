@@ -35,23 +35,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-IMAGES_SCHEMA = pa.schema([
-    ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("class_name", pa.string()),
-    ("pred", pa.int32()), ("pred_name", pa.string()), ("as_deg", pa.float32()), ("abs_as_deg", pa.float32()),
-    ("is_deg", pa.float32()), ("pred_as_deg", pa.float32()), ("logit_drift", pa.float32()),
-    ("null_norm_frac", pa.float32()), ("null_dim", pa.int32()),
-])
-CONCEPTS_SCHEMA = pa.schema([
-    ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("concept", pa.string()),
-    ("angle_before_deg", pa.float32()), ("angle_after_deg", pa.float32()), ("as_deg", pa.float32()),
-])
-ERRORS_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("stage", pa.string()),
-                           ("reason", pa.string())])
-STEER_SCHEMA = pa.schema([
-    ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("target", pa.string()),
-    ("eps", pa.float32()), ("is_deg", pa.float32()), ("as_deg", pa.float32()), ("abs_as_deg", pa.float32()),
-    ("logit_drift", pa.float32()), ("reachable", pa.bool_()),
-])
+# The writers' own schemas: generated results are exactly what `sing audit`/`sing steer` write.
+from pipelines.collect import CONCEPTS_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA  # noqa: E402,F401
+from pipelines.steer_job import STEER_SCHEMA  # noqa: E402,F401
 
 # The paper's 16 classes, one name with a quote (SQL-literal hazard), then generated names.
 PAPER_CLASSES = ["goldfish", "great white shark", "jellyfish", "sea lion", "starfish", "porcupine", "gazelle",

@@ -167,13 +167,14 @@ def test_rayjob_audit():
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     argv = shlex.split(spec["entrypoint"])
     assert "s3://" in argv[argv.index("--translator") + 1] and argv[argv.index("--out") + 1].startswith("s3://")
-    # The actor pool starts at full size: one actor per GPU of a fixed-size cluster.
+    # The actor pool starts at full size: --actors-per-gpu actors on each GPU of a fixed-size cluster.
     gpus = 0
     for g in spec["rayClusterSpec"]["workerGroupSpecs"]:
         assert g["replicas"] == g["minReplicas"] == g["maxReplicas"], g["groupName"]
         for c in g["template"]["spec"]["containers"]:
             gpus += g["replicas"] * int(c["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
-    assert gpus > 0 and int(argv[argv.index("--num-actors") + 1]) == gpus
+    per_gpu = int(argv[argv.index("--actors-per-gpu") + 1]) if "--actors-per-gpu" in argv else 4
+    assert gpus > 0 and int(argv[argv.index("--num-actors") + 1]) == gpus * per_gpu
     assert spec["rayClusterSpec"].get("enableInTreeAutoscaling") is False
 
 
