@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", required=True)
     ft.add_argument("--clip", required=True)
     ft.add_argument("--shards", required=True, nargs="+", help="glob(s), brace ranges or fsspec URLs")
-    ft.add_argument("--heldout-shards", nargs="+", help="shards held out to choose lambda (default: last 10%%)")
+    ft.add_argument("--heldout-shards", nargs="+", help="shards held out to choose lambda (default: 10%% of the shards, evenly spaced)")
     ft.add_argument("--lambdas", type=float, nargs="+", help="ridge penalties to try (default: relative grid)")
     ft.add_argument("--templates", default="single")
     ft.add_argument("--batch-size", type=int, default=64)

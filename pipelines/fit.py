@@ -82,8 +82,12 @@ def split_shards(cfg: FitConfig):
         if len(train) < 2:
             raise FitError(f"need at least 2 shards (some are held out to choose lambda), got {len(train)}; "
                            "add shards or pass --heldout-shards")
+        # evenly spaced, not the last k: shards are often class-contiguous (`sing shards
+        # make` writes them so), and the tail would hold out whole classes instead of a sample
         k = max(1, int(round(len(train) * cfg.heldout_fraction)))
-        train, held = train[:-k], train[-k:]
+        pick = {min(len(train) - 1, int((i + 0.5) * len(train) / k)) for i in range(k)}
+        held = [s for i, s in enumerate(train) if i in pick]
+        train = [s for i, s in enumerate(train) if i not in pick]
     if not train:
         raise FitError("no training shards left after holding out")
     return train, held
@@ -127,6 +131,7 @@ def run_fit(cfg: FitConfig) -> dict:
     from .clip_models import TEMPLATES, load_clip
     from .models import load_classifier
     from .ray_session import configure_data_context, ensure_ray
+    from .shards import shard_name
     from .text import embed_texts
 
     started = utc_now()
@@ -167,7 +172,8 @@ def run_fit(cfg: FitConfig) -> dict:
         "kind": "fit", "started_at": started, "finished_at": utc_now(), "code_version": code_version(),
         "model": clf.model_id, "clip_model": clip.model_id, "in_dim": m, "out_dim": d,
         "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": n_err,
-        "train_shards": len(train), "heldout_shards": len(held), "lambda": sel.best_lambda,
+        "train_shards": len(train), "heldout_shards": len(held),
+        "heldout_shard_names": [shard_name(s) for s in held], "lambda": sel.best_lambda,
         "heldout": quality, "lambda_grid": sel.table,
         "zero_shot_top1": {"translated": zero_shot_top1(translated, class_text, yh),
                            "clip": zero_shot_top1(zh, class_text, yh),

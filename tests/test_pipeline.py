@@ -73,7 +73,9 @@ def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     assert len(rep["lambda_grid"]) == 13 and rep["heldout"]["mse"] == min(r["mse"] for r in rep["lambda_grid"])
     tr = Translator.load(translator, source_model=CLASSIFIER, clip_model=CLIP)
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
-    train = sorted((root / "shards").glob("shard-*.tar"))[:-1]
+    held = set(rep["heldout_shard_names"])
+    assert held == {"shard-000002"}  # evenly spaced held-out shards: 4 shards, k = 1 -> the middle one
+    train = [p for p in sorted((root / "shards").glob("shard-*.tar")) if p.stem not in held]
     fs, zs = [], []
     with torch.inference_mode():
         for p in train:
