@@ -18,6 +18,11 @@ from .scores import ScoreError, _unit, angle_deg, concept_angles
 from .translator import Translator, TranslatorMismatch
 
 
+def _tensor(x) -> torch.Tensor:
+    # copy arrays: those handed over by Ray are read-only, which torch warns about
+    return x if torch.is_tensor(x) else torch.tensor(x)
+
+
 class AuditScorer:
     def __init__(self, weight, decomposition: HeadDecomposition, translator: Translator, class_text,
                  concept_text=None, device="cpu", dtype=torch.float32):
@@ -29,7 +34,8 @@ class AuditScorer:
             raise TranslatorMismatch(
                 f"translator expects {translator.in_dim}-d features but the classifier head has "
                 f"{decomposition.num_features}-d input")
-        class_text = torch.as_tensor(class_text)
+        # a copy: arrays handed over by Ray are read-only, and torch warns on those
+        class_text = _tensor(class_text)
         if class_text.shape != (w.shape[0], translator.out_dim):
             raise ScoreError(f"class text embeddings must be ({w.shape[0]}, {translator.out_dim}) "
                              f"(one per class, CLIP dim), got {tuple(class_text.shape)}")
@@ -48,7 +54,7 @@ class AuditScorer:
         self.w_t = cast(w.T)
         self.class_text = cast(_unit(class_text.to(**f64), "class text embeddings"))
         if concept_text is not None:
-            concept_text = torch.as_tensor(concept_text)
+            concept_text = _tensor(concept_text)
             if concept_text.dim() != 2 or concept_text.shape[1] != translator.out_dim:
                 raise ScoreError(f"concept embeddings must be (K, {translator.out_dim}), got {tuple(concept_text.shape)}")
             self.concept_text = cast(_unit(concept_text.to(**f64), "concept embeddings"))
