@@ -8,9 +8,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     """Join RAY_ADDRESS / `address` when given (a cluster), else start a fresh local Ray.
 
     Already initialised (tests share one session): reuse it. Without an address we pass
-    address="local" on purpose: plain ray.init() would try to join whatever cluster
-    /tmp/ray/ray_current_cluster names, which is stale after any earlier process exited
-    (a ConnectionError). To join a running `ray start --head`, set RAY_ADDRESS=auto.
+    address="local": plain ray.init() would join whatever cluster /tmp/ray/ray_current_cluster
+    names (a `ray start` left running, or a stale entry), so a laptop run would silently go
+    elsewhere. To join a running `ray start --head`, set RAY_ADDRESS=auto.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

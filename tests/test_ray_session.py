@@ -9,3 +9,4 @@ def test_actor_gpus_follow_the_cluster_unless_cpu_is_asked(monkeypatch):
     assert rs.actor_gpus("cpu") == 0.0
     monkeypatch.setattr(rs, "cluster_gpus", lambda: 0.0)
     assert rs.actor_gpus(None) == 0.0
+
