@@ -251,3 +251,25 @@ def test_nightly_refit_translator_per_checkpoint(world, ray_session):
     (out / "nightly" / "rn-test" / "state.json").unlink()
     assert _sing(["nightly", "--config", str(cfg)]) == 0
     assert tpath.stat().st_mtime_ns == mtime
+
+
+def test_nightly_lists_and_hashes_checkpoints_behind_urls(world, capsys):
+    """checkpoints.source as an fsspec URL (memory:// here, s3:// in production): listed,
+    downloaded once to the cache, keyed by sha256; a dry run names what would be audited."""
+    import fsspec
+
+    from pipelines.manifest import file_sha256
+
+    fs = fsspec.filesystem("memory")
+    fs.rm("/nightly-ckpts", recursive=True) if fs.exists("/nightly-ckpts") else None
+    local = _checkpoint(world / "url_src.safetensors", _bases()[0], 100, seed=21)
+    fs.pipe("/nightly-ckpts/e1.safetensors", local.read_bytes())
+    fs.pipe("/nightly-ckpts/notes.txt", b"not a checkpoint")
+    cfg = _config(world, checkpoints={"source": "memory://nightly-ckpts/", "arch": ARCH},
+                  output={"dir": str(world / "url_results")})
+    capsys.readouterr()
+    assert _sing(["nightly", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "memory://" in out and "e1.safetensors" in out and "notes.txt" not in out
+    assert f"sha256 {file_sha256(local)[:12]}" in out
+    fs.rm("/nightly-ckpts", recursive=True)
