@@ -16,6 +16,7 @@ import numpy as np
 from .collect import ModelTarget, ShardCollector
 from .layout import check_run_id, count_rows, derive_run_id, is_done
 from .manifest import code_version, load_manifest, utc_now, write_manifest
+from .watchdog import with_stall_timeout
 
 log = logging.getLogger("sing.audit")
 
@@ -48,6 +49,8 @@ class AuditConfig:
     # model actors sharing each GPU: while one runs its forward, the others deserialise
     # their next batch, decode it and build results (one actor leaves the GPU idle then)
     actors_per_gpu: int = 4
+    # end the run (exit 1, rerun resumes) when no batch arrives for this long; 0: never
+    stall_timeout_s: float | None = 1800
     extra: dict = field(default_factory=dict)
 
 
@@ -223,7 +226,8 @@ def run_audit(cfg: AuditConfig) -> dict:
                     translator_match=cfg.translator_match, decode=cfg.decode, max_pixels=cfg.max_pixels,
                     threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))),
                     drop_views=drop if last else ()))
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+        for batch in with_stall_timeout(batches, cfg.stall_timeout_s, "the audit stream"):
             collector.add(batch)
         if collector.unfinished():
             raise RuntimeError(f"stream ended with incomplete shards {collector.unfinished()}; rerun to retry them")

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                          "actors decode JPEGs on their device (nvJPEG on GPUs; a few grey levels off PIL)")
     au.add_argument("--actors-per-gpu", type=int, default=4,
                     help="model actors sharing each GPU, so data movement overlaps the forward (default 4)")
+    au.add_argument("--stall-timeout", type=float, default=1800, metavar="SECONDS",
+                    help="end the run (exit 1; rerunning resumes) when no result arrives for this long, e.g. "
+                         "after a node was lost (default 1800; 0: wait forever)")
     au.add_argument("--translator-match", choices=["exact", "arch"], default="exact",
                     help="exact: translator fitted on this very model id; arch: on any checkpoint of the same "
                          "architecture and feature dim (reusing one translator across a training run)")
@@ -215,7 +218,8 @@ def _cmd_audit(a):
                                 batch_size=a.batch_size, num_actors=a.num_actors, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
                                 translator_match=a.translator_match, decode=a.decode,
-                                actors_per_gpu=a.actors_per_gpu, progress=not a.quiet))
+                                actors_per_gpu=a.actors_per_gpu, stall_timeout_s=a.stall_timeout,
+                                progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():
         print(f"  {slug}: {c['images']} images, {c['errors']} errors")
@@ -306,8 +310,13 @@ def main(argv=None) -> int:
         from .bench import run_bench_cli as handler
     else:
         handler = handlers[args.command]
+    from .watchdog import StallError
+
     try:
         return handler(args)
+    except StallError as exc:  # the run failed mid-way, not the input: a rerun resumes
+        print(f"sing {args.command}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         if args.debug:
             raise

@@ -16,6 +16,7 @@ import torch
 
 from .layout import write_json_atomic
 from .manifest import code_version, utc_now
+from .watchdog import DEFAULT_STALL_S, with_stall_timeout
 
 log = logging.getLogger("sing.fit")
 
@@ -153,7 +154,8 @@ def run_fit(cfg: FitConfig) -> dict:
         raise FitError(f"only {stats.n} usable training images in {len(train)} shards")
 
     fh, zh, yh, n_err = [], [], [], 0
-    for b in _feature_stream(ray, held, clf, clip, cfg).iter_batches(batch_size=None, batch_format="numpy"):
+    held_stream = _feature_stream(ray, held, clf, clip, cfg).iter_batches(batch_size=None, batch_format="numpy")
+    for b in with_stall_timeout(held_stream, DEFAULT_STALL_S, "the held-out stream"):
         ok = b["status"] == "ok"
         n_err += int((b["status"] == "error").sum())
         fh.append(b["f/emb"][ok]), zh.append(b["z/emb"][ok]), yh.append(b["label"][ok])

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .model_stage import FeatureActor
+from .watchdog import DEFAULT_STALL_S, with_stall_timeout
 
 log = logging.getLogger("sing.index")
 
@@ -155,7 +156,8 @@ def build_index(cfg: IndexConfig) -> dict:
                                                        threads=cfg.threads or (None if gpus else
                                                                                max(1, int(cluster_cpus())))))
         grouper = ShardGrouper()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+        for batch in with_stall_timeout(batches, DEFAULT_STALL_S, "the index stream"):
             for shard, cols, _t_read in grouper.add(batch):
                 ok = cols["status"] == "ok"
                 bad = cols["status"] == "error"

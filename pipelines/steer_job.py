@@ -28,6 +28,7 @@ import torch
 from .model_stage import _first_only, _ModelActor
 from .read_stage import read_decode
 from .regroup import ShardGrouper
+from .watchdog import DEFAULT_STALL_S, with_stall_timeout
 
 log = logging.getLogger("sing.steer")
 
@@ -265,7 +266,8 @@ def run_steer(cfg: SteerConfig) -> dict:
                 rank_rtol=cfg.rank_rtol, drop_views=[f"img:{clf.preprocess.view_key}"], device=cfg.device,
                 threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))), view=clf.preprocess))
         grouper = ShardGrouper()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+        for batch in with_stall_timeout(batches, DEFAULT_STALL_S, "the steer stream"):
             for key in ("t_forward", "t_ops"):
                 stage["forward" if key == "t_forward" else "sing_ops"] += float(batch[f"s/{key}"].sum())
             for shard, cols, t_read in grouper.add(batch):

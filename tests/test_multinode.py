@@ -29,9 +29,12 @@ def test_two_node_cluster_and_node_loss(tmp_path):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads(lines[-1][len("RESULT "):])
+    print(rep)
     assert rep["nodes"] == 2
     assert rep["clean_rc"] == 0 and rep["clean_images"] == 24, rep
     assert rep["node_was_killed"], rep
+    # the first attempt ended by itself (finished, failed, or --stall-timeout), never hung
+    assert not rep["first_attempt"].startswith("stalled, killed"), rep
     assert rep["rerun_rc"] == 0 and rep["rerun_images"] == 24, rep
     assert rep["rerun_skipped"] == rep["written_before_rerun"], rep  # finished shards are not redone
     for run in ("two-nodes", "node-killed"):

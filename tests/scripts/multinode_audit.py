@@ -3,9 +3,10 @@
 `ray job submit` would), a worker node killed mid-run, a rerun. Prints one JSON line.
 
 Losing a node can make the first attempt fail, finish (Ray retries the lost tasks) or stall
-waiting for objects that lived on the dead node; a scheduler's deadline (the RayJob's
-activeDeadlineSeconds) then kills the driver. The test accepts all three, as production
-must: what matters is that the rerun ends with every key exactly once.
+waiting for objects that lived on the dead node; `--stall-timeout` then ends it with exit 1
+(and a scheduler's deadline, the RayJob's activeDeadlineSeconds, would kill it otherwise).
+The test accepts all of these, as production must: what matters is that the rerun ends
+with every key exactly once.
 """
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-STALL_DEADLINE_S = 45  # after the node is gone, how long the first attempt may take
+STALL_TIMEOUT_S = 20  # `sing audit --stall-timeout`: the run ends itself when stuck
+STALL_DEADLINE_S = 90  # the scheduler's deadline, should the watchdog not fire
 
 
-def _audit(address: str, shards: str, translator: str, model: str, out: str, run_id: str) -> subprocess.Popen:
+def _audit(address: str, shards: str, translator: str, model: str, out: str, run_id: str,
+           *extra: str) -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": address}
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", model,
                              "--translator", translator, "--shards", shards, "--out", out,
-                             "--run-id", run_id, "--batch-size", "4"], env=env,
+                             "--run-id", run_id, "--batch-size", "4", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -45,7 +48,7 @@ def main(shards: str, translator: str, model: str, out: str) -> None:
         report["clean_log"] = log[-2000:]
 
     # 2) kill the worker node as soon as the first shard of a new run is on disk
-    p = _audit(cluster.address, shards, translator, model, out, "node-killed")
+    p = _audit(cluster.address, shards, translator, model, out, "node-killed", "--stall-timeout", str(STALL_TIMEOUT_S))
     first = Path(out) / "images"
     t_end = time.time() + 300
     while not any(first.glob("model=*/run=node-killed/*.parquet")) and p.poll() is None and time.time() < t_end:
@@ -53,8 +56,9 @@ def main(shards: str, translator: str, model: str, out: str) -> None:
     cluster.remove_node(worker, allow_graceful=False)
     report["killed_while_running"] = p.poll() is None
     try:
-        p.communicate(timeout=STALL_DEADLINE_S)
+        log, _ = p.communicate(timeout=STALL_DEADLINE_S)
         report["first_attempt"] = "completed" if p.returncode == 0 else f"failed rc={p.returncode}"
+        report["first_attempt_stalled"] = "no result from the audit stream" in log
     except subprocess.TimeoutExpired:
         p.kill()
         p.communicate()

@@ -1,0 +1,53 @@
+"""A stream that ends with an error instead of hanging.
+
+Losing a node mid-run can leave Ray Data waiting forever for objects that lived on it (seen
+in tests/test_multinode.py). A run that has produced nothing for `timeout_s` seconds is
+better ended: every finished shard is already on disk, and rerunning the same command
+resumes. Scheduler deadlines (the RayJob's activeDeadlineSeconds) are hours; this is minutes.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator
+
+
+DEFAULT_STALL_S = 1800.0  # half an hour without a single result
+
+
+class StallError(RuntimeError):
+    """No result arrived for too long; the run stopped so that a rerun can resume it."""
+
+
+_END = object()
+
+
+def with_stall_timeout(items: Iterable, timeout_s: float | None, what: str = "the stream") -> Iterator:
+    """Yield from `items`; raise StallError when none arrives for `timeout_s` seconds (None or
+    0: wait forever). Only waiting counts: time the consumer spends on an item does not."""
+    if not timeout_s:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(maxsize=2)
+
+    def pump():
+        try:
+            for x in items:
+                q.put(x)
+            q.put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            q.put(exc)
+
+    # daemon: a producer stuck inside Ray must not keep the process alive after the error
+    threading.Thread(target=pump, name="stall-watchdog", daemon=True).start()
+    while True:
+        try:
+            x = q.get(timeout=timeout_s)
+        except queue.Empty:
+            raise StallError(f"no result from {what} for {timeout_s:.0f} s (a lost node or a stuck worker); "
+                             "finished shards are on disk: rerun the same command to resume") from None
+        if x is _END:
+            return
+        if isinstance(x, BaseException):
+            raise x
+        yield x
