@@ -99,15 +99,16 @@ def _feature_stream(ray, shards, clf, clip, cfg):
 
     from .model_stage import FeatureActor
     from .read_stage import read_decode, unique_views
-    from .ray_session import cluster_cpus, cluster_gpus
+    from .ray_session import actor_gpus, cluster_cpus
 
     views = unique_views([clf.preprocess, clip.preprocess])
-    gpus = cluster_gpus() if torch.cuda.is_available() or (cfg.device or "").startswith("cuda") else 0.0
+    gpus = actor_gpus(cfg.device)
+    n = max(1, int(gpus))  # one classifier and one CLIP actor per GPU, sharing it
     threads = cfg.threads or (None if gpus else max(1, int(cluster_cpus())))
     ds = ray.data.from_items([{"path": s} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(read_decode, batch_size=1, fn_kwargs={"views": views}, num_cpus=1)
     for prefix, kind, spec, last in (("f", "classifier", cfg.model, False), ("z", "clip", cfg.clip, True)):
-        ds = ds.map_batches(FeatureActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=1, max_size=1),
+        ds = ds.map_batches(FeatureActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=n, max_size=n),
                             num_cpus=0.5 if not gpus else 1, num_gpus=0.5 if gpus else 0,
                             fn_constructor_kwargs=dict(prefix=prefix, kind=kind, model_spec=spec, device=cfg.device,
                                                        threads=threads,

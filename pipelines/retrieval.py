@@ -104,7 +104,7 @@ def build_index(cfg: IndexConfig) -> dict:
     from .collect import ERRORS_SCHEMA
     from .layout import write_json_atomic, write_table_atomic
     from .manifest import code_version, utc_now
-    from .ray_session import cluster_cpus, cluster_gpus, configure_data_context, ensure_ray
+    from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .read_stage import read_decode, unique_views, view_column
     from .shards import expand_shards, shard_name
     from .regroup import ShardGrouper
@@ -145,11 +145,12 @@ def build_index(cfg: IndexConfig) -> dict:
         configure_data_context(cfg.progress)
         tspec = thumb_spec(cfg.thumb_size)
         views = unique_views([clip.preprocess, tspec])
-        gpus = cluster_gpus() if (cfg.device or "").startswith("cuda") or _cuda() else 0.0
+        gpus = actor_gpus(cfg.device)
+        n = max(1, int(gpus))
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
                             fn_kwargs={"views": views, "max_pixels": cfg.max_pixels})
-        ds = ds.map_batches(IndexActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=1, max_size=1),
+        ds = ds.map_batches(IndexActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=n, max_size=n),
                             num_cpus=0.5 if not gpus else 1, num_gpus=1 if gpus else 0,
                             fn_constructor_kwargs=dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
                                                        device=cfg.device,
@@ -185,12 +186,6 @@ def build_index(cfg: IndexConfig) -> dict:
                      "wall_seconds": round(time.perf_counter() - t0, 3)})
     write_json_atomic(manifest, old)
     return manifest
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # ----------------------------------------------------------------------------- querying
