@@ -180,7 +180,7 @@ def test_nightly_fixed_baseline_run_and_dry_run(world, ray_session, capsys):
                   "--run-id", rid]) == 0
     _checkpoint(src / "leaky.safetensors", u, 600, seed=5)
     cfg = _config(world, checkpoints={"source": [str(src / "leaky.safetensors")], "arch": ARCH},
-                  baseline={"run": rid}, output={"dir": str(out)})
+                  baseline={"run": rid}, output={"dir": str(out), "report": True})
     capsys.readouterr()
     assert _sing(["nightly", "--config", str(cfg), "--dry-run"]) == 0
     assert "leaky.safetensors" in capsys.readouterr().out
@@ -190,6 +190,12 @@ def test_nightly_fixed_baseline_run_and_dry_run(world, ray_session, capsys):
     assert r["baseline"] == {"run": rid, "slug": "timm-test_resnet-released.safetensors",
                              "name": f"run {rid}"}
     assert r["verdict"] == "alarm"
+    # the night's report covers the candidate and its baseline
+    summary = json.loads(next((out / "nightly" / "rn-test").glob("nightly-*.json")).read_text())
+    index = Path(summary["report"])
+    assert index.name == "index.html" and index.is_file()
+    html = index.read_text()
+    assert "timm-test_resnet-leaky.safetensors" in html and "timm-test_resnet-released.safetensors" in html
 
 
 @pytest.mark.parametrize("change, message", [
