@@ -170,6 +170,24 @@ def load_state(cfg: NightlyConfig) -> dict:
     return state
 
 
+def _loadable(cfg: NightlyConfig, picked: list[Checkpoint]) -> tuple[list[Checkpoint], list[dict]]:
+    """Split off checkpoints that do not load (a file still being written, a pickle with code,
+    the wrong architecture): each is reported, the others are still audited, and since state
+    records only judged checkpoints, a fixed file is picked up again the next night."""
+    from .models import load_classifier
+
+    ok, bad = [], []
+    for ck in picked:
+        try:
+            load_classifier(f"{cfg.checkpoints.arch}@{ck.local or ck.uri}")
+            ok.append(ck)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            log.error("checkpoint %s does not load: %s", ck.name, exc)
+            bad.append({"name": ck.name, "uri": ck.uri, "sha256": ck.sha256,
+                        "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"})
+    return ok, bad
+
+
 # ------------------------------------------------------------------- translators
 
 def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str]) -> tuple[list[str], str]:
@@ -273,9 +291,14 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
     if not picked:
         log.info("nothing new: %d checkpoints listed, all audited before", len(cks))
         return {**base, "status": "nothing-new", "run_id": None, "checkpoints": [], "exit_code": EXIT_OK}
+    picked, unloadable = _loadable(cfg, picked)
+    base["unloadable"] = unloadable
     if dry_run:
         return {**base, "status": "dry-run", "run_id": None, "exit_code": EXIT_OK,
                 "checkpoints": [{"uri": c.uri, "sha256": c.sha256} for c in picked]}
+    if not picked:
+        raise NightlyConfigError("no new checkpoint loads: " + "; ".join(f"{u['name']}: {u['error']}"
+                                                                      for u in unloadable))
 
     specs = [f"{cfg.checkpoints.arch}@{c.local or c.uri}" for c in picked]
     translators, match = _translators(cfg, picked, specs)
@@ -347,9 +370,10 @@ def _report(cfg: NightlyConfig, run_id: str, slugs: list[str]) -> str | None:
 def format_summary(s: dict) -> str:
     if s["status"] == "nothing-new":
         return f"nightly {s['name']}: nothing new ({s['checkpoints_listed']} checkpoints listed, all audited before)"
+    bad = [f"  UNLOADABLE {u['name']}: {u['error']}" for u in s.get("unloadable", [])]
     if s["status"] == "dry-run":
         return "\n".join([f"nightly {s['name']}: would audit {len(s['checkpoints'])} checkpoint(s):"]
-                         + [f"  {c['uri']}  sha256 {c['sha256'][:12]}" for c in s["checkpoints"]])
+                         + [f"  {c['uri']}  sha256 {c['sha256'][:12]}" for c in s["checkpoints"]] + bad)
     lines = [f"nightly {s['name']}: run {s['run_id']}, {len(s['checkpoints'])} checkpoint(s)"
              + ("  ** ALARM **" if s["alarm"] else "")]
     for r in s["checkpoints"]:
@@ -362,7 +386,7 @@ def format_summary(s: dict) -> str:
             lines.append(f"    {mark:4} {c['check']} = {val} (limit {c['limit']})")
     if s.get("report"):
         lines.append(f"report: {s['report']}")
-    return "\n".join(lines)
+    return "\n".join(lines + bad)
 
 
 def cli_nightly(config: str, dry_run: bool = False, progress: bool = True) -> int:

@@ -279,3 +279,35 @@ def test_nightly_lists_and_hashes_checkpoints_behind_urls(world, capsys):
     assert "memory://" in out and "e1.safetensors" in out and "notes.txt" not in out
     assert f"sha256 {file_sha256(local)[:12]}" in out
     fs.rm("/nightly-ckpts", recursive=True)
+
+
+class _Evil:
+    def __reduce__(self):  # what a malicious pickle does on load: run code
+        return (os.system, ("echo pwned > /tmp/sing-nightly-pwned",))
+
+
+def test_unloadable_checkpoints_are_reported_and_do_not_stop_the_night(world, ray_session, capsys):
+    """A truncated file and a pickle carrying code sit beside a good checkpoint: the good one
+    is audited, the two are reported (never executed) and stay unjudged for the next night."""
+    import pickle
+
+    src = world / "ckpts_mixed"
+    src.mkdir()
+    good = _checkpoint(src / "e1.safetensors", _bases()[0], 100, seed=31)
+    (src / "e2.safetensors").write_bytes(good.read_bytes()[:1000])  # still being written
+    (src / "e3.pt").write_bytes(pickle.dumps({"fc.weight": _Evil()}))
+    os.utime(src / "e2.safetensors", (200, 200))
+    os.utime(src / "e3.pt", (300, 300))
+    out = world / "mixed_results"
+    cfg = _config(world, checkpoints={"source": str(src), "arch": ARCH, "pattern": "e*"},
+                  output={"dir": str(out)})
+    capsys.readouterr()
+    assert _sing(["nightly", "--config", str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    assert "UNLOADABLE e2.safetensors" in printed and "UNLOADABLE e3.pt" in printed
+    assert not Path("/tmp/sing-nightly-pwned").exists()
+    s = _last_summary(out)
+    assert [r["name"] for r in s["checkpoints"]] == ["e1.safetensors"]
+    assert sorted(u["name"] for u in s["unloadable"]) == ["e2.safetensors", "e3.pt"]
+    state = json.loads((out / "nightly" / "rn-test" / "state.json").read_text())
+    assert [r["name"] for r in state["checkpoints"].values()] == ["e1.safetensors"]
