@@ -56,6 +56,7 @@ class ShardCollector:
         self.counts = defaultdict(int)
         self.on_shard_done = on_shard_done
         self.done_shards: list[str] = []
+        self.rows_written = 0  # samples (images + failed) of the shards written this session
 
     def add(self, batch: dict) -> None:
         for t in self.targets:
@@ -75,6 +76,7 @@ class ShardCollector:
         self.stage_seconds["read_decode"] += t_read
         self.stage_seconds["write"] += time.perf_counter() - t0
         self.done_shards.append(shard)
+        self.rows_written += len(cols["key"])
         if self.on_shard_done:
             self.on_shard_done(shard, len(cols["key"]))
         # Fault injection for the kill-and-resume test: a real SIGKILL of the driver at a
@@ -142,6 +144,3 @@ class ShardCollector:
     def unfinished(self) -> list[str]:
         return self.grouper.unfinished()
 
-    def counts_total(self) -> int:
-        """Rows (images + failed samples) of the shards written this session."""
-        return sum(v for k, v in self.counts.items())

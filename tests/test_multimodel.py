@@ -1,6 +1,8 @@
 """One decode pass feeding several classifier actors gives exactly what separate runs give."""
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
 import torch
@@ -47,3 +49,6 @@ def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):
         alone.select("model", "key", "shard", "pred", "null_dim"))
     for c in ("as_deg", "is_deg", "pred_as_deg", "null_norm_frac"):
         assert (joint[c] - alone[c]).abs().max() < 1e-4, c
+    # throughput counts each decoded sample once, however many models scored it
+    man = json.loads((tmp_path / "joint" / "runs" / "j.json").read_text())
+    assert man["images_per_second"] * man["wall_seconds"] == pytest.approx(12, rel=1e-2)
