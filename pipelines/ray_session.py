@@ -50,7 +50,12 @@ def cluster_gpus() -> float:
 
 def actor_gpus(requested_device: str | None) -> float:
     """GPUs the model actors ask Ray for. With no --device, look at the cluster, not at this
-    process: on a cluster the driver often runs on a CPU-only head while workers have GPUs."""
+    process: on a cluster the driver often runs on a CPU-only head while workers have GPUs.
+    --device cuda on a cluster without GPUs is an input error (ValueError), found before
+    any actor starts."""
     if requested_device is not None and not str(requested_device).startswith("cuda"):
         return 0.0
-    return cluster_gpus()
+    gpus = cluster_gpus()
+    if requested_device is not None and not gpus:
+        raise ValueError(f"--device {requested_device} but the Ray cluster has no GPUs")
+    return gpus

@@ -250,8 +250,6 @@ def run_steer(cfg: SteerConfig) -> dict:
 
         configure_data_context(cfg.progress)
         gpus = actor_gpus(cfg.device)
-        if cfg.device and str(cfg.device).startswith("cuda") and not gpus:
-            raise ValueError(f"--device {cfg.device} but the Ray cluster has no GPUs")
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
                             fn_kwargs={"views": [clf.preprocess], "only_label": class_index,
