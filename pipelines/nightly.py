@@ -26,6 +26,7 @@ from pathlib import Path
 from .layout import derive_run_id, write_json_atomic
 from .manifest import code_version, file_sha256, load_manifest, utc_now
 from .nightly_config import NightlyConfig, NightlyConfigError, load_nightly_config
+from .remote import is_url, local_copy, local_path
 
 log = logging.getLogger("sing.nightly")
 
@@ -52,14 +53,6 @@ def nightly_dir(cfg: NightlyConfig) -> Path:
 
 
 # ------------------------------------------------------------------------ listing
-
-def _is_url(s: str) -> bool:
-    return "://" in s and not s.startswith("file://")
-
-
-def _strip_file(s: str) -> str:
-    return s[len("file://"):] if s.startswith("file://") else s
-
 
 def _mtime(info: dict) -> float:
     """fsspec backends name the modification time differently (local: mtime; s3: LastModified)."""
@@ -88,7 +81,7 @@ def list_checkpoints(cfg: NightlyConfig) -> list[Checkpoint]:
     src = cfg.checkpoints.source
     found: list[Checkpoint] = []
     if isinstance(src, str):
-        fs, root = fsspec.core.url_to_fs(_strip_file(os.path.expanduser(src)))
+        fs, root = fsspec.core.url_to_fs(local_path(os.path.expanduser(src)))
         if not fs.isdir(root):
             raise NightlyConfigError(f"checkpoints.source {src!r} is not a directory (or give a list of files)")
         pattern = cfg.checkpoints.pattern
@@ -100,31 +93,23 @@ def list_checkpoints(cfg: NightlyConfig) -> list[Checkpoint]:
                 continue
             if not pattern and not name.lower().endswith(CHECKPOINT_EXTS):
                 continue
-            uri = fs.unstrip_protocol(info["name"]) if _is_url(src) else info["name"]
+            uri = fs.unstrip_protocol(info["name"]) if is_url(src) else info["name"]
             found.append(Checkpoint(uri, name, _mtime(info), int(info.get("size") or 0)))
         if not found:
             raise NightlyConfigError(f"checkpoints.source {src!r} holds no file matching "
                                      f"{pattern or ', '.join(CHECKPOINT_EXTS)}")
     else:
         for item in src:
-            fs, path = fsspec.core.url_to_fs(_strip_file(os.path.expanduser(item)))
+            fs, path = fsspec.core.url_to_fs(local_path(os.path.expanduser(item)))
             if not fs.isfile(path):
                 raise NightlyConfigError(f"checkpoint not found: {item}")
             info = fs.info(path)
-            uri = item if _is_url(item) else os.path.abspath(path)
+            uri = item if is_url(item) else os.path.abspath(path)
             found.append(Checkpoint(uri, os.path.basename(path), _mtime(info), int(info.get("size") or 0)))
     for ck in found:
         if not ck.name.lower().endswith(CHECKPOINT_EXTS):
             raise NightlyConfigError(f"checkpoint {ck.uri} must end with one of {', '.join(CHECKPOINT_EXTS)}")
     return found
-
-
-def _fetch(uri: str) -> str:
-    if not _is_url(uri):
-        return uri
-    from .remote import local_copy  # fsspec download into the local cache
-
-    return local_copy(uri)
 
 
 def hash_checkpoints(cks: list[Checkpoint], state: dict) -> None:
@@ -135,7 +120,7 @@ def hash_checkpoints(cks: list[Checkpoint], state: dict) -> None:
         if rec and rec.get("size") == ck.size and rec.get("mtime") == ck.mtime:
             ck.sha256 = rec["sha256"]
             continue
-        ck.local = _fetch(ck.uri)
+        ck.local = local_copy(ck.uri)
         ck.sha256 = file_sha256(ck.local)
         seen[ck.uri] = {"size": ck.size, "mtime": ck.mtime, "sha256": ck.sha256}
 
@@ -193,7 +178,7 @@ def _loadable(cfg: NightlyConfig, picked: list[Checkpoint]) -> tuple[list[Checkp
 def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str]) -> tuple[list[str], str]:
     """One translator path per checkpoint and the audit's translator_match mode."""
     if cfg.reuse:
-        path = _fetch(cfg.reuse)
+        path = local_copy(cfg.reuse)
         if not Path(path).is_file():
             raise NightlyConfigError(f"translator.reuse: translator not found: {cfg.reuse}")
         return [path] * len(picked), "arch"

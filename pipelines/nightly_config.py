@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .remote import is_url
+
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RATIOS = ("median_ratio", "ratio_of_means")
 
@@ -161,7 +163,7 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
         max_error_rate=_num(th.get("max_error_rate"), "thresholds.max_error_rate"))
 
     o = _take(top["output"], "output", ("dir",), ("report",))
-    if "://" in str(o["dir"]) and not str(o["dir"]).startswith("file://"):
+    if is_url(str(o["dir"])):
         # the verdicts come from DuckDB queries over the results, which read local files
         raise NightlyConfigError(f"output.dir {o['dir']!r}: nightly results must be on a local or mounted "
                                  "filesystem (a PVC, EFS/Filestore, or a bucket mounted with mountpoint-s3/gcsfuse)")
