@@ -46,6 +46,9 @@ class AuditConfig:
     # "host": the read stage decodes (PIL, pixel-exact eval transforms); "device": the model
     # actors decode JPEGs on their device (nvJPEG on GPUs), see pipelines.device_decode
     decode: str = "host"
+    # device mode: this share of the device-decodable JPEGs is decoded by the read tasks on
+    # the CPU anyway, so idle host cores and the GPU's JPEG decoder work side by side
+    host_decode_share: float = 0.0
     # model actors sharing each GPU: while one runs its forward, the others deserialise
     # their next batch, decode it and build results (one actor leaves the GPU idle then)
     actors_per_gpu: int = 4
@@ -82,6 +85,10 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
                          f"got {len(cfg.translators)}")
     if cfg.decode not in ("host", "device"):
         raise ValueError(f"unknown decode mode {cfg.decode!r}; choose host or device")
+    if not 0.0 <= cfg.host_decode_share <= 1.0:
+        raise ValueError(f"--host-decode-share must be within [0, 1], got {cfg.host_decode_share}")
+    if cfg.host_decode_share and cfg.decode != "device":
+        raise ValueError("--host-decode-share applies to --decode device (host mode decodes everything on the host)")
     if cfg.templates not in TEMPLATES:
         raise ValueError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
     clip_cache: dict[str, object] = {}
@@ -148,7 +155,7 @@ def load_translator_for(path, spec: str, clf, match: str = "exact"):
 
 def run_audit(cfg: AuditConfig) -> dict:
     from .model_stage import ScoreActor
-    from .read_stage import ENC_COLUMN, read_decode, unique_views, view_column
+    from .read_stage import encoded_columns, read_decode, unique_views, view_column
     from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .shards import expand_shards, shard_name
     from .text import read_lines
@@ -164,7 +171,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         "models": [p.model_id for p in prepared], "sha": [p.sha256 for p in prepared],
         "translators": [p.translator.id for p in prepared], "shards": names, "concepts": concepts,
         "templates": cfg.templates, "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol,
-        **({"decode": cfg.decode} if cfg.decode != "host" else {})})
+        **({"decode": cfg.decode} if cfg.decode != "host" else {}),
+        **({"host_decode_share": cfg.host_decode_share} if cfg.host_decode_share else {})})
     targets = []
     for i, p in enumerate(prepared):
         done = {n for n in names if is_done(cfg.out, p.slug, run_id, n)}
@@ -207,9 +215,9 @@ def run_audit(cfg: AuditConfig) -> dict:
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         device_decode = cfg.decode == "device"
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
-                            fn_kwargs={"views": [] if device_decode else views, "max_pixels": cfg.max_pixels,
-                                       "encoded": device_decode})
-        drop = [ENC_COLUMN] if device_decode else [view_column(v) for v in views]
+                            fn_kwargs={"views": views, "max_pixels": cfg.max_pixels,
+                                       "encoded": device_decode, "host_share": cfg.host_decode_share})
+        drop = encoded_columns(views) if device_decode else [view_column(v) for v in views]
         for i, p in enumerate(prepared):
             last = i == len(prepared) - 1
             ds = ds.map_batches(

@@ -171,7 +171,8 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
 
 
 def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None = None,
-              device: str | None = None, decode: str | None = None) -> dict:
+              device: str | None = None, decode: str | None = None, host_decode_share: float = 0.0,
+              actors_per_gpu: int | None = None) -> dict:
     import torch
 
     from .models import load_classifier
@@ -199,7 +200,9 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
 
     precision = "bf16 channels_last" if cuda else "float32"
     print(f"[bench] model {clf.model_id}, {n_images} images, batch {batch_size}, {threads} CPU threads, "
-          f"device {device} ({precision}), decode {decode}")
+          f"device {device} ({precision}), decode {decode}"
+          + (f", host decode share {host_decode_share}" if host_decode_share else "")
+          + (f", {actors_per_gpu} actors per GPU" if actors_per_gpu else ""))
     clf.to(device, channels_last=cuda)
     bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
     print(f"[bench] bare forward: {bare:.2f} img/s")
@@ -213,6 +216,10 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
         cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", model, "--translator", str(tpath),
                "--shards", *shards[mult], "--out", str(res_dir), "--batch-size", str(batch_size),
                "--run-id", f"bench-{mult}x-{int(time.time())}", "--device", device, "--decode", decode]
+        if host_decode_share:
+            cmd += ["--host-decode-share", str(host_decode_share)]
+        if actors_per_gpu:
+            cmd += ["--actors-per-gpu", str(actors_per_gpu)]
         t0 = time.perf_counter()
         peak, rc, tail = _peak_rss_of(cmd, env)
         wall = time.perf_counter() - t0
@@ -249,5 +256,6 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
 
 
 def run_bench_cli(args) -> int:
-    run_bench(args.model, args.images, args.batch_size, args.out, args.device, args.decode)
+    run_bench(args.model, args.images, args.batch_size, args.out, args.device, args.decode,
+              args.host_decode_share, args.actors_per_gpu)
     return 0

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--decode", choices=["host", "device"], default="host",
                     help="host: decode in the read stage (PIL, pixel-exact eval transforms); device: the model "
                          "actors decode JPEGs on their device (nvJPEG on GPUs; a few grey levels off PIL)")
+    au.add_argument("--host-decode-share", type=float, default=0.0, metavar="F",
+                    help="with --decode device: decode this share of the JPEGs in the read tasks anyway, so idle "
+                         "CPU cores help the GPU's JPEG decoder (0-1, default 0)")
     au.add_argument("--actors-per-gpu", type=int, default=4,
                     help="model actors sharing each GPU, so data movement overlaps the forward (default 4)")
     au.add_argument("--stall-timeout", type=float, default=1800, metavar="SECONDS",
@@ -155,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--batch-size", type=int, default=32)
     bn.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bn.add_argument("--decode", choices=["host", "device"], help="default: device on CUDA, host on CPU")
+    bn.add_argument("--host-decode-share", type=float, default=0.0, metavar="F",
+                    help="passed to the audit (--decode device only)")
+    bn.add_argument("--actors-per-gpu", type=int, help="passed to the audit (default: the audit's)")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
     sub.add_parser("bench-ops", help="SING ops vs one ResNet50 forward (python -m sing_ops.bench)",
@@ -218,7 +224,7 @@ def _cmd_audit(a):
                                 batch_size=a.batch_size, num_actors=a.num_actors, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
                                 translator_match=a.translator_match, decode=a.decode,
-                                actors_per_gpu=a.actors_per_gpu, stall_timeout_s=a.stall_timeout,
+                                host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu, stall_timeout_s=a.stall_timeout,
                                 progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():

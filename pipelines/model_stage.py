@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from .read_stage import ENC_COLUMN, view_column
+from .read_stage import ENC_COLUMN, u8_column, view_column
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -59,7 +59,9 @@ class _ModelActor:
         from .device_decode import decode_batch
 
         t0 = time.perf_counter()
-        u8, bad = decode_batch(batch[ENC_COLUMN][sel], self.view, self.device, self.max_pixels)
+        host = batch.get(u8_column(self.view))
+        u8, bad = decode_batch(batch[ENC_COLUMN][sel], self.view, self.device, self.max_pixels,
+                               decoded=None if host is None else host[sel], checked=True)
         x = self._normalise(u8, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
                             channels_last=self.cuda)
         self._sync()

@@ -80,3 +80,85 @@ def test_cuda_decode_matches_cpu_decode(chelsea, coffee):
     assert x_gpu.device.type == "cuda" and set(bad_gpu) == set(bad_cpu) == {3}
     d = (x_gpu.cpu().to(torch.int16) - x_cpu.to(torch.int16)).abs()
     assert d.float().mean() < 2.0, d.float().mean()
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+def test_grouped_resize_gives_the_same_pixels_as_per_image(interp):
+    """Resizing equal-size images in one call (the CUDA default) must not change a pixel."""
+    from pipelines.device_decode import resize_views
+
+    spec = PreprocessSpec(size=32, resize=40, interpolation=interp, mean=(0.5,) * 3, std=(0.5,) * 3)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 60, 80), (3, 80, 60), (3, 60, 80), (3, 40, 40), (3, 60, 80), (3, 97, 41)]
+    imgs = [torch.randint(0, 256, s, dtype=torch.uint8, generator=g) for s in shapes]
+    one = resize_views(imgs, spec, grouped=False)
+    grp = resize_views(imgs, spec, grouped=True)
+    assert [tuple(v.shape) for v in grp] == [(32, 32, 3)] * len(imgs)
+    for a, b in zip(one, grp):
+        assert torch.equal(a, b)
+    x, bad = decode_batch([_enc(Image.fromarray(i.permute(1, 2, 0).numpy()), quality=95) for i in imgs],
+                          spec, "cpu", grouped=True)
+    y, _ = decode_batch([_enc(Image.fromarray(i.permute(1, 2, 0).numpy()), quality=95) for i in imgs],
+                        spec, "cpu", grouped=False)
+    assert not bad and torch.equal(x, y)
+
+
+def test_host_decoded_rows_pass_through_in_order(chelsea, coffee):
+    """Rows the read stage decoded arrive as view bytes and are used as they are; the others
+    are decoded here; order is kept; a view of the wrong size is a per-row error."""
+    from pipelines.device_decode import host_view_bytes
+
+    jpeg = [_enc(chelsea, quality=92), _enc(coffee, quality=92)]
+    ref = [_host(b) for b in jpeg]
+    marker = np.full((224, 224, 3), 7, dtype=np.uint8)
+    encoded = [jpeg[0], b"", jpeg[1], b"", b""]
+    decoded = [b"", host_view_bytes(ref[1]), b"", host_view_bytes(marker), b"\x00" * 10]
+    x, bad = decode_batch(encoded, SPEC, "cpu", decoded=decoded, checked=True)
+    assert set(bad) == {4} and "host view has 10 bytes" in bad[4]
+    assert x.shape[0] == 4
+    assert np.array_equal(x[1].numpy(), ref[1]) and np.array_equal(x[3].numpy(), marker)
+    for row, r in ((0, ref[0]), (2, ref[1])):  # decoded here: close to PIL, not bit-equal
+        d = np.abs(x[row].numpy().astype(np.int16) - r.astype(np.int16))
+        assert 0 < d.mean() < 2.0
+
+
+def test_checked_rows_skip_the_header_parse_but_a_rejected_stream_still_falls_back(chelsea, monkeypatch):
+    import pipelines.device_decode as dd
+
+    good = _enc(chelsea)
+    truncated = good[: len(good) // 2]  # what a lying read stage could send: the host decoder refuses it
+    calls = []
+    monkeypatch.setattr(dd, "device_decodable", lambda *a: calls.append(a) or True)
+    x, bad = decode_batch([good, truncated], SPEC, "cpu", checked=True)
+    assert calls == []
+    assert x.shape[0] == 1 and set(bad) == {1} and bad[1].startswith("decode: ")
+
+
+def test_read_stage_splits_device_and_host_rows(tmp_path, chelsea, coffee):
+    """Device mode: odd formats and `host_share` of the JPEGs are decoded in the read stage,
+    evenly spread; the rest travel as JPEG bytes. Each row is in exactly one of the two."""
+    import tarfile
+
+    from pipelines.read_stage import ENC_COLUMN, host_pick, read_decode, u8_column
+
+    samples = [(f"j{i:02d}", _enc(chelsea if i % 2 else coffee, quality=80 + i % 10), "jpg") for i in range(20)]
+    samples += [("png", _enc(coffee, "PNG"), "png"), ("cmyk", _enc(chelsea.convert("CMYK")), "jpg")]
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tf:
+        for key, data, ext in samples:
+            for name, payload in ((f"{key}.{ext}", data), (f"{key}.cls", b"3")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    for share, n_host_jpeg in ((0.0, 0), (0.25, 5), (1.0, 20)):
+        rows = {}
+        for b in read_decode({"path": np.array([str(path)])}, [SPEC], encoded=True, host_share=share):
+            for k, st, e, u in zip(b["key"], b["status"], b[ENC_COLUMN], b[u8_column(SPEC)]):
+                if st == "ok":
+                    assert (len(e) > 0) != (len(u) > 0), k
+                    rows[k] = "device" if len(e) else "host"
+        assert len(rows) == 22 and rows["png"] == rows["cmyk"] == "host"
+        host_jpegs = [k for k in rows if k.startswith("j") and rows[k] == "host"]
+        assert len(host_jpegs) == n_host_jpeg
+        assert host_jpegs == [f"j{n:02d}" for n in range(20) if host_pick(share, n)]
+    assert [n for n in range(8) if host_pick(0.25, n)] == [3, 7]  # evenly spread

@@ -20,7 +20,7 @@ def _batches(tmp_path, encoded: bool):
         make_shards(str(photo_folder(tmp_path / "photos", per_class=6)), str(tmp_path / "shards"), per_shard=18)
     view = load_classifier(CLASSIFIER).preprocess
     path = np.array([str(next((tmp_path / "shards").glob("*.tar")))])
-    return [b for b in read_decode({"path": path}, [] if encoded else [view], chunk_size=64, encoded=encoded)
+    return [b for b in read_decode({"path": path}, [view], chunk_size=64, encoded=encoded)
             if (b["status"] == "ok").any()]
 
 

@@ -235,8 +235,37 @@ def test_device_decode_mode_matches_host_decoding(data, translator, audited, tmp
     assert (j["label"] == j["label_dev"]).all()
     diff = (j["as_deg"] - j["as_deg_dev"]).abs()
     assert diff.median() < 0.5 and diff.max() < 5.0, (diff.median(), diff.max())
-    # the odd formats went to the host decoder inside the actor: identical scores
+    # the odd formats went to the host decoder in the read stage: identical scores
     odd = j.filter(pl.col("key").is_in(["png_rgb", "rgba", "cmyk"]))
     assert odd.height == 3 and (odd["as_deg"] - odd["as_deg_dev"]).abs().max() < 1e-4
     man = json.loads((out / "runs" / "d1.json").read_text())
     assert "device_decode" in man["stage_seconds"] and man["config"]["decode"] == "device"
+
+
+def test_host_decode_share_one_is_host_decoding_through_the_device_path(data, translator, audited, tmp_path):
+    """--host-decode-share 1: every JPEG is decoded by the read tasks and travels to the actor
+    as view bytes: the scores must equal host mode's to float precision."""
+    root, _ = data
+    out = tmp_path / "share"
+    assert sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+                 str(root / "shards" / "*.tar"), "--out", str(out), "--run-id", "s1", "--decode", "device",
+                 "--host-decode-share", "1"]) == 0
+    host, dev = _read(audited, "images"), _read(out, "images")
+    j = host.join(dev, on=["shard", "key"], suffix="_dev")
+    assert j.height == dev.height == host.filter(pl.col("shard") != "cut").height
+    for col in ("as_deg", "is_deg", "logit_drift"):
+        assert (j[col] - j[col + "_dev"]).abs().max() < 1e-4, col
+    assert (j["pred"] == j["pred_dev"]).all()
+    assert json.loads((out / "runs" / "s1.json").read_text())["config"]["host_decode_share"] == 1.0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--host-decode-share", "1.5", "--decode", "device"], "within [0, 1]"),
+    (["--host-decode-share", "0.5"], "applies to --decode device"),
+])
+def test_bad_host_decode_share_is_refused_before_any_work(data, translator, tmp_path, capsys, argv, needle):
+    root, _ = data
+    rc = sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+               str(root / "shards" / "*.tar"), "--out", str(tmp_path / "never"), *argv])
+    assert rc == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

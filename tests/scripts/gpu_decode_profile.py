@@ -1,0 +1,98 @@
+"""Where the device-decode time goes, one step at a time, synchronised (run on a GPU node):
+
+    python tests/scripts/gpu_decode_profile.py [--batch 256] [--repeats 20] [--device cuda]
+
+For a batch of photo-like JPEGs in ImageNet's size mix it times, per batch: the header checks
+(CPU), nvJPEG's batched decode, the resize+crop per image and grouped by size, and normalise.
+It prints img/s of each step and the grouped/per-image ratio: the numbers that say whether the
+GPU's JPEG decoder, the resize launches or the host are the limit (docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipelines.device_decode import device_decodable, resize_views  # noqa: E402
+from pipelines.images import normalise  # noqa: E402
+from pipelines.models import PreprocessSpec  # noqa: E402
+
+# (w, h) and weight: roughly ImageNet val's mix (most photos are 500 on the long side)
+SIZES = [((500, 375), 0.55), ((375, 500), 0.15), ((500, 333), 0.12), ((500, 500), 0.06),
+         ((333, 500), 0.04), ((640, 480), 0.04), ((800, 600), 0.04)]
+
+
+def photos(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    sizes = [s for s, _ in SIZES]
+    picks = rng.choice(len(sizes), size=n, p=[w for _, w in SIZES])
+    out = []
+    for k in picks:
+        w, h = sizes[k]
+        yy, xx = np.mgrid[0:h, 0:w]
+        fx, fy, ph = rng.uniform(0.005, 0.05, 3)
+        base = np.stack([np.sin(xx * fx + ph), np.cos(yy * fy - ph), np.sin((xx + yy) * (fx + fy) / 2)], -1)
+        img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def timed(fn, device, repeats: int) -> float:
+    fn()  # warm-up (allocator, nvJPEG handles, kernels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args()
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    device = torch.device(a.device)
+    spec = PreprocessSpec(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    data = photos(a.batch)
+    raw = [torch.from_numpy(np.frombuffer(d, dtype=np.uint8).copy()) for d in data]
+    imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+    n_groups = len({tuple(i.shape) for i in imgs})
+    steps = {
+        "header checks (CPU)": lambda: [device_decodable(d, None) for d in data],
+        "bytes -> tensors (CPU)": lambda: [torch.from_numpy(np.frombuffer(d, dtype=np.uint8).copy()) for d in data],
+        "decode_jpeg batch": lambda: decode_jpeg(raw, mode=ImageReadMode.RGB, device=device),
+        "resize+crop per image": lambda: torch.stack(resize_views(imgs, spec, grouped=False)),
+        f"resize+crop grouped ({n_groups} sizes)": lambda: torch.stack(resize_views(imgs, spec, grouped=True)),
+    }
+    u8 = torch.stack(resize_views(imgs, spec, grouped=True))
+    steps["normalise bf16 channels_last"] = lambda: normalise(u8, spec, torch.bfloat16, channels_last=True)
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
+          f"batch {a.batch}, {a.repeats} repeats, torch {torch.__version__}")
+    secs = {}
+    for name, fn in steps.items():
+        secs[name] = timed(fn, device, a.repeats)
+        print(f"  {name:32s} {1e3 * secs[name]:8.2f} ms/batch  {a.batch / secs[name]:10.0f} img/s")
+    per, grp = secs["resize+crop per image"], secs[f"resize+crop grouped ({n_groups} sizes)"]
+    print(f"grouped/per-image resize time: {grp / per:.2f} (below 1: grouping wins)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
