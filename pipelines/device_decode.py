@@ -111,14 +111,13 @@ def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None =
     n, s = len(encoded), spec.size
     views: list[torch.Tensor | None] = [None] * n
     errors: dict[int, str] = {}
-    jpeg = []
+    jpeg, host = [], []
     for i, data in enumerate(encoded):
         if decoded is not None and len(decoded[i]):
-            raw = decoded[i]
-            if len(raw) != s * s * 3:
-                errors[i] = f"decode: host view has {len(raw)} bytes, expected {s}x{s}x3"
+            if len(decoded[i]) != s * s * 3:
+                errors[i] = f"decode: host view has {len(decoded[i])} bytes, expected {s}x{s}x3"
             else:
-                views[i] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(s, s, 3).to(device)
+                host.append(i)
             continue
         try:
             if checked or device_decodable(data, max_pixels):
@@ -127,6 +126,11 @@ def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None =
                 views[i] = _host(data, spec, max_pixels, device)
         except ImageDecodeError as exc:
             errors[i] = f"decode: {exc}"
+    if host:  # one host-to-device copy for all of them, not one per image
+        joined = bytearray().join(decoded[i] for i in host)  # writable: torch shares it, no copy
+        on_device = torch.frombuffer(joined, dtype=torch.uint8).view(len(host), s, s, 3).to(device)
+        for k, i in enumerate(host):
+            views[i] = on_device[k]
     if jpeg:
         raw = [torch.from_numpy(np.frombuffer(encoded[i], dtype=np.uint8).copy()) for i in jpeg]
         try:
