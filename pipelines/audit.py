@@ -16,6 +16,7 @@ import numpy as np
 from .collect import ModelTarget, ShardCollector
 from .layout import check_run_id, count_rows, derive_run_id, is_done
 from .manifest import code_version, load_manifest, utc_now, write_manifest
+from .translator_file import load_translator
 from .watchdog import with_stall_timeout
 
 log = logging.getLogger("sing.audit")
@@ -129,7 +130,6 @@ def load_translator_for(path, spec: str, clf, match: str = "exact"):
     """Load a translator (local path or fsspec URL) and check it fits `clf` (see
     AuditConfig.translator_match). Runs on the driver and in every actor: a URL is fetched
     into the cache of the node it runs on."""
-    from sing_ops import Translator
     from sing_ops.translator import TranslatorMismatch
 
     from .model_spec import parse_model_spec
@@ -139,8 +139,8 @@ def load_translator_for(path, spec: str, clf, match: str = "exact"):
         raise ValueError(f"unknown translator match {match!r}; choose exact or arch")
     local = local_copy(path)
     if match == "exact":
-        return Translator.load(local, in_dim=clf.num_features, source_model=clf.model_id)
-    tr = Translator.load(local, in_dim=clf.num_features)
+        return load_translator(local, in_dim=clf.num_features, source_model=clf.model_id)
+    tr = load_translator(local, in_dim=clf.num_features)
     fitted_on = tr.metadata.get("source_model") or ""
     try:
         fitted_arch = parse_model_spec(fitted_on).arch_ref

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .translator_file import load_translator, save_translator
+
 
 def _make_jpegs(root: Path, n: int, n_classes: int = 8, seed: int = 0, unique: int = 64) -> Path:
     """Photo-sized JPEGs (500x375, smooth shapes + noise: decodes like a real photo). Only
@@ -115,7 +117,7 @@ def _bench_translator(clf, path: Path) -> Path:
     t = Translator(torch.randn(clip.embed_dim, clf.num_features, generator=g) / clf.num_features**0.5,
                    torch.randn(clip.embed_dim, generator=g),
                    {"source_model": clf.model_id, "clip_model": clip.model_id})
-    return t.save(path)
+    return save_translator(t, path)
 
 
 def bare_forward_rate(clf, batch_size: int, n_images: int, threads: int, device: str = "cpu") -> float:
@@ -148,13 +150,13 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
     (float32, as the official code does)."""
     import torch
 
-    from sing_ops import AuditScorer, HeadDecomposition, Translator
+    from sing_ops import AuditScorer, HeadDecomposition
 
     from .images import decode_image, normalise, to_uint8_view
     from .shards import Sample, iter_shard
 
     torch.set_num_threads(threads)
-    tr = Translator.load(translator_path)
+    tr = load_translator(translator_path)
     dec = HeadDecomposition.from_weight(clf.head_weight)
     text = torch.randn(clf.num_classes, tr.out_dim)
     samples = [s for p in shard_paths for s in iter_shard(p) if isinstance(s, Sample)][:n_images]

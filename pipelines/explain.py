@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .translator_file import load_translator
+
 log = logging.getLogger("sing.explain")
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
@@ -304,7 +306,7 @@ def _check_config(cfg: ExplainConfig):
 
 def run_explain(cfg: ExplainConfig) -> dict:
     """Explain each image; returns {"meta": ..., "images": [...]} (what --json writes)."""
-    from sing_ops import HeadDecomposition, Translator
+    from sing_ops import HeadDecomposition
 
     from .clip_models import TEMPLATES, load_clip
     from .images import normalise, to_uint8_view
@@ -326,7 +328,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
 
         index = ImageIndex.open(cfg.index)
     clf = load_classifier(cfg.model)
-    tr = Translator.load(tpath, in_dim=clf.num_features, source_model=clf.model_id)
+    tr = load_translator(tpath, in_dim=clf.num_features, source_model=clf.model_id)
     clip_id = tr.metadata.get("clip_model")
     if not clip_id:
         raise ExplainError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")

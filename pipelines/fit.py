@@ -9,13 +9,14 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .layout import write_json_atomic
 from .manifest import code_version, utc_now
+from .remote import is_url, url_fs
+from .translator_file import save_translator
 from .watchdog import DEFAULT_STALL_S, with_stall_timeout
 
 log = logging.getLogger("sing.fit")
@@ -140,6 +141,8 @@ def run_fit(cfg: FitConfig) -> dict:
     if cfg.templates not in TEMPLATES:
         raise FitError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
     clf, clip = load_classifier(cfg.model), load_clip(cfg.clip)  # unknown names fail first
+    if is_url(cfg.out):
+        url_fs(cfg.out)  # an --out URL without its fsspec backend fails now, not after the pass
     train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
     ray = ensure_ray()
@@ -185,8 +188,7 @@ def run_fit(cfg: FitConfig) -> dict:
         "config": {**asdict(cfg), "argv": sys.argv},
     }
     tr.metadata["fit_report"] = {k: report[k] for k in ("n_train", "n_heldout", "heldout", "zero_shot_top1")}
-    path = tr.save(cfg.out)
-    write_json_atomic(report, Path(f"{cfg.out}.report.json"))
-    report["translator_path"] = str(path)
+    report["translator_path"] = str(save_translator(tr, cfg.out))
     report["translator_id"] = tr.id
+    write_json_atomic(report, f"{cfg.out}.report.json")  # a str: Path() would mangle a URL
     return report

@@ -27,6 +27,7 @@ from .layout import derive_run_id, write_json_atomic
 from .manifest import code_version, file_sha256, load_manifest, utc_now
 from .nightly_config import NightlyConfig, NightlyConfigError, load_nightly_config
 from .remote import is_url, local_copy, local_path
+from .translator_file import load_translator
 
 log = logging.getLogger("sing.nightly")
 
@@ -183,14 +184,13 @@ def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str])
             raise NightlyConfigError(f"translator.reuse: translator not found: {cfg.reuse}")
         return [path] * len(picked), "arch"
     from .fit import FitConfig, run_fit
-    from sing_ops import Translator
 
     out_dir = Path(cfg.refit.out) if cfg.refit.out else nightly_dir(cfg) / "translators"
     paths = []
     for ck, spec in zip(picked, specs):
         path = out_dir / f"{ck.sha256[:16]}.safetensors"
         try:  # fitted on an earlier (killed) night: reuse it
-            Translator.load(path)
+            load_translator(path)
             log.info("translator for %s exists: %s", ck.name, path)
         except (FileNotFoundError, ValueError):
             log.info("fitting a translator for %s", ck.name)

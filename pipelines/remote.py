@@ -55,7 +55,7 @@ def local_copy(uri, cache_dir=None) -> str:
     version fields that fsspec's info() reports (size, mtime, etag, ...): a replaced remote
     file gets a new cache entry, an unchanged one is reused without downloading. The
     basename is kept because loaders dispatch on the extension, and a translator's
-    `<name>.json` sidecar (written by Translator.save) is copied next to it when present.
+    `<name>.json` sidecar (written by translator_file.save_translator) is copied next to it when present.
     """
     if not is_url(uri):
         return local_path(uri)

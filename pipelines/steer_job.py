@@ -28,6 +28,7 @@ import torch
 from .model_stage import _first_only, _ModelActor
 from .read_stage import read_decode
 from .regroup import ShardGrouper
+from .translator_file import load_translator
 from .watchdog import DEFAULT_STALL_S, with_stall_timeout
 
 log = logging.getLogger("sing.steer")
@@ -57,7 +58,7 @@ class SteerActor(_ModelActor):
 
     def __init__(self, prefix, model_spec, translator_path, target_text, class_index, eps=None, is_deg=None,
                  rank_atol=1e-5, rank_rtol=None, drop_views=(), device=None, threads=None, view=None):
-        from sing_ops import HeadDecomposition, Translator
+        from sing_ops import HeadDecomposition
 
         from .models import load_classifier
         from .remote import local_copy
@@ -67,7 +68,7 @@ class SteerActor(_ModelActor):
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         # local_copy here too: the actor may run on another node, whose cache is its own
-        self.tr = Translator.load(local_copy(translator_path), in_dim=clf.num_features,
+        self.tr = load_translator(local_copy(translator_path), in_dim=clf.num_features,
                                   source_model=clf.model_id).to(dtype=torch.float64)
         self.w = clf.head_weight.to(torch.float64)
         self.text = torch.tensor(np.array(target_text, dtype=np.float64)).reshape(-1)
@@ -175,7 +176,7 @@ def steer_table(cols: dict, prefix: str, shard: str, target: str) -> tuple[pa.Ta
 
 def prepare(cfg: SteerConfig):
     """Every check that can fail on the user's input, before any work (exit 2)."""
-    from sing_ops import HeadDecomposition, Translator
+    from sing_ops import HeadDecomposition
 
     from .clip_models import load_clip
     from .explain import resolve_class
@@ -197,7 +198,7 @@ def prepare(cfg: SteerConfig):
         raise SteerConfigError(f"{clf.model_id} has no null space (rank {dec.rank} = {clf.num_features} features, "
                                f"{clf.num_classes} classes): null-space steering is undefined")
     class_index = resolve_class(cfg.target_class, clf.class_names)
-    tr = Translator.load(local_copy(cfg.translator), in_dim=clf.num_features, source_model=clf.model_id)
+    tr = load_translator(local_copy(cfg.translator), in_dim=clf.num_features, source_model=clf.model_id)
     clip_id = tr.metadata.get("clip_model")
     if not clip_id:
         raise SteerConfigError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")

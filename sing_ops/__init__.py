@@ -1,4 +1,4 @@
-"""SING core: pure tensor math, no I/O (but translator files) and no Ray.
+"""SING core: pure tensor math, no I/O and no Ray.
 
 See ../docs/ARCHITECTURE.md and METHOD.md for the formulas each function implements.
 """

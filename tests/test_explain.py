@@ -17,6 +17,7 @@ from PIL import Image
 from pipelines.cli import main as sing
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
+from pipelines.translator_file import load_translator
 
 
 # ----------------------------------------------------------------------------- the core
@@ -173,12 +174,11 @@ def test_explain_cli_json_retrieval_and_contact_sheets(setup, capsys):
     # the query image itself is never its own neighbour
     assert all(h["key"] != "n01443537/n01443537_2" for h in shard_row["nearest"]["f"] + shard_row["nearest"]["f_eq"])
     # nearest to T(f) by brute force over the index, with T(f) recomputed independently
-    from sing_ops import Translator
 
     from pipelines.images import decode_image, normalise, to_uint8_view
     from pipelines.models import load_classifier
 
-    clf, t = load_classifier(CLASSIFIER), Translator.load(tr)
+    clf, t = load_classifier(CLASSIFIER), load_translator(tr)
     with torch.inference_mode():
         f = clf.features_and_logits(normalise(torch.from_numpy(
             to_uint8_view(decode_image(img.read_bytes()), clf.preprocess))[None], clf.preprocess))[0]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.pipeline_data import CLASSIFIER, photo_folder
+from pipelines.translator_file import save_translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -30,8 +31,9 @@ def _actor(tmp_path, device, decode):
     from sing_ops import Translator
 
     clf, g = load_classifier(CLASSIFIER), torch.Generator().manual_seed(0)
-    tr = Translator(torch.randn(32, clf.num_features, generator=g), torch.randn(32, generator=g),
-                    {"source_model": clf.model_id, "clip_model": "openclip:tiny@random"}).save(tmp_path / "t.safetensors")
+    tr = save_translator(Translator(torch.randn(32, clf.num_features, generator=g), torch.randn(32, generator=g),
+                                    {"source_model": clf.model_id, "clip_model": "openclip:tiny@random"}),
+                         tmp_path / "t.safetensors")
     text = np.random.default_rng(0).standard_normal((10, 32)).astype(np.float32)
     return ScoreActor("m0", CLASSIFIER, str(tr), text, device=device, decode=decode)
 

@@ -9,6 +9,7 @@ import torch
 
 from pipelines.cli import main as sing
 from tests.pipeline_data import photo_folder
+from pipelines.translator_file import save_translator
 
 pytestmark = pytest.mark.slow
 MODELS = ["timm:test_resnet@random?num_classes=10", "timm:test_vit@random?num_classes=10"]  # two decode views
@@ -23,8 +24,8 @@ def random_translator(model: str, path, clip="openclip:tiny@random"):
 
     clf, d = load_classifier(model), load_clip(clip).embed_dim
     g = torch.Generator().manual_seed(len(model))
-    return Translator(torch.randn(d, clf.num_features, generator=g), torch.randn(d, generator=g),
-                      {"source_model": clf.model_id, "clip_model": clip}).save(path)
+    return save_translator(Translator(torch.randn(d, clf.num_features, generator=g), torch.randn(d, generator=g),
+                                      {"source_model": clf.model_id, "clip_model": clip}), path)
 
 
 def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from tests.pipeline_data import photo_folder
+from pipelines.translator_file import load_translator, save_translator
 
 ARCH = "timm:test_resnet"
 pytestmark = pytest.mark.slow
@@ -52,8 +53,9 @@ def _translator(path: Path) -> str:
     v, _ = _bases()
     g = np.random.default_rng(7)
     w = g.normal(size=(32, 10)) @ v.T + 0.05 * g.normal(size=(32, 96))
-    return str(Translator(torch.tensor(w, dtype=torch.float32), torch.tensor(0.01 * g.normal(size=32), dtype=torch.float32),
-                          {"source_model": f"{ARCH}@reference.safetensors", "clip_model": "openclip:tiny@random"}).save(path))
+    tr = Translator(torch.tensor(w, dtype=torch.float32), torch.tensor(0.01 * g.normal(size=32), dtype=torch.float32),
+                    {"source_model": f"{ARCH}@reference.safetensors", "clip_model": "openclip:tiny@random"})
+    return str(save_translator(tr, path))
 
 
 def _config(tmp: Path, **over) -> Path:
@@ -235,7 +237,6 @@ def test_nightly_missing_config_file(tmp_path, capsys):
 def test_nightly_refit_translator_per_checkpoint(world, ray_session):
     """translator.refit: one translator per checkpoint (keyed by its sha256), fitted on the fit
     shards, reused when the night is redone."""
-    from sing_ops import Translator
 
     src = world / "ckpts_refit"
     src.mkdir()
@@ -250,7 +251,7 @@ def test_nightly_refit_translator_per_checkpoint(world, ray_session):
 
     tpath = out / "nightly" / "rn-test" / "translators" / f"{file_sha256(ck)[:16]}.safetensors"
     assert r["translator"] == str(tpath) and r["verdict"] == "no-baseline"
-    tr = Translator.load(tpath)
+    tr = load_translator(tpath)
     assert tr.metadata["source_model"] == f"{ARCH}@e1.safetensors" and tr.in_dim == 96
     # a night killed after fitting: the state is gone but the translator is reused, not refit
     mtime = tpath.stat().st_mtime_ns

@@ -15,6 +15,7 @@ import torch
 
 from pipelines.cli import main as sing
 from tests.pipeline_data import CLASSIFIER, CLIP, bad_shard, photo_folder, truncate
+from pipelines.translator_file import load_translator
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,6 @@ def _read(out, table):
 
 def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     """The Ray aggregate path must give the same translator as an in-process float64 solve."""
-    from sing_ops import Translator
 
     from pipelines.clip_models import load_clip
     from pipelines.images import decode_image, normalise, to_uint8_view
@@ -71,7 +71,7 @@ def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     rep = json.loads(Path(f"{translator}.report.json").read_text())
     assert rep["n_train"] + rep["n_heldout"] == 24 and rep["heldout_shards"] == 1
     assert len(rep["lambda_grid"]) == 13 and rep["heldout"]["mse"] == min(r["mse"] for r in rep["lambda_grid"])
-    tr = Translator.load(translator, source_model=CLASSIFIER, clip_model=CLIP)
+    tr = load_translator(translator, source_model=CLASSIFIER, clip_model=CLIP)
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
     held = set(rep["heldout_shard_names"])
     assert held == {"shard-000002"}  # evenly spaced held-out shards: 4 shards, k = 1 -> the middle one
@@ -121,7 +121,6 @@ def test_audit_rows_errors_and_manifest(data, audited):
 
 def test_audit_scores_match_independent_float64(data, translator, audited):
     """Recompute AS/IS/concept angles for one shard with explicit pinv projectors."""
-    from sing_ops import Translator
 
     from pipelines.clip_models import load_clip
     from pipelines.images import decode_image, normalise, to_uint8_view
@@ -131,7 +130,7 @@ def test_audit_scores_match_independent_float64(data, translator, audited):
 
     root, _ = data
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
-    tr = Translator.load(translator)
+    tr = load_translator(translator)
     w = clf.head_weight.double().numpy()
     p_n = np.eye(w.shape[1]) - np.linalg.pinv(w) @ w  # independent of the SVD route
     a, b = tr.weight.double().numpy(), tr.bias.double().numpy()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipelines.remote import is_url, local_copy
+from pipelines.translator_file import save_translator
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +83,7 @@ def test_translator_from_a_url(mem, tmp_path):
     from pipelines.audit import load_translator_for
 
     tr = _translator()
-    local = tr.save(tmp_path / "t.safetensors")
+    local = save_translator(tr, tmp_path / "t.safetensors")
     mem.put_file(str(local), "/tr/t.safetensors")
     clf = SimpleNamespace(num_features=8, model_id="timm:test_resnet@random")
     got = load_translator_for("memory://tr/t.safetensors", clf.model_id, clf)
@@ -161,7 +162,7 @@ def job_inputs(tmp_path_factory):
     shards = make_shards(str(photo_folder(root / "photos", per_class=2)), str(root / "shards"), per_shard=4)
     samples = {s.key: s.label for p in shards for s in iter_shard(str(p))}
     clf, d = load_classifier(CLASSIFIER), load_clip(CLIP).embed_dim
-    tr = _translator(d, clf.num_features, clf.model_id).save(root / "t.safetensors")
+    tr = save_translator(_translator(d, clf.num_features, clf.model_id), root / "t.safetensors")
     return shards, samples, clf.slug, tr
 
 
@@ -209,3 +210,33 @@ def test_steer_writes_results_to_a_url(mem, job_inputs, ray_session):
     assert _keys(mem, f"/st/steer/model={slug}/run=s1/*.parquet") == (len(shards), of_class)
     again = run_steer(cfg)
     assert again["shards"]["skipped_done"] == len(shards) and again["counts"]["images"] == len(of_class)
+
+
+def test_save_translator_to_a_url_uploads_sidecar_and_file(mem, tmp_path):
+    from pipelines.translator_file import load_translator
+
+    tr = _translator(4, 6, "timm:x")
+    assert save_translator(tr, "memory://models/t.safetensors") == "memory://models/t.safetensors"
+    assert json.loads(mem.cat_file("/models/t.safetensors.json"))["id"] == tr.id
+    back = load_translator(local_copy("memory://models/t.safetensors"), in_dim=6, source_model="timm:x")
+    assert back.id == tr.id and torch.equal(back.weight, tr.weight)
+    with pytest.raises(ValueError, match="cannot open"):
+        save_translator(tr, "nosuchscheme://b/t.safetensors")
+
+
+@pytest.mark.slow
+def test_fit_writes_the_translator_to_a_url(mem, job_inputs, ray_session):
+    """fit-translator --out URL: translator, sidecar and report on the URL; an audit then
+    loads the translator from there."""
+    from pipelines.cli import main as sing
+    from pipelines.translator_file import load_translator
+    from tests.pipeline_data import CLASSIFIER, CLIP
+
+    shards, samples, slug, _ = job_inputs
+    url = "memory://fits/t.safetensors"
+    assert sing(["-q", "fit-translator", "--model", CLASSIFIER, "--clip", CLIP, "--shards", *map(str, shards),
+                 "--out", url, "--batch-size", "8"]) == 0
+    rep = json.loads(mem.cat_file("/fits/t.safetensors.report.json"))
+    tr = load_translator(local_copy(url), source_model=CLASSIFIER, clip_model=CLIP)
+    assert rep["translator_id"] == tr.id == json.loads(mem.cat_file("/fits/t.safetensors.json"))["id"]
+    assert rep["n_train"] + rep["n_heldout"] == len(samples)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sing_ops import RidgeError, RidgeStats, Translator, TranslatorMismatch, select_lambda, translation_quality
+from pipelines.translator_file import load_translator, save_translator
 
 
 def _data(n=300, m=20, d=6, seed=0):
@@ -90,26 +91,26 @@ def test_ridge_bad_input(call, match):
 def test_translator_round_trip_and_refusals(tmp_path):
     f, z = _data()
     t = RidgeStats(20, 6).update(f, z).solve(1.0, source_model="timm:test_resnet", clip_model="openclip:tiny")
-    path = t.save(tmp_path / "t.safetensors")
+    path = save_translator(t, tmp_path / "t.safetensors")
     side = json.loads((tmp_path / "t.safetensors.json").read_text())
     assert side["in_dim"] == 20 and side["id"] == t.id
-    back = Translator.load(path, in_dim=20, out_dim=6, source_model="timm:test_resnet", clip_model="openclip:tiny")
+    back = load_translator(path, in_dim=20, out_dim=6, source_model="timm:test_resnet", clip_model="openclip:tiny")
     x = torch.randn(4, 20)
     assert torch.equal(back(x), t(x))
     assert back.id == t.id
     with pytest.raises(TranslatorMismatch, match="input dim 20.*used with 2048"):
-        Translator.load(path, in_dim=2048)
+        load_translator(path, in_dim=2048)
     with pytest.raises(TranslatorMismatch, match="source model 'timm:test_resnet'.*'timm:resnet50'"):
-        Translator.load(path, source_model="timm:resnet50")
+        load_translator(path, source_model="timm:resnet50")
     with pytest.raises(TranslatorMismatch, match="CLIP model"):
-        Translator.load(path, clip_model="openclip:ViT-L-14@openai")
+        load_translator(path, clip_model="openclip:ViT-L-14@openai")
     with pytest.raises(TranslatorMismatch, match="feature dimension mismatch"):
         back(torch.randn(2, 19))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(TranslatorMismatch, match="not a readable"):
-        Translator.load(tmp_path / "junk.safetensors")
+        load_translator(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
-        Translator.load(tmp_path / "missing.safetensors")
+        load_translator(tmp_path / "missing.safetensors")
 
 
 def test_translation_quality_perfect_fit():

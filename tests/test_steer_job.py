@@ -12,6 +12,7 @@ import torch
 from pipelines.cli import main as sing
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
+from pipelines.translator_file import load_translator
 
 PROMPT = "an image of a jellyfish"
 
@@ -98,7 +99,7 @@ def test_one_row_per_image_of_the_class_with_calibrated_is_and_no_logit_drift(se
 
 
 def test_rows_match_an_in_process_float64_recomputation(setup, steered):
-    from sing_ops import HeadDecomposition, Translator, steer
+    from sing_ops import HeadDecomposition, steer
 
     from pipelines.clip_models import load_clip
     from pipelines.images import decode_image, normalise, to_uint8_view
@@ -107,7 +108,7 @@ def test_rows_match_an_in_process_float64_recomputation(setup, steered):
     from pipelines.text import embed_texts
 
     root, tr_path = setup
-    clf, tr = load_classifier(CLASSIFIER), Translator.load(tr_path).to(dtype=torch.float64)
+    clf, tr = load_classifier(CLASSIFIER), load_translator(tr_path).to(dtype=torch.float64)
     text = torch.from_numpy(embed_texts(load_clip(CLIP), [PROMPT], ["{}"])[0]).double()
     keys, u8 = [], []
     for shard in sorted((root / "shards").glob("*.tar")):
