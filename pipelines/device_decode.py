@@ -5,8 +5,9 @@ In device mode the read stage checks each header (format, size, decompression-bo
 bomb never reaches the decoder) and passes the JPEGs the device can take on as bytes; the model
 actor decodes a whole batch with torchvision.io.decode_jpeg on its own device (nvJPEG on CUDA,
 the GPU's hardware JPEG engine where it has one), resizes with antialiasing and centre-crops
-there. What nvJPEG cannot take (PNG and other formats, CMYK/YCCK JPEGs, truncated streams) is
-decoded by the read stage as in host mode, and so is `--host-decode-share` of the JPEGs: idle
+there. What nvJPEG cannot take (PNG and other formats, CMYK/YCCK JPEGs, truncated streams)
+or takes slowly (progressive JPEGs: no batched hardware decode) is decoded by the read stage
+as in host mode, and so is `--host-decode-share` of the JPEGs: idle
 CPU cores then add to the GPU decoder's throughput instead of waiting for it. Resizing a tensor
 differs from PIL by a few grey levels; host mode stays the reference (pixel-exact with
 torchvision/timm eval transforms).
@@ -30,7 +31,10 @@ def device_can_take(img, data: bytes) -> bool:
     # A truncated JPEG has no end-of-image marker; libjpeg only *warns* about it and pads the
     # missing rows grey, so such a stream goes to the host decoder, which refuses it.
     complete = bytes(data[-2:]) == b"\xff\xd9"
-    return img.format == "JPEG" and img.mode in ("RGB", "L") and complete
+    # Progressive JPEGs miss the GPU's batched (hardware) decoder: nvJPEG decodes them one at
+    # a time with Huffman decoding on the actor's single CPU thread; the read tasks are better.
+    progressive = bool(img.info.get("progressive"))
+    return img.format == "JPEG" and img.mode in ("RGB", "L") and complete and not progressive
 
 
 def device_decodable(data: bytes, max_pixels: int | None) -> bool:

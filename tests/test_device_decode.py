@@ -28,16 +28,16 @@ def _host(data: bytes) -> np.ndarray:
 
 def test_jpegs_decode_close_to_pil_and_odd_formats_exactly(chelsea, coffee):
     batch = [_enc(chelsea, quality=92), _enc(coffee, quality=92), _enc(chelsea.convert("L")),
-             _enc(coffee, "PNG"), _enc(chelsea.convert("CMYK"))]
-    assert [device_decodable(b, None) for b in batch] == [True, True, True, False, False]
+             _enc(coffee, "PNG"), _enc(chelsea.convert("CMYK")), _enc(coffee, progressive=True)]
+    assert [device_decodable(b, None) for b in batch] == [True, True, True, False, False, False]
     x, bad = decode_batch(batch, SPEC, "cpu")
-    assert not bad and x.shape == (5, 224, 224, 3) and x.dtype == torch.uint8
+    assert not bad and x.shape == (6, 224, 224, 3) and x.dtype == torch.uint8
     for i, data in enumerate(batch):
         ref = _host(data).astype(np.int16)
         d = np.abs(x[i].numpy().astype(np.int16) - ref)
         if i < 3:  # tensor antialiased resize vs PIL: a few grey levels, no geometric shift
             assert d.mean() < 2.0 and np.percentile(d, 99) <= 12, (i, d.mean(), np.percentile(d, 99))
-        else:  # PNG and CMYK JPEG take the host decoder inside the actor: identical
+        else:  # PNG, CMYK and progressive JPEGs take the host decoder: identical
             assert d.max() == 0
     gray = x[2].numpy()
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
