@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -163,6 +164,16 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--actors-per-gpu", type=int, help="passed to the audit (default: the audit's)")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
+    ca = sub.add_parser("cache", help="the download cache of URL inputs (per node; $SING_CACHE)")
+    ca_sub = ca.add_subparsers(dest="cache_cmd", required=True)
+    ca_sub.add_parser("ls", help="entries, least recently used first")
+    pr = ca_sub.add_parser("prune", help="remove entries unused for a while / beyond a size (run between jobs)")
+    pr.add_argument("--max-gb", type=float, help="keep at most this many GB, least recently used go first")
+    pr.add_argument("--older-than-days", type=float, help="remove entries unused for this many days")
+    pr.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    for c in (ca, *ca_sub.choices.values()):
+        c.add_argument("--cache-dir", help="default: $SING_CACHE or ~/.cache/sing/remote")
+
     sub.add_parser("bench-ops", help="SING ops vs one ResNet50 forward (python -m sing_ops.bench)",
                    add_help=False)
     sub.add_parser("query", help="run a named SQL query over results (sing query --help)", add_help=False)
@@ -230,6 +241,27 @@ def _cmd_audit(a):
     for slug, c in man["counts"].items():
         print(f"  {slug}: {c['images']} images, {c['errors']} errors")
     print(f"manifest: {os.path.join(a.out, 'runs', man['run_id'] + '.json')}")
+    return EXIT_OK
+
+
+def _cmd_cache(a):
+    from .remote import cache_entries, default_cache_dir, prune_cache
+
+    root = a.cache_dir or str(default_cache_dir())
+    if a.cache_cmd == "ls":
+        entries = cache_entries(root)
+        for e in entries:
+            print(f"{e['bytes'] / 2**20:10.1f} MiB  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['last_used']))}  "
+                  f"{e['path'].name}  {', '.join(e['files'])}")
+        print(f"{len(entries)} entries, {sum(e['bytes'] for e in entries) / 2**30:.2f} GiB in {root}")
+        return EXIT_OK
+    removed = prune_cache(root, max_bytes=None if a.max_gb is None else int(a.max_gb * 2**30),
+                          older_than_s=None if a.older_than_days is None else a.older_than_days * 86400,
+                          dry_run=a.dry_run)
+    verb = "would remove" if a.dry_run else "removed"
+    for e in removed:
+        print(f"{verb} {e['path'].name} ({e['bytes'] / 2**20:.1f} MiB: {', '.join(e['files'])})")
+    print(f"{verb} {len(removed)} entries, {sum(e['bytes'] for e in removed) / 2**30:.2f} GiB from {root}")
     return EXIT_OK
 
 
@@ -305,7 +337,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     handlers = {"shards": _cmd_shards_make, "embed-text": _cmd_embed_text, "fit-translator": _cmd_fit,
                 "audit": _cmd_audit, "explain": _cmd_explain, "steer": _cmd_steer, "validate": _cmd_validate,
-                "index": _cmd_index}
+                "index": _cmd_index, "cache": _cmd_cache}
     if args.command == "nightly":  # has its own exit codes (3 = alarm)
         from .nightly import cli_nightly
 

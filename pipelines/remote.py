@@ -73,7 +73,58 @@ def local_copy(uri, cache_dir=None) -> str:
         _download(fs, path, dest, info.get("size"), uri)
         if fs.exists(f"{path}.json"):
             _download(fs, f"{path}.json", Path(f"{dest}.json"), None, f"{uri}.json")
+    else:
+        _touch(dest.parent)  # last use, for prune_cache (atime is often off on nodes)
     return str(dest)
+
+
+def _touch(entry: Path) -> None:
+    try:
+        os.utime(entry)
+    except OSError:  # pruned meanwhile, or a read-only cache: nothing to record
+        pass
+
+
+def cache_entries(cache_dir=None) -> list[dict]:
+    """Cache entries (one folder per downloaded URL version), least recently used first."""
+    root = Path(cache_dir or default_cache_dir())
+    out = []
+    for entry in root.iterdir() if root.is_dir() else ():
+        if not entry.is_dir():
+            continue
+        files = [f for f in entry.iterdir() if f.is_file() and not f.name.endswith(".tmp")]
+        out.append({"path": entry, "files": sorted(f.name for f in files),
+                    "bytes": sum(f.stat().st_size for f in files), "last_used": entry.stat().st_mtime})
+    return sorted(out, key=lambda e: e["last_used"])
+
+
+def prune_cache(cache_dir=None, max_bytes: int | None = None, older_than_s: float | None = None,
+                dry_run: bool = False, now: float | None = None) -> list[dict]:
+    """Remove download-cache entries unused for `older_than_s`, then the least recently used
+    ones until the cache holds at most `max_bytes`. Returns the removed (or, dry_run, the
+    would-be removed) entries. Run it between jobs: a job that is about to open a file it
+    was handed would find it gone (it fails with a clear error; rerunning downloads again)."""
+    import shutil
+    import time
+
+    if max_bytes is None and older_than_s is None:
+        raise ValueError("give a size limit, an age limit or both")
+    if (max_bytes is not None and max_bytes < 0) or (older_than_s is not None and older_than_s < 0):
+        raise ValueError("cache limits must not be negative")
+    now = time.time() if now is None else now
+    entries = cache_entries(cache_dir)
+    total = sum(e["bytes"] for e in entries)
+    removed = []
+    for e in entries:  # oldest first
+        too_old = older_than_s is not None and now - e["last_used"] > older_than_s
+        too_big = max_bytes is not None and total > max_bytes
+        if not (too_old or too_big):
+            continue
+        removed.append(e)
+        total -= e["bytes"]
+        if not dry_run:
+            shutil.rmtree(e["path"], ignore_errors=True)
+    return removed
 
 
 def _download(fs, path: str, dest: Path, size, uri: str) -> None:

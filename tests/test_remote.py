@@ -240,3 +240,33 @@ def test_fit_writes_the_translator_to_a_url(mem, job_inputs, ray_session):
     tr = load_translator(local_copy(url), source_model=CLASSIFIER, clip_model=CLIP)
     assert rep["translator_id"] == tr.id == json.loads(mem.cat_file("/fits/t.safetensors.json"))["id"]
     assert rep["n_train"] + rep["n_heldout"] == len(samples)
+
+
+def test_cache_prune_by_age_and_size_least_recently_used_first(mem, tmp_path, capsys):
+    import os
+
+    from pipelines.cli import main as sing
+    from pipelines.remote import cache_entries, prune_cache
+
+    cache = tmp_path / "cache"
+    paths = {}
+    for name, size in (("a", 3000), ("b", 2000), ("c", 1000)):
+        mem.pipe_file(f"/in/{name}.bin", bytes(size))
+        paths[name] = Path(local_copy(f"memory://in/{name}.bin"))
+    t = 1_000_000_000.0
+    for k, name in enumerate("abc"):  # a used first, c last
+        os.utime(paths[name].parent, (t + 100 * k, t + 100 * k))
+    local_copy("memory://in/a.bin")  # a cache hit marks a as just used
+    assert [e["files"] for e in cache_entries(cache)] == [["b.bin"], ["c.bin"], ["a.bin"]]
+
+    assert sing(["cache", "prune", "--max-gb", str(3500 / 2**30), "--dry-run"]) == 0
+    assert "would remove 2 entries" in capsys.readouterr().out and len(cache_entries(cache)) == 3
+    # age: only b and c are older than a day at t + 2 days; size: a alone fits
+    gone = prune_cache(cache, older_than_s=86400, now=t + 2 * 86400, dry_run=True)
+    assert [e["files"] for e in gone] == [["b.bin"], ["c.bin"]]
+    gone = prune_cache(cache, max_bytes=3500)
+    assert [e["files"] for e in gone] == [["b.bin"], ["c.bin"]]
+    assert [e["files"] for e in cache_entries(cache)] == [["a.bin"]] and paths["a"].is_file()
+    assert not paths["b"].exists() and Path(local_copy("memory://in/b.bin")).is_file()  # fetched again
+    assert sing(["cache", "prune"]) == 2 and "size limit, an age limit" in capsys.readouterr().err
+    assert sing(["cache", "ls"]) == 0 and "2 entries" in capsys.readouterr().out
