@@ -28,24 +28,27 @@ import numpy as np
 from .translator_file import load_translator, save_translator
 
 
-def _make_jpegs(root: Path, n: int, n_classes: int = 8, seed: int = 0, unique: int = 64) -> Path:
-    """Photo-sized JPEGs (500x375, smooth shapes + noise: decodes like a real photo). Only
-    `unique` distinct pictures are drawn and encoded (the slow part); the rest repeat their
-    bytes under new names, which costs the decoder exactly as much."""
+def synthetic_photo(rng: np.random.Generator, w: int = 500, h: int = 375, quality: int = 90) -> bytes:
+    """A photo-like JPEG (smooth shapes + noise: decodes like a real photo, unlike flat colour)."""
     import io
 
     from PIL import Image
 
+    yy, xx = np.mgrid[0:h, 0:w]
+    fx, fy, ph = rng.uniform(0.005, 0.05, 3)
+    base = np.stack([np.sin(xx * fx + ph), np.cos(yy * fy - ph), np.sin((xx + yy) * (fx + fy) / 2)], -1)
+    img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _make_jpegs(root: Path, n: int, n_classes: int = 8, seed: int = 0, unique: int = 64) -> Path:
+    """Photo-sized JPEGs (500x375). Only `unique` distinct pictures are drawn and encoded (the
+    slow part); the rest repeat their bytes under new names, which costs the decoder exactly
+    as much."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:375, 0:500]
-    encoded = []
-    for _ in range(min(n, unique)):
-        fx, fy, ph = rng.uniform(0.005, 0.05, 3)
-        base = np.stack([np.sin(xx * fx + ph), np.cos(yy * fy - ph), np.sin((xx + yy) * (fx + fy) / 2)], -1)
-        img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=90)
-        encoded.append(buf.getvalue())
+    encoded = [synthetic_photo(rng) for _ in range(min(n, unique))]
     for i in range(n):
         d = root / f"class_{i % n_classes:02d}"
         d.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ against the bare forward's img/s (the pipeline cannot beat the smaller of the tw
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipelines.bench import synthetic_photo  # noqa: E402
 from pipelines.device_decode import device_decodable, resize_views  # noqa: E402
 from pipelines.images import normalise  # noqa: E402
 from pipelines.models import PreprocessSpec  # noqa: E402
@@ -38,17 +37,7 @@ def photos(n: int, seed: int = 0) -> list[bytes]:
     rng = np.random.default_rng(seed)
     sizes = [s for s, _ in SIZES]
     picks = rng.choice(len(sizes), size=n, p=[w for _, w in SIZES])
-    out = []
-    for k in picks:
-        w, h = sizes[k]
-        yy, xx = np.mgrid[0:h, 0:w]
-        fx, fy, ph = rng.uniform(0.005, 0.05, 3)
-        base = np.stack([np.sin(xx * fx + ph), np.cos(yy * fy - ph), np.sin((xx + yy) * (fx + fy) / 2)], -1)
-        img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    return [synthetic_photo(rng, *sizes[k]) for k in picks]
 
 
 def timed(fn, device, repeats: int) -> float:
