@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from pipelines.cli import main as sing
+from pipelines.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
-from pipelines.translator_file import load_translator
 
 
 # ----------------------------------------------------------------------------- the core

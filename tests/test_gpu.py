@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.pipeline_data import CLASSIFIER, photo_folder
 from pipelines.translator_file import save_translator
+from tests.pipeline_data import CLASSIFIER, photo_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

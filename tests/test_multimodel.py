@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from tests.pipeline_data import photo_folder
 from pipelines.translator_file import save_translator
+from tests.pipeline_data import photo_folder
 
 pytestmark = pytest.mark.slow
 MODELS = ["timm:test_resnet@random?num_classes=10", "timm:test_vit@random?num_classes=10"]  # two decode views
@@ -53,3 +53,13 @@ def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):
     # throughput counts each decoded sample once, however many models scored it
     man = json.loads((tmp_path / "joint" / "runs" / "j.json").read_text())
     assert man["images_per_second"] * man["wall_seconds"] == pytest.approx(12, rel=1e-2)
+
+    # device-decode mode with every JPEG decoded by the read tasks: each model gets the view of
+    # its own eval transform (one u8 column per view), so scores equal the host run's
+    assert sing(["-q", "audit", "--model", MODELS[0], "--model", MODELS[1], "--translator", trs[0],
+                 "--translator", trs[1], "--shards", shards, "--out", str(tmp_path / "dev"), "--run-id", "d",
+                 "--decode", "device", "--host-decode-share", "1"]) == 0
+    dev = read("dev")
+    assert dev.select("model", "key", "shard", "pred").equals(joint.select("model", "key", "shard", "pred"))
+    for c in ("as_deg", "is_deg", "null_norm_frac"):
+        assert (dev[c] - joint[c]).abs().max() < 1e-4, c

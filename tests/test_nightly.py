@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from tests.pipeline_data import photo_folder
 from pipelines.translator_file import load_translator, save_translator
+from tests.pipeline_data import photo_folder
 
 ARCH = "timm:test_resnet"
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from tests.pipeline_data import CLASSIFIER, CLIP, bad_shard, photo_folder, truncate
 from pipelines.translator_file import load_translator
+from tests.pipeline_data import CLASSIFIER, CLIP, bad_shard, photo_folder, truncate
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sing_ops import RidgeError, RidgeStats, Translator, TranslatorMismatch, select_lambda, translation_quality
 from pipelines.translator_file import load_translator, save_translator
+from sing_ops import RidgeError, RidgeStats, Translator, TranslatorMismatch, select_lambda, translation_quality
 
 
 def _data(n=300, m=20, d=6, seed=0):
