@@ -15,12 +15,15 @@ torchvision/timm eval transforms).
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .images import ImageDecodeError, decode_image, open_image, to_uint8_view
-from .models import PreprocessSpec
+from .preprocess import PreprocessSpec
+
+if TYPE_CHECKING:  # torch is imported where it is used: the read tasks use this module without it
+    import torch
 
 _INTERP = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "lanczos": "BICUBIC"}
 
@@ -64,6 +67,8 @@ def resize_views(imgs: list[torch.Tensor], spec: PreprocessSpec, grouped: bool) 
     """tensor_view of each (3, H, W) image. grouped: stack images of equal size and resize each
     group in one call (a handful of kernel launches per batch instead of a set per image; ImageNet
     has few distinct sizes). Same pixels either way."""
+    import torch
+
     if not grouped:
         return [tensor_view(im, spec) for im in imgs]
     groups: dict[tuple, list[int]] = {}
@@ -83,6 +88,8 @@ def host_view_bytes(view: np.ndarray) -> bytes:
 
 
 def _host(data: bytes, spec: PreprocessSpec, max_pixels, device) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(to_uint8_view(decode_image(data, max_pixels=max_pixels), spec)).to(device)
 
 
@@ -100,6 +107,7 @@ def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None =
              to the host decoder, which has the precise error).
     grouped: resize equal-size images in one call; default on CUDA, where each per-image call
              costs its own kernel launches (on the CPU per-image calls measured 2x faster)."""
+    import torch
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_jpeg as _decode_jpeg
 

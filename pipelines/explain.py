@@ -259,7 +259,7 @@ def load_query_image(spec: str, max_pixels=None) -> QueryImage:
 def thumbnail_jpeg(img, size: int = 128, quality: int = 85) -> bytes:
     """Square centre-cropped JPEG thumbnail of a PIL image."""
     from .images import to_uint8_view
-    from .models import PreprocessSpec
+    from .preprocess import PreprocessSpec
 
     spec = PreprocessSpec(size=size, resize=size, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
     from PIL import Image

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile
 
-from pipelines.models import PreprocessSpec
+from pipelines.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:  # the read tasks import this module; torch would cost them ~275 MB each
+    import torch
 
 MAX_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS (warning threshold)
 
@@ -146,9 +149,12 @@ def to_uint8_view(img: Image.Image, spec: PreprocessSpec, reducing_gap: float | 
     return out
 
 
-def normalise(u8: torch.Tensor, spec: PreprocessSpec, dtype: torch.dtype = torch.float32,
+def normalise(u8: torch.Tensor, spec: PreprocessSpec, dtype: torch.dtype | None = None,
               channels_last: bool = False) -> torch.Tensor:
-    """(B, H, W, 3) uint8 (any device) -> (B, 3, H, W) (x/255 - mean)/std in `dtype`."""
+    """(B, H, W, 3) uint8 (any device) -> (B, 3, H, W) (x/255 - mean)/std in `dtype` (float32)."""
+    import torch  # here, not at the top: the read tasks import this module without torch
+
+    dtype = dtype or torch.float32
     if isinstance(u8, np.ndarray):
         u8 = torch.from_numpy(u8)
     if u8.dtype != torch.uint8 or u8.ndim != 4 or u8.shape[-1] != 3:

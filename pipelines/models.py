@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.model_spec import ModelSpec, UnknownModelError, parse_model_spec, slug
+from pipelines.preprocess import PreprocessSpec
 from pipelines.remote import local_copy
 
 log = logging.getLogger(__name__)
@@ -34,34 +35,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint whose pickle would import/execute code (refused, never run)."""
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """Eval transform: shorter side -> resize (interpolation), centre crop size x size, then
-    (x/255 - mean)/std. Images with equal view_key share one decode + resize + crop."""
-
-    size: int
-    resize: int
-    interpolation: str  # "bilinear" | "bicubic"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self):
-        if self.interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):
-            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
-        if self.size < 1 or self.resize < self.size:
-            raise ValueError(f"need 1 <= size <= resize, got size={self.size} resize={self.resize}")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-
-    @property
-    def view_key(self) -> str:
-        return f"{self.size}c-{self.resize}r-{self.interpolation}"
-
-    def as_dict(self) -> dict:
-        return {"size": self.size, "resize": self.resize, "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass

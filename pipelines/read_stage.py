@@ -27,7 +27,7 @@ import numpy as np
 
 from .device_decode import device_can_take, host_view_bytes
 from .images import ImageDecodeError, decode_image, open_image, to_uint8_view
-from .models import PreprocessSpec
+from .preprocess import PreprocessSpec
 from .shards import SampleError, iter_shard, shard_name
 
 IMG_PREFIX = "img:"

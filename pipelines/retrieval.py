@@ -39,7 +39,7 @@ class ImageIndexError(ValueError):
 
 
 def thumb_spec(size: int):
-    from .models import PreprocessSpec
+    from .preprocess import PreprocessSpec
 
     return PreprocessSpec(size=size, resize=size, interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 

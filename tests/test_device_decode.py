@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipelines.device_decode import decode_batch, device_decodable
 from pipelines.images import decode_image, to_uint8_view
-from pipelines.models import PreprocessSpec
+from pipelines.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(size=224, resize=256, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pipelines.images import ImageDecodeError, decode_image, normalise, to_uint8_view
-from pipelines.models import PreprocessSpec
+from pipelines.preprocess import PreprocessSpec
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -37,3 +37,16 @@ def test_the_check_catches_io(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom pathlib import Path\nfrom ray import data\n\ndef f():\n    return open('x')\n")
     assert len(_violations(bad)) == 4
+
+
+def test_the_read_stage_does_not_import_torch():
+    """Ray runs a read task per CPU; importing torch there costs each worker ~275 MB of
+    private memory and a second or two, for nothing (decoding is PIL and numpy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.read_stage, pipelines.shards, pipelines.images; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout

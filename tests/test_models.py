@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipelines.model_spec import UnknownModelError, parse_model_spec, slug
-from pipelines.models import (Classifier, PreprocessSpec, UnsafeCheckpointError, find_head,
-                              load_classifier, load_state_dict_file)
+from pipelines.models import Classifier, UnsafeCheckpointError, find_head, load_classifier, load_state_dict_file
+from pipelines.preprocess import PreprocessSpec
 
 # ----------------------------------------------------------------------------- MODEL strings
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.bench import synthetic_photo  # noqa: E402
 from pipelines.device_decode import device_decodable, resize_views  # noqa: E402
 from pipelines.images import normalise  # noqa: E402
-from pipelines.models import PreprocessSpec  # noqa: E402
+from pipelines.preprocess import PreprocessSpec  # noqa: E402
 
 # (w, h) and weight: roughly ImageNet val's mix (most photos are 500 on the long side)
 SIZES = [((500, 375), 0.55), ((375, 500), 0.15), ((500, 333), 0.12), ((500, 500), 0.06),
