@@ -295,6 +295,8 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
         models=specs, translators=translators, shards=a.shards, out=cfg.out, concepts=a.concepts,
         run_id=run_id, templates=a.templates, class_text=a.class_text, batch_size=a.batch_size,
         num_actors=a.num_actors, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol, device=a.device,
+        decode=a.decode, host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
+        stall_timeout_s=a.stall_timeout_s,
         progress=progress, translator_match=match, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 

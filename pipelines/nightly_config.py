@@ -46,6 +46,10 @@ class AuditOptions:
     device: str | None = None
     rank_atol: float | None = 1e-5
     rank_rtol: float | None = None
+    decode: str = "host"
+    host_decode_share: float = 0.0
+    actors_per_gpu: int = 4
+    stall_timeout_s: float | None = 1800
 
 
 @dataclass
@@ -137,13 +141,22 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
                       templates=r.get("templates", "single"), out=r.get("out"))
 
     a = _take(top["audit"], "audit", ("shards",), ("concepts", "class_text", "templates", "batch_size",
-                                                   "num_actors", "device", "rank_atol", "rank_rtol"))
+                                                   "num_actors", "device", "rank_atol", "rank_rtol", "decode",
+                                                   "host_decode_share", "actors_per_gpu", "stall_timeout"))
     audit = AuditOptions(
         shards=_list(a["shards"], "audit.shards"), concepts=a.get("concepts"), class_text=a.get("class_text"),
         templates=a.get("templates", "single"),
         batch_size=_num(a.get("batch_size", 64), "audit.batch_size", 1, integer=True),
         num_actors=_num(a.get("num_actors"), "audit.num_actors", 1, integer=True), device=a.get("device"),
-        rank_atol=_num(a.get("rank_atol", 1e-5), "audit.rank_atol"), rank_rtol=_num(a.get("rank_rtol"), "audit.rank_rtol"))
+        rank_atol=_num(a.get("rank_atol", 1e-5), "audit.rank_atol"), rank_rtol=_num(a.get("rank_rtol"), "audit.rank_rtol"),
+        decode=_choice(a.get("decode", "host"), "audit.decode", ("host", "device")),
+        host_decode_share=_num(a.get("host_decode_share", 0.0), "audit.host_decode_share"),
+        actors_per_gpu=_num(a.get("actors_per_gpu", 4), "audit.actors_per_gpu", 1, integer=True),
+        stall_timeout_s=_num(a.get("stall_timeout", 1800), "audit.stall_timeout"))
+    if audit.host_decode_share > 1:
+        raise NightlyConfigError(f"audit.host_decode_share: expected a share within [0, 1], got {audit.host_decode_share}")
+    if audit.host_decode_share and audit.decode != "device":
+        raise NightlyConfigError("audit.host_decode_share applies to `decode: device`")
 
     baseline = top.get("baseline", "previous")
     if isinstance(baseline, dict):

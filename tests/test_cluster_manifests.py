@@ -417,7 +417,8 @@ def test_nightly_example_config():
     assert len(tr) == 1 and set(tr) <= {"reuse", "refit"}
     au = cfg["audit"]
     assert set(au) == {"shards", "concepts", "class_text", "templates", "batch_size", "num_actors", "device",
-                       "rank_atol", "rank_rtol"}
+                       "rank_atol", "rank_rtol", "decode", "host_decode_share", "actors_per_gpu", "stall_timeout"}
+    assert au["decode"] == "device" and au["device"] == "cuda"  # the nightly audits run on GPUs
     assert au["templates"] in ("single", "ensemble")
     assert cfg["baseline"] == "previous" or set(cfg["baseline"]) <= {"run", "model"}
     th = cfg["thresholds"]

@@ -212,6 +212,10 @@ def test_nightly_fixed_baseline_run_and_dry_run(world, ray_session, capsys):
     ({"baseline": {"run": "no-such-run"}}, "baseline run"),
     ({"thresholds": {"max_error_rate": -1}}, ">= 0"),
     ({"audit": {"shards": "/nope/*.tar"}}, "nope"),
+    ({"audit": {"shards": "X", "decode": "gpu"}}, "audit.decode"),
+    ({"audit": {"shards": "X", "decode": "device", "host_decode_share": 1.5}}, "within [0, 1]"),
+    ({"audit": {"shards": "X", "host_decode_share": 0.3}}, "applies to `decode: device`"),
+    ({"audit": {"shards": "X", "actors_per_gpu": 0}}, "audit.actors_per_gpu"),
 ])
 def test_nightly_bad_config_exit_2(tmp_path, change, message, capsys):
     (tmp_path / "ckpts").mkdir()
@@ -227,6 +231,29 @@ def test_nightly_bad_config_exit_2(tmp_path, change, message, capsys):
     err = capsys.readouterr().err
     assert message in err, err
     assert not (tmp_path / "results" / "runs").exists()  # refused before any work
+
+
+def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
+    """decode, host_decode_share, actors_per_gpu and stall_timeout reach the night's audit."""
+    import pipelines.audit
+
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "a.tar").write_bytes(b"")
+    _translator(tmp_path / "t.safetensors")
+    _checkpoint(tmp_path / "ckpts" / "e1.safetensors", _bases()[0], 100, seed=1)
+    seen = []
+
+    def capture(cfg):
+        seen.append(cfg)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(pipelines.audit, "run_audit", capture)
+    cfg = _config(tmp_path, audit={"shards": str(tmp_path / "shards" / "*.tar"), "decode": "device",
+                                   "host_decode_share": 0.25, "actors_per_gpu": 6, "stall_timeout": 600})
+    assert _sing(["nightly", "--config", str(cfg)]) == 1  # the (captured) audit failed: a rerun resumes
+    (a,) = seen
+    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.stall_timeout_s) == ("device", 0.25, 6, 600)
 
 
 def test_nightly_missing_config_file(tmp_path, capsys):
