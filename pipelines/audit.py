@@ -180,15 +180,16 @@ def run_audit(cfg: AuditConfig) -> dict:
                                    concepts or [], done))
     todo = [s for s, n in zip(shards, names) if any(n not in t.skip_shards for t in targets)]
     skipped = len(shards) - len(todo)
+    modes = decode_modes([p.preprocess.view_key for p in prepared], cfg.decode)
     manifest = {
         "kind": "audit", "status": "running", "started_at": started, "code_version": code_version(),
         "models": [{"model_id": p.model_id, "slug": p.slug, "checkpoint_sha256": p.sha256,
                     "num_features": p.decomposition.num_features, "num_classes": len(p.class_names),
-                    **p.decomposition.summary(), "preprocess": asdict(p.preprocess),
+                    **p.decomposition.summary(), "preprocess": asdict(p.preprocess), "decode": modes[i][0],
                     "translator": {"path": str(p.translator_path), "id": p.translator.id,
                                    "clip_model": p.translator.metadata.get("clip_model"),
                                    "lambda": p.translator.metadata.get("lambda")}}
-                   for p in prepared],
+                   for i, p in enumerate(prepared)],
         "config": {**{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra, "argv": sys.argv},
         "shards": {"total": len(shards), "skipped_done": skipped, "todo": len(todo)},
         "concepts": concepts,
@@ -229,7 +230,8 @@ def run_audit(cfg: AuditConfig) -> dict:
                     prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path),
                     class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,
                     rank_rtol=cfg.rank_rtol, view=p.preprocess, device=cfg.device,
-                    translator_match=cfg.translator_match, decode=cfg.decode, max_pixels=cfg.max_pixels,
+                    translator_match=cfg.translator_match, decode=modes[i][0], share_decoded=modes[i][1],
+                    max_pixels=cfg.max_pixels,
                     threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))),
                     drop_views=drop if last else ()))
         batches = ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -253,6 +255,22 @@ def run_audit(cfg: AuditConfig) -> dict:
     })
     write_manifest(cfg.out, run_id, manifest)
     return manifest
+
+
+def decode_modes(view_keys: list[str], decode: str) -> list[tuple[str, bool]]:
+    """(decode mode, share_decoded) of each model actor in chain order. Host mode: the read
+    stage decodes each view once. Device mode: the first model of each view decodes on its
+    device and, when later models have the same view, hands the decoded images on to them
+    ("shared"), so a night auditing several checkpoints of one architecture decodes once."""
+    if decode != "device":
+        return [(decode, False)] * len(view_keys)
+    out = []
+    for i, k in enumerate(view_keys):
+        if k in view_keys[:i]:
+            out.append(("shared", False))
+        else:
+            out.append(("device", k in view_keys[i + 1:]))
+    return out
 
 
 def _progress(total: int):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from .read_stage import ENC_COLUMN, u8_column, view_column
+from .read_stage import ENC_COLUMN, decode_error_column, u8_column, view_column
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -32,8 +32,14 @@ def _set_threads(threads: int | None):
 
 
 class _ModelActor:
+    """decode: "host"   the read stage decoded (img:<view> column);
+               "device" decode the JPEGs here (pipelines.device_decode); with share_decoded,
+                        hand the decoded views on (img:<view> and decode_error:<view>) to
+                        the later models of this view, so each image is decoded once;
+               "shared" use what an earlier "device" actor of this view decoded."""
+
     def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
-                 max_pixels=None):
+                 max_pixels=None, share_decoded=False):
         from .images import normalise
 
         _set_threads(threads)
@@ -42,30 +48,53 @@ class _ModelActor:
         self.device = pick_device(device)
         self.cuda = self.device.type == "cuda"
         self._normalise = normalise
-        if decode not in ("host", "device"):
+        if decode not in ("host", "device", "shared"):
             raise ValueError(f"unknown decode mode {decode!r}; choose host or device")
         self.decode, self.max_pixels = decode, max_pixels
+        self.share_decoded = bool(share_decoded) and decode == "device"
 
     def _inputs(self, batch, ok):
         x = torch.from_numpy(np.ascontiguousarray(batch[self.col][ok])).to(self.device, non_blocking=True)
         return self._normalise(x, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
                                channels_last=self.cuda)
 
-    def _model_inputs(self, batch, sel) -> tuple[torch.Tensor, dict[int, str], float]:
-        """Normalised inputs of the selected rows, {position in selection: reason} of rows that
-        failed to decode here (device mode only; they are left out of the tensor), seconds."""
+    def _model_inputs(self, batch, ok, run, out) -> tuple[torch.Tensor, np.ndarray, dict[int, str], float]:
+        """Normalised inputs of the `run` rows that decoded, their row indices, {row: reason} of
+        `run` rows that failed to decode (device and shared modes), seconds spent decoding."""
         if self.decode == "host":
-            return self._inputs(batch, sel), {}, 0.0
+            return self._inputs(batch, run), np.flatnonzero(run), {}, 0.0
+        if self.decode == "shared":
+            reasons = batch[decode_error_column(self.view)]
+            keep = run & (reasons == "")
+            failed = {int(i): str(reasons[i]) for i in np.flatnonzero(run & ~keep)}
+            return self._inputs(batch, keep), np.flatnonzero(keep), failed, 0.0
         from .device_decode import decode_batch
 
         t0 = time.perf_counter()
+        # every ok row, not only this model's: a later model of this view may score rows
+        # this one cannot (a label outside its head)
+        rows = np.flatnonzero(ok if self.share_decoded else run)
         host = batch.get(u8_column(self.view))
-        u8, bad = decode_batch(batch[ENC_COLUMN][sel], self.view, self.device, self.max_pixels,
-                               decoded=None if host is None else host[sel], checked=True)
+        u8, bad = decode_batch(batch[ENC_COLUMN][rows], self.view, self.device, self.max_pixels,
+                               decoded=None if host is None else host[rows], checked=True)
+        decoded = np.delete(rows, sorted(bad))
+        failed = {int(rows[j]): reason for j, reason in bad.items()}
+        if self.share_decoded:
+            n, s = len(batch["key"]), self.view.size
+            full = np.zeros((n, s, s, 3), dtype=np.uint8)
+            full[decoded] = u8.cpu().numpy()
+            reasons = np.full(n, "", dtype=object)
+            for i, reason in failed.items():
+                reasons[i] = reason
+            out[self.col], out[decode_error_column(self.view)] = full, reasons
+            mine = run[decoded]
+            if not mine.all():
+                u8, decoded = u8[torch.from_numpy(mine).to(u8.device)], decoded[mine]
+            failed = {i: r for i, r in failed.items() if run[i]}
         x = self._normalise(u8, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
                             channels_last=self.cuda)
         self._sync()
-        return x, bad, time.perf_counter() - t0
+        return x, decoded, failed, time.perf_counter() - t0
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
@@ -83,7 +112,7 @@ class ScoreActor(_ModelActor):
 
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
                  rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
-                 decode="host", max_pixels=None):
+                 decode="host", max_pixels=None, share_decoded=False):
         from sing_ops import AuditScorer, HeadDecomposition
 
         from .audit import load_translator_for
@@ -91,7 +120,8 @@ class ScoreActor(_ModelActor):
         from .models import load_classifier
 
         clf = load_classifier(model_spec)
-        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels)
+        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels,
+                         share_decoded)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         tr = load_translator_for(translator_path, model_spec, clf, translator_match)
@@ -116,11 +146,10 @@ class ScoreActor(_ModelActor):
         after = np.full((n, k), np.nan, dtype=np.float32)
         t_fwd = t_ops = t_dec = 0.0
         idx = np.flatnonzero(run)
-        if len(idx):
-            x, bad, t_dec = self._model_inputs(batch, run)
-            for j, reason in bad.items():
-                err[idx[j]] = reason
-            idx = np.delete(idx, list(bad))
+        if len(idx) or self.share_decoded:  # a sharing decoder always hands its columns on
+            x, idx, failed, t_dec = self._model_inputs(batch, ok, run, out)
+            for i, reason in failed.items():
+                err[i] = reason
         t0 = time.perf_counter()
         if len(idx):
             with torch.inference_mode(), self._autocast():

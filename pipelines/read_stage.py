@@ -33,6 +33,7 @@ from .shards import SampleError, iter_shard, shard_name
 IMG_PREFIX = "img:"
 ENC_COLUMN = "enc"  # encoded image bytes (device-decode mode)
 U8_PREFIX = "u8:"  # host-decoded view bytes (device-decode mode)
+DECODE_ERROR_PREFIX = "decode_error:"
 
 
 def view_column(spec: PreprocessSpec) -> str:
@@ -43,9 +44,15 @@ def u8_column(spec: PreprocessSpec) -> str:
     return U8_PREFIX + spec.view_key
 
 
+def decode_error_column(spec: PreprocessSpec) -> str:
+    """Device mode, several models of one view: why a row failed to decode ("" when it did),
+    written beside img:<view> by the model actor that decoded the view for the others."""
+    return DECODE_ERROR_PREFIX + spec.view_key
+
+
 def encoded_columns(views: list[PreprocessSpec]) -> list[str]:
     """The image columns of device-decode mode (what the last model actor drops)."""
-    return [ENC_COLUMN] + [u8_column(v) for v in views]
+    return [ENC_COLUMN] + [c for v in views for c in (u8_column(v), view_column(v), decode_error_column(v))]
 
 
 def unique_views(specs) -> list[PreprocessSpec]:
