@@ -43,12 +43,24 @@ def synthetic_photo(rng: np.random.Generator, w: int = 500, h: int = 375, qualit
     return buf.getvalue()
 
 
+# (w, h) and weight: roughly ImageNet's size mix (most photos are 500 on the long side); the
+# mix matters on GPUs, where same-size images are resized together
+IMAGENET_SIZES = [((500, 375), 0.55), ((375, 500), 0.15), ((500, 333), 0.12), ((500, 500), 0.06),
+                  ((333, 500), 0.04), ((640, 480), 0.04), ((800, 600), 0.04)]
+
+
+def imagenet_like_photos(n: int, rng: np.random.Generator) -> list[bytes]:
+    sizes = [s for s, _ in IMAGENET_SIZES]
+    picks = rng.choice(len(sizes), size=n, p=[w for _, w in IMAGENET_SIZES])
+    return [synthetic_photo(rng, *sizes[k]) for k in picks]
+
+
 def _make_jpegs(root: Path, n: int, n_classes: int = 8, seed: int = 0, unique: int = 64) -> Path:
-    """Photo-sized JPEGs (500x375). Only `unique` distinct pictures are drawn and encoded (the
-    slow part); the rest repeat their bytes under new names, which costs the decoder exactly
-    as much."""
+    """Photo-like JPEGs in ImageNet's size mix. Only `unique` distinct pictures are drawn and
+    encoded (the slow part); the rest repeat their bytes under new names, which costs the
+    decoder exactly as much."""
     rng = np.random.default_rng(seed)
-    encoded = [synthetic_photo(rng) for _ in range(min(n, unique))]
+    encoded = imagenet_like_photos(min(n, unique), rng)
     for i in range(n):
         d = root / f"class_{i % n_classes:02d}"
         d.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@
 #    1, 4 and 8 processes (the most img/s device decode can feed the forward);
 # 3. `sing bench` on CUDA for each CONFIGS entry decode:host_decode_share:actors_per_gpu
 #    (device decode = nvJPEG in the actors, host = PIL in the read tasks): pipeline/bare-forward
-#    ratio, speed-up over a naive loop, peak RSS. Env: IMAGES, BATCH, BENCH_TIMEOUT, CONFIGS.
+#    ratio, speed-up over a naive loop, peak RSS. Env: IMAGES, BATCH, BENCH_TIMEOUT, CONFIGS,
+#    STEPS (default "tests profile bench"; one call of the device tool may not fit them all).
 # Packages a bare image lacks can sit in .whl/ (wheels, and ray as ray-cp312.tar.xz).
 set -uo pipefail
 OUT=${OUT:-/tmp/sing-gpu}
@@ -23,8 +24,10 @@ fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi -L | tee "$OUT/env.txt"
 $PY -c "import torch, torchvision, timm, ray, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/env.txt"
-timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_decode.py tests/test_models.py -k "cuda or gpu" 2>&1 | tee "$OUT/pytest_cuda.log"
-timeout 180 $PY tests/scripts/gpu_decode_profile.py --batch ${BATCH:-256} --procs 1 4 8 2>&1 | tee "$OUT/decode_profile.log"
+STEPS=${STEPS:-tests profile bench}
+[[ " $STEPS " == *" tests "* ]] && timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_decode.py tests/test_models.py -k "cuda or gpu" 2>&1 | tee "$OUT/pytest_cuda.log"
+[[ " $STEPS " == *" profile "* ]] && timeout 180 $PY tests/scripts/gpu_decode_profile.py --batch ${BATCH:-256} --procs 1 4 8 2>&1 | tee "$OUT/decode_profile.log"
+[[ " $STEPS " == *" bench "* ]] || exit 0
 for cfg in ${CONFIGS:-device:0:4 device:0:8 device:0.3:8 host:0:4}; do
   IFS=: read -r mode share apg <<< "$cfg"
   timeout ${BENCH_TIMEOUT:-240} $PY -m pipelines.cli -q bench --device cuda --decode "$mode" \

@@ -23,22 +23,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pipelines.bench import synthetic_photo  # noqa: E402
+from pipelines.bench import imagenet_like_photos  # noqa: E402
 from pipelines.device_decode import device_decodable, resize_views  # noqa: E402
 from pipelines.images import normalise  # noqa: E402
 from pipelines.preprocess import PreprocessSpec  # noqa: E402
-
-# (w, h) and weight: roughly ImageNet val's mix (most photos are 500 on the long side)
-SIZES = [((500, 375), 0.55), ((375, 500), 0.15), ((500, 333), 0.12), ((500, 500), 0.06),
-         ((333, 500), 0.04), ((640, 480), 0.04), ((800, 600), 0.04)]
-
-
-def photos(n: int, seed: int = 0) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    sizes = [s for s, _ in SIZES]
-    picks = rng.choice(len(sizes), size=n, p=[w for _, w in SIZES])
-    return [synthetic_photo(rng, *sizes[k]) for k in picks]
-
 
 def timed(fn, device, repeats: int) -> float:
     fn()  # warm-up (allocator, nvJPEG handles, kernels)
@@ -59,7 +47,7 @@ def _decode_worker(args) -> tuple[int, float, float]:
 
     device = torch.device(device_name)
     spec = PreprocessSpec(224, 256, "bilinear", (0.5,) * 3, (0.5,) * 3)
-    data = photos(batch, seed=os.getpid())
+    data = imagenet_like_photos(batch, np.random.default_rng(os.getpid()))
     decode_batch(data, spec, device, checked=True)  # warm-up
     barrier.wait()
     t0 = time.time()
@@ -95,7 +83,7 @@ def main() -> int:
     warnings.simplefilter("ignore", DeprecationWarning)
     device = torch.device(a.device)
     spec = PreprocessSpec(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    data = photos(a.batch)
+    data = imagenet_like_photos(a.batch, np.random.default_rng(0))
     raw = [torch.from_numpy(np.frombuffer(d, dtype=np.uint8).copy()) for d in data]
     imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
     n_groups = len({tuple(i.shape) for i in imgs})
