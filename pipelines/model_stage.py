@@ -162,13 +162,21 @@ class ScoreActor(_ModelActor):
                 err[idx[~finite]] = "non-finite (NaN/Inf) classifier features"
                 idx, f, logits = idx[finite], f[torch.from_numpy(finite).to(f.device)], logits[
                     torch.from_numpy(finite).to(f.device)]
-            if len(idx):
-                res = self.scorer.score(f, torch.from_numpy(labels[idx]), logits)
-                for name in cols:
-                    cols[name][idx] = res[name].cpu().numpy()
+            if len(idx):  # rows filtered above: finite features, labels inside the head
+                res = self.scorer.score(f, torch.from_numpy(labels[idx]), logits, checked=True)
+                # one device-to-host copy for every column (each .cpu() is a sync, and syncs
+                # wait on the other actors sharing the GPU); pred rides along as float32,
+                # exact below 2**24 classes
+                names = list(cols)
+                parts = [res[name].to(torch.float32).reshape(len(idx), 1) for name in names]
                 if k:
-                    before[idx] = res["concept_before"].cpu().numpy()
-                    after[idx] = res["concept_after"].cpu().numpy()
+                    parts += [res["concept_before"].to(torch.float32), res["concept_after"].to(torch.float32)]
+                host = torch.cat(parts, 1).cpu().numpy()
+                for j, name in enumerate(names):
+                    cols[name][idx] = host[:, j]
+                if k:
+                    before[idx] = host[:, len(names):len(names) + k]
+                    after[idx] = host[:, len(names) + k:]
             self._sync()
             t_ops = time.perf_counter() - t0 - t_fwd
         for name, arr in cols.items():

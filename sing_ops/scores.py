@@ -8,8 +8,12 @@ class ScoreError(ValueError):
     pass
 
 
-def _unit(x: torch.Tensor, what: str) -> torch.Tensor:
+def _unit(x: torch.Tensor, what: str, check: bool = True) -> torch.Tensor:
+    """Rows scaled to unit length. check=False skips the two value checks, each a device sync;
+    a NaN/Inf or zero row then gives NaN angles instead of an error."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if not check:
+        return x / norm
     if not torch.isfinite(x).all():
         raise ScoreError(f"{what} contains NaN/Inf")
     if (norm == 0).any():
@@ -18,13 +22,14 @@ def _unit(x: torch.Tensor, what: str) -> torch.Tensor:
     return x / norm
 
 
-def angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def angle_deg(a: torch.Tensor, b: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Angle between rows of a and b (broadcast over leading dims), in degrees.
 
     Uses atan2(|a x b|, a.b) on unit vectors, which stays accurate near 0 and 180 degrees
-    where arccos of a clamped cosine loses half the digits.
+    where arccos of a clamped cosine loses half the digits. check=False: no NaN/zero checks
+    (no device syncs); such rows give NaN.
     """
-    ua, ub = torch.broadcast_tensors(_unit(a, "first argument"), _unit(b, "second argument"))
+    ua, ub = torch.broadcast_tensors(_unit(a, "first argument", check), _unit(b, "second argument", check))
     dot = (ua * ub).sum(-1)
     cross = torch.linalg.vector_norm(ua - ub * dot.unsqueeze(-1), dim=-1)  # |ua| sin(theta)
     return torch.rad2deg(torch.atan2(cross, dot))
@@ -52,7 +57,7 @@ def image_score(z: torch.Tensor, z_eq: torch.Tensor) -> torch.Tensor:
     return angle_deg(z, z_eq)
 
 
-def concept_angles(z: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
-    """(B, d) x (K, d) -> (B, K) angles in degrees, one matmul."""
-    cos = _unit(z, "image embeddings") @ _unit(concepts, "concept embeddings").T
+def concept_angles(z: torch.Tensor, concepts: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """(B, d) x (K, d) -> (B, K) angles in degrees, one matmul (check: as in angle_deg)."""
+    cos = _unit(z, "image embeddings", check) @ _unit(concepts, "concept embeddings", check).T
     return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))

@@ -112,6 +112,13 @@ def test_scorer_bad_input():
         sc.score(f[:2], torch.tensor([0, 10]))
     with pytest.raises(ScoreError, match=r"features must be \(B, 40\)"):
         sc.score(torch.randn(2, 39), torch.tensor([0, 1]))
+    # checked=True (the caller filtered its rows) skips the value checks, not the shape check,
+    # and gives the same numbers
+    a, b = sc.score(f[:4], torch.tensor([0, 1, 2, 3])), sc.score(f[:4], torch.tensor([0, 1, 2, 3]), checked=True)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert torch.isnan(sc.score(torch.full((1, 40), float("nan")), torch.tensor([0]), checked=True)["is_deg"]).all()
+    with pytest.raises(ScoreError, match=r"features must be \(B, 40\)"):
+        sc.score(torch.randn(2, 39), torch.tensor([0, 1]), checked=True)
 
 
 @pytest.mark.parametrize("target", [5.0, 25.0, 40.0])
@@ -154,3 +161,21 @@ def test_steer_bad_input():
     full = HeadDecomposition.from_weight(torch.randn(50, 40))
     with pytest.raises(SteerError, match="no null space"):
         steer(f, full, t, text[0], eps=1.0)
+
+
+def test_checked_scoring_reads_nothing_back_from_the_device(monkeypatch):
+    """Every tensor -> Python value (bool, item, int, float) is a device sync on a GPU. The
+    unchecked path does ~30 per batch; checked=True (rows already filtered) must do none."""
+    w, dec, t, f, text, g = _setup()
+    sc = AuditScorer(w, dec, t, text, torch.randn(5, 12, generator=g, dtype=torch.float64))
+    labels = torch.randint(0, 10, (32,), generator=g)
+    reads = []
+    for name in ("__bool__", "item", "__int__", "__float__"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _o=orig, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    sc.score(f, labels)
+    assert len(reads) > 10  # the count works
+    reads.clear()
+    sc.score(f, labels, checked=True)
+    assert reads == []
