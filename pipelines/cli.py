@@ -235,7 +235,8 @@ def _cmd_audit(a):
                                 batch_size=a.batch_size, num_actors=a.num_actors, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
                                 translator_match=a.translator_match, decode=a.decode,
-                                host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu, stall_timeout_s=a.stall_timeout,
+                                host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
+                                stall_timeout_s=a.stall_timeout,
                                 progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():

@@ -18,13 +18,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .remote import is_url, local_path, upload, url_fs
+from .remote import is_url, local_path, upload_written, url_fs
 
 TABLES = ("images", "concepts", "errors", "steer")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -80,20 +79,12 @@ def is_done(out, model_slug: str, run_id: str, shard: str, table: str = "images"
     return file_exists(shard_file(out, table, model_slug, run_id, shard))
 
 
-def _upload_written(path: str, write) -> None:
-    """write(local_tmp) then upload to the URL `path` (the upload is the atomic step)."""
-    with tempfile.TemporaryDirectory(prefix="sing-upload-") as d:
-        tmp = os.path.join(d, path.rsplit("/", 1)[-1])
-        write(tmp)
-        upload(tmp, path)
-
-
 def write_table_atomic(table: pa.Table, path) -> None:
     """Write to a hidden temp name in the same directory, fsync, then rename: readers
     (and a resumed run) never see a partial file, and a rerun overwrites, never appends.
     A URL is written locally and uploaded whole."""
     if is_url(path):
-        return _upload_written(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        return upload_written(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     path = Path(local_path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -106,7 +97,7 @@ def write_table_atomic(table: pa.Table, path) -> None:
 def write_json_atomic(obj: dict, path) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     if is_url(path):
-        return _upload_written(path, lambda tmp: Path(tmp).write_text(text))
+        return upload_written(path, lambda tmp: Path(tmp).write_text(text))
     path = Path(local_path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

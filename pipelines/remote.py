@@ -141,6 +141,17 @@ def _download(fs, path: str, dest: Path, size, uri: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def upload_written(url: str, write) -> None:
+    """write(local_tmp) then upload it to `url` (the upload is the atomic step). The temp file
+    keeps the URL's base name, so writers that dispatch on the extension work."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sing-upload-") as d:
+        tmp = os.path.join(d, url.rstrip("/").rsplit("/", 1)[-1] or "file")
+        write(tmp)
+        upload(tmp, url)
+
+
 def upload(local_file: str, url: str) -> None:
     """Upload a finished local file. On an object store (S3, GCS) the object appears only
     once the upload completes, so readers never see a partial file."""

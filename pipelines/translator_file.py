@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from sing_ops.translator import FORMAT, Translator, TranslatorMismatch
 
-from .remote import is_url, local_path, upload, url_fs
+from .remote import is_url, local_path, upload, upload_written, url_fs
 
 
 def save_translator(tr: Translator, path) -> Path | str:
@@ -24,11 +23,13 @@ def save_translator(tr: Translator, path) -> Path | str:
 
     if is_url(path):
         url_fs(path)  # a missing fsspec backend is a clear error before anything is written
-        with tempfile.TemporaryDirectory(prefix="sing-translator-") as d:
-            local = save_translator(tr, Path(d) / (path.rstrip("/").rsplit("/", 1)[-1] or "translator.safetensors"))
+
+        def write(tmp: str) -> None:
+            save_translator(tr, tmp)
             # sidecar first: whoever sees the translator (remote.local_copy) finds its sidecar too
-            upload(f"{local}.json", f"{path}.json")
-            upload(str(local), path)
+            upload(f"{tmp}.json", f"{path}.json")
+
+        upload_written(path, write)
         return path
     path = Path(local_path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
