@@ -14,7 +14,7 @@ import math
 import torch
 
 from .head import HeadDecomposition
-from .scores import ScoreError, _unit, angle_deg, concept_angles
+from .scores import ScoreError, _unit, attribute_score, concept_angles, image_score
 from .translator import Translator, TranslatorMismatch
 
 
@@ -68,15 +68,16 @@ class AuditScorer:
 
         checked: the caller has made sure the features are finite and the labels in range;
         the checks here and in the angle functions read values back from the device (a sync
-        each, ~25 per batch), so a GPU caller that filtered its rows skips them; a degenerate
+        each, ~30 per batch), so a GPU caller that filtered its rows skips them; a degenerate
         row (zero embedding) then scores NaN instead of failing the batch."""
+        check = not checked
         f = f.to(self.device, self.dtype)
         if f.dim() != 2 or f.shape[1] != self.w_t.shape[0]:
             raise ScoreError(f"features must be (B, {self.w_t.shape[0]}), got {tuple(f.shape)}")
-        if not checked and not torch.isfinite(f).all():
+        if check and not torch.isfinite(f).all():
             raise ScoreError("NaN/Inf in features")
         labels = torch.as_tensor(labels, device=self.device).long()
-        if not checked and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+        if check and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ScoreError(f"labels must be in [0, {self.num_classes}), got range "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         if logits is None:
@@ -95,15 +96,12 @@ class AuditScorer:
             nan = torch.full_like(fnorm, math.nan)
             out.update(as_deg=nan, is_deg=nan, pred_as_deg=nan)
         else:
-            chk = not checked
-            t_true, t_pred = self.class_text[labels], self.class_text[pred]
-            a_true = angle_deg(z, t_true, chk) - angle_deg(z_eq, t_true, chk)
-            a_pred = angle_deg(z, t_pred, chk) - angle_deg(z_eq, t_pred, chk)
-            out.update(as_deg=a_true, is_deg=angle_deg(z, z_eq, chk), pred_as_deg=a_pred)
+            out.update(as_deg=attribute_score(z, z_eq, self.class_text[labels], check),
+                       is_deg=image_score(z, z_eq, check),
+                       pred_as_deg=attribute_score(z, z_eq, self.class_text[pred], check))
         if self.concept_text is not None:
-            before = concept_angles(z, self.concept_text, not checked)
-            after = (concept_angles(z_eq, self.concept_text, not checked) if self.null_dim
-                     else torch.full_like(before, math.nan))
+            before = concept_angles(z, self.concept_text, check)
+            after = concept_angles(z_eq, self.concept_text, check) if self.null_dim else torch.full_like(before, math.nan)
             out.update(concept_before=before, concept_after=after)
         return out
 

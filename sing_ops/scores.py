@@ -46,15 +46,16 @@ def _text_rows(text: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return text
 
 
-def attribute_score(z: torch.Tensor, z_eq: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """AS = angle(T(f), t) - angle(T(f~), t). Positive: the equivalent is closer to t."""
+def attribute_score(z: torch.Tensor, z_eq: torch.Tensor, text: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """AS = angle(T(f), t) - angle(T(f~), t). Positive: the equivalent is closer to t.
+    (check: as in angle_deg)"""
     t = _text_rows(text, z)
-    return angle_deg(z, t) - angle_deg(z_eq, t)
+    return angle_deg(z, t, check) - angle_deg(z_eq, t, check)
 
 
-def image_score(z: torch.Tensor, z_eq: torch.Tensor) -> torch.Tensor:
-    """IS = angle(T(f), T(f~))."""
-    return angle_deg(z, z_eq)
+def image_score(z: torch.Tensor, z_eq: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """IS = angle(T(f), T(f~)). (check: as in angle_deg)"""
+    return angle_deg(z, z_eq, check)
 
 
 def concept_angles(z: torch.Tensor, concepts: torch.Tensor, check: bool = True) -> torch.Tensor:
