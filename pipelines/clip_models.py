@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from pipelines.model_spec import UnknownModelError, parse_model_spec
-from pipelines.models import (_download_error, _offline_error, _suggest, apply_state_dict, file_sha256,
-                              load_state_dict_file, seed_for, state_dict_sha256)
+from pipelines.manifest import file_sha256
+from pipelines.models import (_download_error, _offline_error, _suggest, apply_state_dict, load_state_dict_file,
+                              seed_for, state_dict_sha256)
 from pipelines.preprocess import PreprocessSpec
 from pipelines.remote import local_copy
 

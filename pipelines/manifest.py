@@ -31,9 +31,10 @@ def code_version() -> str:
 
 
 def file_sha256(path) -> str:
+    """Streaming sha256 of a file (checkpoints can be GBs)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.manifest import file_sha256
 from pipelines.model_spec import ModelSpec, UnknownModelError, parse_model_spec, slug
 from pipelines.preprocess import PreprocessSpec
 from pipelines.remote import local_copy
@@ -150,14 +151,6 @@ def _forward_capture(module, head, x, verify: bool):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_dict_sha256(sd: dict) -> str:
