@@ -53,6 +53,10 @@ class AuditConfig:
     # model actors sharing each GPU: while one runs its forward, the others deserialise
     # their next batch, decode it and build results (one actor leaves the GPU idle then)
     actors_per_gpu: int = 4
+    # batches each model actor works on at once, in threads with a CUDA stream each: one
+    # thread's JPEG decode (the GPU's decoder engines) overlaps another's forward (the SMs)
+    # inside one CUDA context, where separate actor processes only time-slice the GPU
+    actor_threads: int = 1
     # end the run (exit 1, rerun resumes) when no batch arrives for this long; 0: never
     stall_timeout_s: float | None = 1800
     extra: dict = field(default_factory=dict)
@@ -90,6 +94,9 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
         raise ValueError(f"--host-decode-share must be within [0, 1], got {cfg.host_decode_share}")
     if cfg.host_decode_share and cfg.decode != "device":
         raise ValueError("--host-decode-share applies to --decode device (host mode decodes everything on the host)")
+    if cfg.actor_threads < 1 or cfg.actors_per_gpu < 1:
+        raise ValueError(f"--actor-threads and --actors-per-gpu must be at least 1, got {cfg.actor_threads} "
+                         f"and {cfg.actors_per_gpu}")
     if cfg.templates not in TEMPLATES:
         raise ValueError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
     clip_cache: dict[str, object] = {}
@@ -204,8 +211,6 @@ def run_audit(cfg: AuditConfig) -> dict:
     t0 = time.perf_counter()
     if todo:
         ray = ensure_ray()
-        from ray.data import ActorPoolStrategy
-
         configure_data_context(cfg.progress)
         views = unique_views([p.preprocess for p in prepared])
         gpus = actor_gpus(cfg.device)
@@ -223,7 +228,7 @@ def run_audit(cfg: AuditConfig) -> dict:
             last = i == len(prepared) - 1
             ds = ds.map_batches(
                 ScoreActor, batch_size=cfg.batch_size,
-                compute=ActorPoolStrategy(min_size=n_actors, max_size=n_actors),
+                compute=actor_pool(n_actors, cfg.actor_threads),
                 num_cpus=0.5 if not gpus else 1,
                 num_gpus=min(1.0, gpus / n_actors) / len(prepared) if gpus else 0,
                 fn_constructor_kwargs=dict(
@@ -255,6 +260,17 @@ def run_audit(cfg: AuditConfig) -> dict:
     })
     write_manifest(cfg.out, run_id, manifest)
     return manifest
+
+
+def actor_pool(n_actors: int, threads: int = 1):
+    """A fixed pool of model actors; with threads > 1 each runs that many batches at once
+    (Ray's true multi-threading: the UDF itself runs concurrently, not only the batching)."""
+    from ray.data import ActorPoolStrategy
+
+    if threads <= 1:
+        return ActorPoolStrategy(min_size=n_actors, max_size=n_actors)
+    return ActorPoolStrategy(min_size=n_actors, max_size=n_actors, max_concurrent_calls_per_actor=threads,
+                             enable_true_multi_threading=True)
 
 
 def decode_modes(view_keys: list[str], decode: str) -> list[tuple[str, bool]]:

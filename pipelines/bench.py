@@ -189,7 +189,7 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
 
 def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None = None,
               device: str | None = None, decode: str | None = None, host_decode_share: float = 0.0,
-              actors_per_gpu: int | None = None) -> dict:
+              actors_per_gpu: int | None = None, actor_threads: int = 1) -> dict:
     import torch
 
     from .models import load_classifier
@@ -205,10 +205,11 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
     tpath = _bench_translator(clf, work / "translator.safetensors")
     shards = {}
     for mult in (1, 4):
-        src = work / f"jpeg_{mult}x"
+        # named by size, so a kept --out serves later runs of the same size only
+        src = work / f"jpeg_{n_images * mult}"
         if not src.is_dir():
             _make_jpegs(src, n_images * mult, seed=mult)
-        sd = work / f"shards_{mult}x"
+        sd = work / f"shards_{n_images * mult}"
         if not any(sd.glob("*.tar")):
             # as many shards in the 1x run as read tasks can run at once, so both runs have
             # the same parallelism and peak memory compares data size, not process count
@@ -219,7 +220,8 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
     print(f"[bench] model {clf.model_id}, {n_images} images, batch {batch_size}, {threads} CPU threads, "
           f"device {device} ({precision}), decode {decode}"
           + (f", host decode share {host_decode_share}" if host_decode_share else "")
-          + (f", {actors_per_gpu} actors per GPU" if actors_per_gpu else ""))
+          + (f", {actors_per_gpu} actors per GPU" if actors_per_gpu else "")
+          + (f", {actor_threads} threads per actor" if actor_threads > 1 else ""))
     clf.to(device, channels_last=cuda)
     bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
     print(f"[bench] bare forward: {bare:.2f} img/s")
@@ -237,6 +239,8 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
             cmd += ["--host-decode-share", str(host_decode_share)]
         if actors_per_gpu:
             cmd += ["--actors-per-gpu", str(actors_per_gpu)]
+        if actor_threads > 1:
+            cmd += ["--actor-threads", str(actor_threads)]
         t0 = time.perf_counter()
         peak, rc, tail = _peak_rss_of(cmd, env)
         wall = time.perf_counter() - t0
@@ -274,5 +278,5 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
 
 def run_bench_cli(args) -> int:
     run_bench(args.model, args.images, args.batch_size, args.out, args.device, args.decode,
-              args.host_decode_share, args.actors_per_gpu)
+              args.host_decode_share, args.actors_per_gpu, args.actor_threads)
     return 0

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                          "CPU cores help the GPU's JPEG decoder (0-1, default 0)")
     au.add_argument("--actors-per-gpu", type=int, default=4,
                     help="model actors sharing each GPU, so data movement overlaps the forward (default 4)")
+    au.add_argument("--actor-threads", type=int, default=1,
+                    help="batches each model actor runs at once, each thread on its own CUDA stream, so one "
+                         "batch's JPEG decode overlaps another's forward in one CUDA context (default 1)")
     au.add_argument("--stall-timeout", type=float, default=1800, metavar="SECONDS",
                     help="end the run (exit 1; rerunning resumes) when no result arrives for this long, e.g. "
                          "after a node was lost (default 1800; 0: wait forever)")
@@ -162,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--host-decode-share", type=float, default=0.0, metavar="F",
                     help="passed to the audit (--decode device only)")
     bn.add_argument("--actors-per-gpu", type=int, help="passed to the audit (default: the audit's)")
+    bn.add_argument("--actor-threads", type=int, default=1, help="passed to the audit")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
     ca = sub.add_parser("cache", help="the download cache of URL inputs (per node; $SING_CACHE)")
@@ -236,7 +240,7 @@ def _cmd_audit(a):
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
                                 translator_match=a.translator_match, decode=a.decode,
                                 host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
-                                stall_timeout_s=a.stall_timeout,
+                                actor_threads=a.actor_threads, stall_timeout_s=a.stall_timeout,
                                 progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():

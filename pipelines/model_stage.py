@@ -9,7 +9,9 @@ label outside the head) gets `<prefix>/error` instead of failing the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 
 import numpy as np
@@ -52,6 +54,17 @@ class _ModelActor:
             raise ValueError(f"unknown decode mode {decode!r}; choose host or device")
         self.decode, self.max_pixels = decode, max_pixels
         self.share_decoded = bool(share_decoded) and decode == "device"
+        self._local = threading.local()
+
+    def _on_stream(self):
+        """Each calling thread works on its own CUDA stream (Ray runs several batches of one
+        actor at once with --actor-threads), so one batch's decode overlaps another's forward."""
+        if not self.cuda:
+            return contextlib.nullcontext()
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(stream)
 
     def _inputs(self, batch, ok):
         x = torch.from_numpy(np.ascontiguousarray(batch[self.col][ok])).to(self.device, non_blocking=True)
@@ -103,8 +116,9 @@ class _ModelActor:
         return {k: v for k, v in batch.items() if k not in self.drop}
 
     def _sync(self):
+        # this thread's stream only: a device-wide sync would also wait on the other threads
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.current_stream(self.device).synchronize()
 
 
 class ScoreActor(_ModelActor):
@@ -129,6 +143,10 @@ class ScoreActor(_ModelActor):
         self.num_classes = clf.num_classes
 
     def __call__(self, batch: dict) -> dict:
+        with self._on_stream():
+            return self._score(batch)
+
+    def _score(self, batch: dict) -> dict:
         out = self._passthrough(batch)
         n = len(batch["key"])
         p = self.prefix

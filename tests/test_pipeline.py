@@ -258,11 +258,30 @@ def test_host_decode_share_one_is_host_decoding_through_the_device_path(data, tr
     assert json.loads((out / "runs" / "s1.json").read_text())["config"]["host_decode_share"] == 1.0
 
 
+def test_threaded_actors_score_like_one_thread(data, translator, audited, tmp_path):
+    """--actor-threads 2: Ray runs two batches of each actor at once (true multi-threading);
+    every key is scored once, with the single-threaded run's numbers."""
+    root, _ = data
+    out = tmp_path / "threads"
+    assert sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+                 str(root / "shards" / "*.tar"), str(root / "broken" / "cut.tar"), "--out", str(out),
+                 "--run-id", "t2", "--actor-threads", "2", "--batch-size", "4"]) == 0
+    host, thr = _read(audited, "images"), _read(out, "images")
+    assert thr.height == host.height and thr.select("shard", "key").n_unique() == thr.height
+    j = host.join(thr, on=["shard", "key"], suffix="_thr")
+    assert j.height == host.height
+    for col in ("as_deg", "is_deg", "logit_drift", "null_norm_frac"):
+        assert (j[col] - j[col + "_thr"]).abs().max() < 1e-4, col
+    assert (j["pred"] == j["pred_thr"]).all()
+    assert json.loads((out / "runs" / "t2.json").read_text())["config"]["actor_threads"] == 2
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--host-decode-share", "1.5", "--decode", "device"], "within [0, 1]"),
     (["--host-decode-share", "0.5"], "applies to --decode device"),
+    (["--actor-threads", "0"], "must be at least 1"),
 ])
-def test_bad_host_decode_share_is_refused_before_any_work(data, translator, tmp_path, capsys, argv, needle):
+def test_bad_decode_options_are_refused_before_any_work(data, translator, tmp_path, capsys, argv, needle):
     root, _ = data
     rc = sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
                str(root / "shards" / "*.tar"), "--out", str(tmp_path / "never"), *argv])

@@ -5,32 +5,36 @@
 # 2. tests/scripts/gpu_decode_profile.py: img/s of each device-decode step (nvJPEG, resize
 #    per image vs grouped by size, normalise), synchronised, and the decode-only ceiling of
 #    1, 4 and 8 processes (the most img/s device decode can feed the forward);
-# 3. `sing bench` on CUDA for each CONFIGS entry decode:host_decode_share:actors_per_gpu
-#    (device decode = nvJPEG in the actors, host = PIL in the read tasks): pipeline/bare-forward
-#    ratio, speed-up over a naive loop, peak RSS. Env: IMAGES, BATCH, BENCH_TIMEOUT, CONFIGS,
-#    STEPS (default "tests profile bench"; one call of the device tool may not fit them all).
+# 3. `sing bench` on CUDA for each CONFIGS entry decode:host_decode_share:actors_per_gpu[:threads]
+#    (device decode = nvJPEG in the actors, host = PIL in the read tasks; threads = batches per
+#    actor at once, --actor-threads): pipeline/bare-forward ratio, speed-up over a naive loop,
+#    peak RSS. All configs share one set of shards ($BENCH_DIR). Env: IMAGES, BATCH,
+#    BENCH_TIMEOUT, CONFIGS, STEPS (default "tests profile bench"; one call of the device tool
+#    may not fit them all).
 # Packages a bare image lacks can sit in .whl/ (wheels, and ray as ray-cp312.tar.xz).
 set -uo pipefail
 OUT=${OUT:-/tmp/sing-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
-if [ -d .whl ]; then
+if [ -d .whl ] && [ ! -d /tmp/site/ray ]; then  # a warm machine keeps /tmp/site
   mkdir -p /tmp/site
   [ -f .whl/ray-cp312.tar.xz ] && tar xJf .whl/ray-cp312.tar.xz -C /tmp/site
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi -L | tee "$OUT/env.txt"
 $PY -c "import torch, torchvision, timm, ray, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/env.txt"
 STEPS=${STEPS:-tests profile bench}
 [[ " $STEPS " == *" tests "* ]] && timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_decode.py tests/test_models.py -k "cuda or gpu" 2>&1 | tee "$OUT/pytest_cuda.log"
-[[ " $STEPS " == *" profile "* ]] && timeout 180 $PY tests/scripts/gpu_decode_profile.py --batch ${BATCH:-256} --procs 1 4 8 2>&1 | tee "$OUT/decode_profile.log"
+[[ " $STEPS " == *" profile "* ]] && timeout 180 $PY tests/scripts/gpu_decode_profile.py --batch ${BATCH:-256} --repeats ${REPEATS:-10} --procs 1 4 8 2>&1 | tee "$OUT/decode_profile.log"
 [[ " $STEPS " == *" bench "* ]] || exit 0
-for cfg in ${CONFIGS:-device:0:4 device:0:8 device:0.3:8 host:0:4}; do
-  IFS=: read -r mode share apg <<< "$cfg"
+BENCH_DIR=${BENCH_DIR:-/tmp/sing-bench}
+for cfg in ${CONFIGS:-device:0:4:2 device:0:4:1 device:0.3:4:2 device:0:8:1}; do
+  IFS=: read -r mode share apg threads <<< "$cfg"
+  threads=${threads:-1}
   timeout ${BENCH_TIMEOUT:-240} $PY -m pipelines.cli -q bench --device cuda --decode "$mode" \
-      --host-decode-share "$share" --actors-per-gpu "$apg" \
-      --images ${IMAGES:-4096} --batch-size ${BATCH:-256} 2>&1 | tee "$OUT/bench_${mode}_${share}_${apg}.log"
+      --host-decode-share "$share" --actors-per-gpu "$apg" --actor-threads "$threads" --out "$BENCH_DIR" \
+      --images ${IMAGES:-4096} --batch-size ${BATCH:-256} 2>&1 | tee "$OUT/bench_${mode}_${share}_${apg}_${threads}.log"
 done
