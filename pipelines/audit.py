@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS, actor_pool
 from .collect import ModelTarget, ShardCollector
 from .layout import check_run_id, count_rows, derive_run_id, is_done
 from .manifest import code_version, load_manifest, utc_now, write_manifest
@@ -52,11 +53,12 @@ class AuditConfig:
     host_decode_share: float = 0.0
     # model actors sharing each GPU: while one runs its forward, the others deserialise
     # their next batch, decode it and build results (one actor leaves the GPU idle then)
-    actors_per_gpu: int = 4
+    actors_per_gpu: int = DEFAULT_ACTORS_PER_GPU
     # batches each model actor works on at once, in threads with a CUDA stream each: one
     # thread's JPEG decode (the GPU's decoder engines) overlaps another's forward (the SMs)
-    # inside one CUDA context, where separate actor processes only time-slice the GPU
-    actor_threads: int = 1
+    # inside one CUDA context, where separate actor processes only time-slice the GPU.
+    # None: DEFAULT_GPU_ACTOR_THREADS on GPUs, 1 on CPUs (the forward already uses every core)
+    actor_threads: int | None = None
     # end the run (exit 1, rerun resumes) when no batch arrives for this long; 0: never
     stall_timeout_s: float | None = 1800
     extra: dict = field(default_factory=dict)
@@ -94,7 +96,7 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
         raise ValueError(f"--host-decode-share must be within [0, 1], got {cfg.host_decode_share}")
     if cfg.host_decode_share and cfg.decode != "device":
         raise ValueError("--host-decode-share applies to --decode device (host mode decodes everything on the host)")
-    if cfg.actor_threads < 1 or cfg.actors_per_gpu < 1:
+    if (cfg.actor_threads is not None and cfg.actor_threads < 1) or cfg.actors_per_gpu < 1:
         raise ValueError(f"--actor-threads and --actors-per-gpu must be at least 1, got {cfg.actor_threads} "
                          f"and {cfg.actors_per_gpu}")
     if cfg.templates not in TEMPLATES:
@@ -218,6 +220,10 @@ def run_audit(cfg: AuditConfig) -> dict:
         # actors on a 2-core box starve the read stage forever).
         per_gpu = max(1, cfg.actors_per_gpu) if gpus else 1
         n_actors = cfg.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
+        threads = cfg.actor_threads or (DEFAULT_GPU_ACTOR_THREADS if gpus else 1)
+        gpu_share = min(1.0, gpus / n_actors) / len(prepared) if gpus else 0
+        manifest["actor_pool"] = {"actors_per_model": n_actors, "threads_per_actor": threads,
+                                  "gpus_per_actor": gpu_share}
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         device_decode = cfg.decode == "device"
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
@@ -228,9 +234,9 @@ def run_audit(cfg: AuditConfig) -> dict:
             last = i == len(prepared) - 1
             ds = ds.map_batches(
                 ScoreActor, batch_size=cfg.batch_size,
-                compute=actor_pool(n_actors, cfg.actor_threads),
+                compute=actor_pool(n_actors, threads),
                 num_cpus=0.5 if not gpus else 1,
-                num_gpus=min(1.0, gpus / n_actors) / len(prepared) if gpus else 0,
+                num_gpus=gpu_share,
                 fn_constructor_kwargs=dict(
                     prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path),
                     class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,
@@ -260,17 +266,6 @@ def run_audit(cfg: AuditConfig) -> dict:
     })
     write_manifest(cfg.out, run_id, manifest)
     return manifest
-
-
-def actor_pool(n_actors: int, threads: int = 1):
-    """A fixed pool of model actors; with threads > 1 each runs that many batches at once
-    (Ray's true multi-threading: the UDF itself runs concurrently, not only the batching)."""
-    from ray.data import ActorPoolStrategy
-
-    if threads <= 1:
-        return ActorPoolStrategy(min_size=n_actors, max_size=n_actors)
-    return ActorPoolStrategy(min_size=n_actors, max_size=n_actors, max_concurrent_calls_per_actor=threads,
-                             enable_true_multi_threading=True)
 
 
 def decode_modes(view_keys: list[str], decode: str) -> list[tuple[str, bool]]:

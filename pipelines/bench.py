@@ -189,7 +189,7 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
 
 def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None = None,
               device: str | None = None, decode: str | None = None, host_decode_share: float = 0.0,
-              actors_per_gpu: int | None = None, actor_threads: int = 1) -> dict:
+              actors_per_gpu: int | None = None, actor_threads: int | None = None) -> dict:
     import torch
 
     from .models import load_classifier
@@ -221,7 +221,7 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
           f"device {device} ({precision}), decode {decode}"
           + (f", host decode share {host_decode_share}" if host_decode_share else "")
           + (f", {actors_per_gpu} actors per GPU" if actors_per_gpu else "")
-          + (f", {actor_threads} threads per actor" if actor_threads > 1 else ""))
+          + (f", {actor_threads} threads per actor" if actor_threads else ""))
     clf.to(device, channels_last=cuda)
     bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
     print(f"[bench] bare forward: {bare:.2f} img/s")
@@ -239,7 +239,7 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
             cmd += ["--host-decode-share", str(host_decode_share)]
         if actors_per_gpu:
             cmd += ["--actors-per-gpu", str(actors_per_gpu)]
-        if actor_threads > 1:
+        if actor_threads:
             cmd += ["--actor-threads", str(actor_threads)]
         t0 = time.perf_counter()
         peak, rc, tail = _peak_rss_of(cmd, env)

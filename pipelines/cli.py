@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from .actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -62,11 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--host-decode-share", type=float, default=0.0, metavar="F",
                     help="with --decode device: decode this share of the JPEGs in the read tasks anyway, so idle "
                          "CPU cores help the GPU's JPEG decoder (0-1, default 0)")
-    au.add_argument("--actors-per-gpu", type=int, default=4,
-                    help="model actors sharing each GPU, so data movement overlaps the forward (default 4)")
-    au.add_argument("--actor-threads", type=int, default=1,
+    au.add_argument("--actors-per-gpu", type=int, default=DEFAULT_ACTORS_PER_GPU,
+                    help=f"model actor processes sharing each GPU (default {DEFAULT_ACTORS_PER_GPU})")
+    au.add_argument("--actor-threads", type=int,
                     help="batches each model actor runs at once, each thread on its own CUDA stream, so one "
-                         "batch's JPEG decode overlaps another's forward in one CUDA context (default 1)")
+                         "batch's JPEG decode overlaps another's forward in one CUDA context (default "
+                         f"{DEFAULT_GPU_ACTOR_THREADS} on GPUs, 1 on CPUs)")
     au.add_argument("--stall-timeout", type=float, default=1800, metavar="SECONDS",
                     help="end the run (exit 1; rerunning resumes) when no result arrives for this long, e.g. "
                          "after a node was lost (default 1800; 0: wait forever)")
@@ -165,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--host-decode-share", type=float, default=0.0, metavar="F",
                     help="passed to the audit (--decode device only)")
     bn.add_argument("--actors-per-gpu", type=int, help="passed to the audit (default: the audit's)")
-    bn.add_argument("--actor-threads", type=int, default=1, help="passed to the audit")
+    bn.add_argument("--actor-threads", type=int, help="passed to the audit (default: the audit's)")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
     ca = sub.add_parser("cache", help="the download cache of URL inputs (per node; $SING_CACHE)")

@@ -29,6 +29,8 @@ from .nightly_config import NightlyConfig, NightlyConfigError, load_nightly_conf
 from .remote import is_url, local_copy, local_path
 from .translator_file import load_translator
 
+SCHEDULING_ONLY = ("num_actors", "actors_per_gpu", "actor_threads", "stall_timeout_s")
+
 log = logging.getLogger("sing.nightly")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_ALARM = 0, 1, 2, 3
@@ -288,15 +290,18 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
     specs = [f"{cfg.checkpoints.arch}@{c.local or c.uri}" for c in picked]
     translators, match = _translators(cfg, picked, specs)
     a = cfg.audit
+    # scheduling knobs change how fast, not what is computed: retuning them keeps the night's
+    # run id, so a rerun still resumes
+    what = {k: v for k, v in asdict(a).items() if k not in SCHEDULING_ONLY}
     run_id = derive_run_id("nightly", {"name": cfg.name, "sha": [c.sha256 for c in picked],
                                        "translators": [file_sha256(t) for t in translators],
-                                       "audit": asdict(a), "arch": cfg.checkpoints.arch})
+                                       "audit": what, "arch": cfg.checkpoints.arch})
     man = run_audit(AuditConfig(
         models=specs, translators=translators, shards=a.shards, out=cfg.out, concepts=a.concepts,
         run_id=run_id, templates=a.templates, class_text=a.class_text, batch_size=a.batch_size,
         num_actors=a.num_actors, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol, device=a.device,
         decode=a.decode, host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
-        stall_timeout_s=a.stall_timeout_s,
+        actor_threads=a.actor_threads, stall_timeout_s=a.stall_timeout_s,
         progress=progress, translator_match=match, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 

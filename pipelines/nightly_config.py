@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .actor_pool import DEFAULT_ACTORS_PER_GPU
 from .remote import is_url
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -48,7 +49,8 @@ class AuditOptions:
     rank_rtol: float | None = None
     decode: str = "host"
     host_decode_share: float = 0.0
-    actors_per_gpu: int = 4
+    actors_per_gpu: int = DEFAULT_ACTORS_PER_GPU
+    actor_threads: int | None = None  # None: the audit's default (4 on GPUs, 1 on CPUs)
     stall_timeout_s: float | None = 1800
 
 
@@ -142,7 +144,8 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
 
     a = _take(top["audit"], "audit", ("shards",), ("concepts", "class_text", "templates", "batch_size",
                                                    "num_actors", "device", "rank_atol", "rank_rtol", "decode",
-                                                   "host_decode_share", "actors_per_gpu", "stall_timeout"))
+                                                   "host_decode_share", "actors_per_gpu", "actor_threads",
+                                                   "stall_timeout"))
     audit = AuditOptions(
         shards=_list(a["shards"], "audit.shards"), concepts=a.get("concepts"), class_text=a.get("class_text"),
         templates=a.get("templates", "single"),
@@ -151,7 +154,8 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
         rank_atol=_num(a.get("rank_atol", 1e-5), "audit.rank_atol"), rank_rtol=_num(a.get("rank_rtol"), "audit.rank_rtol"),
         decode=_choice(a.get("decode", "host"), "audit.decode", ("host", "device")),
         host_decode_share=_num(a.get("host_decode_share", 0.0), "audit.host_decode_share"),
-        actors_per_gpu=_num(a.get("actors_per_gpu", 4), "audit.actors_per_gpu", 1, integer=True),
+        actors_per_gpu=_num(a.get("actors_per_gpu", DEFAULT_ACTORS_PER_GPU), "audit.actors_per_gpu", 1, integer=True),
+        actor_threads=_num(a.get("actor_threads"), "audit.actor_threads", 1, integer=True),
         stall_timeout_s=_num(a.get("stall_timeout", 1800), "audit.stall_timeout"))
     if audit.host_decode_share > 1:
         raise NightlyConfigError(f"audit.host_decode_share: expected a share within [0, 1], got {audit.host_decode_share}")

@@ -216,6 +216,7 @@ def test_nightly_fixed_baseline_run_and_dry_run(world, ray_session, capsys):
     ({"audit": {"shards": "X", "decode": "device", "host_decode_share": 1.5}}, "within [0, 1]"),
     ({"audit": {"shards": "X", "host_decode_share": 0.3}}, "applies to `decode: device`"),
     ({"audit": {"shards": "X", "actors_per_gpu": 0}}, "audit.actors_per_gpu"),
+    ({"audit": {"shards": "X", "actor_threads": 1.5}}, "audit.actor_threads"),
 ])
 def test_nightly_bad_config_exit_2(tmp_path, change, message, capsys):
     (tmp_path / "ckpts").mkdir()
@@ -234,7 +235,9 @@ def test_nightly_bad_config_exit_2(tmp_path, change, message, capsys):
 
 
 def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
-    """decode, host_decode_share, actors_per_gpu and stall_timeout reach the night's audit."""
+    """decode, host_decode_share, actors_per_gpu, actor_threads and stall_timeout reach the
+    night's audit; retuning the scheduling knobs keeps the run id (a rerun resumes), changing
+    what is computed (decode) does not."""
     import pipelines.audit
 
     (tmp_path / "ckpts").mkdir()
@@ -249,11 +252,18 @@ def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
         raise RuntimeError("captured")
 
     monkeypatch.setattr(pipelines.audit, "run_audit", capture)
-    cfg = _config(tmp_path, audit={"shards": str(tmp_path / "shards" / "*.tar"), "decode": "device",
-                                   "host_decode_share": 0.25, "actors_per_gpu": 6, "stall_timeout": 600})
-    assert _sing(["nightly", "--config", str(cfg)]) == 1  # the (captured) audit failed: a rerun resumes
-    (a,) = seen
-    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.stall_timeout_s) == ("device", 0.25, 6, 600)
+    shards = str(tmp_path / "shards" / "*.tar")
+    for audit in ({"decode": "device", "host_decode_share": 0.25, "actors_per_gpu": 6, "actor_threads": 3,
+                   "stall_timeout": 600},
+                  {"decode": "device", "host_decode_share": 0.25, "actors_per_gpu": 1, "stall_timeout": 60},
+                  {"decode": "host"}):
+        cfg = _config(tmp_path, audit={"shards": shards, **audit})
+        assert _sing(["nightly", "--config", str(cfg)]) == 1  # the (captured) audit failed: a rerun resumes
+    a, retuned, host = seen
+    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.actor_threads, a.stall_timeout_s) == (
+        "device", 0.25, 6, 3, 600)
+    assert (retuned.actors_per_gpu, retuned.actor_threads) == (1, None)
+    assert retuned.run_id == a.run_id and host.run_id != a.run_id
 
 
 def test_nightly_missing_config_file(tmp_path, capsys):
