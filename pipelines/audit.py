@@ -61,6 +61,9 @@ class AuditConfig:
     actor_threads: int | None = None
     # end the run (exit 1, rerun resumes) when no batch arrives for this long; 0: never
     stall_timeout_s: float | None = 1800
+    # cap on the object-store bytes in flight between read tasks and actors (None: Ray's
+    # budget, half the object store), see ray_session.configure_data_context
+    buffer_gb: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -96,6 +99,8 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
         raise ValueError(f"--host-decode-share must be within [0, 1], got {cfg.host_decode_share}")
     if cfg.host_decode_share and cfg.decode != "device":
         raise ValueError("--host-decode-share applies to --decode device (host mode decodes everything on the host)")
+    if cfg.buffer_gb is not None and not cfg.buffer_gb > 0:
+        raise ValueError(f"--buffer-gb must be positive, got {cfg.buffer_gb}")
     if (cfg.actor_threads is not None and cfg.actor_threads < 1) or cfg.actors_per_gpu < 1:
         raise ValueError(f"--actor-threads and --actors-per-gpu must be at least 1, got {cfg.actor_threads} "
                          f"and {cfg.actors_per_gpu}")
@@ -213,7 +218,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     t0 = time.perf_counter()
     if todo:
         ray = ensure_ray()
-        configure_data_context(cfg.progress)
+        configure_data_context(cfg.progress, cfg.buffer_gb)
         views = unique_views([p.preprocess for p in prepared])
         gpus = actor_gpus(cfg.device)
         # Leave CPUs for the read/decode tasks: actors take fractional CPUs (two 1-CPU
@@ -257,6 +262,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         # end to end, Ray and actor start-up included; `sing bench` derives the steady rate
         # from two run sizes (start-up cancels out)
         "images_per_second": round(collector.rows_written / wall, 3) if wall > 0 else None,
+        # after the first result arrived: start-up excluded, one run suffices
+        "stream_images_per_second": None if collector.stream_rate() is None else round(collector.stream_rate(), 3),
         "shards": {**manifest["shards"], "written": len(collector.done_shards)},
         "counts": {p.slug: {"images": count_rows(cfg.out, "images", p.slug, run_id),
                             "errors": count_rows(cfg.out, "errors", p.slug, run_id),

@@ -189,7 +189,8 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
 
 def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None = None,
               device: str | None = None, decode: str | None = None, host_decode_share: float = 0.0,
-              actors_per_gpu: int | None = None, actor_threads: int | None = None) -> dict:
+              actors_per_gpu: int | None = None, actor_threads: int | None = None,
+              buffer_gb: float | None = None) -> dict:
     import torch
 
     from .models import load_classifier
@@ -221,7 +222,8 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
           f"device {device} ({precision}), decode {decode}"
           + (f", host decode share {host_decode_share}" if host_decode_share else "")
           + (f", {actors_per_gpu} actors per GPU" if actors_per_gpu else "")
-          + (f", {actor_threads} threads per actor" if actor_threads else ""))
+          + (f", {actor_threads} threads per actor" if actor_threads else "")
+          + (f", buffer {buffer_gb} GB" if buffer_gb else ""))
     clf.to(device, channels_last=cuda)
     bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
     print(f"[bench] bare forward: {bare:.2f} img/s")
@@ -241,6 +243,8 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
             cmd += ["--actors-per-gpu", str(actors_per_gpu)]
         if actor_threads:
             cmd += ["--actor-threads", str(actor_threads)]
+        if buffer_gb:
+            cmd += ["--buffer-gb", str(buffer_gb)]
         t0 = time.perf_counter()
         peak, rc, tail = _peak_rss_of(cmd, env)
         wall = time.perf_counter() - t0
@@ -261,9 +265,12 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
           ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items())))
     steady = 3 * n_images / max(results[4]["wall_s"] - results[1]["wall_s"], 1e-9)
     print(f"[bench] pipeline steady state (4x - 1x): {steady:.2f} img/s")
+    stream = man.get("stream_images_per_second") or float("nan")
+    print(f"[bench] pipeline stream rate (4x run, first result to last): {stream:.2f} img/s")
     report = {
         "bare_forward_ips": bare, "pipeline_steady_ips": steady,
         "pipeline_end_to_end_ips": 4 * n_images / results[4]["wall_s"], "naive_ips": naive,
+        "pipeline_stream_ips": stream,
         "peak_rss_mb_1x": results[1]["peak_rss_mb"], "peak_rss_mb_4x": results[4]["peak_rss_mb"],
         "stage_seconds": stages,
     }
@@ -271,12 +278,13 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
           f"(ratio {report['peak_rss_mb_4x'] / report['peak_rss_mb_1x']:.2f}; streaming keeps it ~1)")
     print(f"speed-up over naive per-image loop: {steady / naive:.1f}x (end-to-end "
           f"{report['pipeline_end_to_end_ips'] / naive:.1f}x)")
-    print(f"ratio pipeline/bare forward: steady {steady / bare:.3f}, end-to-end "
+    print(f"ratio pipeline/bare forward: steady {steady / bare:.3f}, stream {stream / bare:.3f}, end-to-end "
           f"{report['pipeline_end_to_end_ips'] / bare:.3f} (goal >= {0.9 if cuda else 0.85} steady on {device})")
     return report
 
 
 def run_bench_cli(args) -> int:
     run_bench(args.model, args.images, args.batch_size, args.out, args.device, args.decode,
-              args.host_decode_share, args.actors_per_gpu, args.actor_threads)
+              args.host_decode_share, args.actors_per_gpu, args.actor_threads,
+              args.buffer_gb)
     return 0

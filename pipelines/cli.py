@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="batches each model actor runs at once, each thread on its own CUDA stream, so one "
                          "batch's JPEG decode overlaps another's forward in one CUDA context (default "
                          f"{DEFAULT_GPU_ACTOR_THREADS} on GPUs, 1 on CPUs)")
+    au.add_argument("--buffer-gb", type=float, metavar="GB",
+                    help="cap the data Ray keeps in flight between read tasks and model actors (default: Ray's "
+                         "budget, half the object store, which grows with the node's RAM)")
     au.add_argument("--stall-timeout", type=float, default=1800, metavar="SECONDS",
                     help="end the run (exit 1; rerunning resumes) when no result arrives for this long, e.g. "
                          "after a node was lost (default 1800; 0: wait forever)")
@@ -169,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="passed to the audit (--decode device only)")
     bn.add_argument("--actors-per-gpu", type=int, help="passed to the audit (default: the audit's)")
     bn.add_argument("--actor-threads", type=int, help="passed to the audit (default: the audit's)")
+    bn.add_argument("--buffer-gb", type=float, help="passed to the audit (default: Ray's budget)")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
     ca = sub.add_parser("cache", help="the download cache of URL inputs (per node; $SING_CACHE)")
@@ -243,7 +247,7 @@ def _cmd_audit(a):
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
                                 translator_match=a.translator_match, decode=a.decode,
                                 host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
-                                actor_threads=a.actor_threads, stall_timeout_s=a.stall_timeout,
+                                actor_threads=a.actor_threads, buffer_gb=a.buffer_gb, stall_timeout_s=a.stall_timeout,
                                 progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():

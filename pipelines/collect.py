@@ -57,8 +57,16 @@ class ShardCollector:
         self.on_shard_done = on_shard_done
         self.done_shards: list[str] = []
         self.rows_written = 0  # samples (images + failed) of the shards written this session
+        # arrival times of the first and last batch: rows after the first over that span is
+        # the rate once every stage is running (start-up excluded), see stream_rate()
+        self._first = self._last = None
+        self._rows_seen = self._rows_first = 0
 
     def add(self, batch: dict) -> None:
+        now, n = time.perf_counter(), int((batch["status"] != "end").sum())  # end rows are markers
+        if self._first is None:
+            self._first, self._rows_first = now, n
+        self._last, self._rows_seen = now, self._rows_seen + n
         for t in self.targets:
             self.stage_seconds["forward"] += float(batch[f"{t.prefix}/t_forward"].sum())
             self.stage_seconds["sing_ops"] += float(batch[f"{t.prefix}/t_ops"].sum())
@@ -66,6 +74,13 @@ class ShardCollector:
                 self.stage_seconds["device_decode"] += float(batch[f"{t.prefix}/t_decode"].sum())
         for shard, cols, t_read in self.grouper.add(batch):
             self._write(shard, cols, t_read)
+
+    def stream_rate(self) -> float | None:
+        """Samples per second from the first batch's arrival to the last's (None before two
+        batches): the pipeline's rate without Ray, actor and model start-up."""
+        if self._first is None or self._last <= self._first:
+            return None
+        return (self._rows_seen - self._rows_first) / (self._last - self._first)
 
     def _write(self, shard: str, cols: dict, t_read: float) -> None:
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from .nightly_config import NightlyConfig, NightlyConfigError, load_nightly_conf
 from .remote import is_url, local_copy, local_path
 from .translator_file import load_translator
 
-SCHEDULING_ONLY = ("num_actors", "actors_per_gpu", "actor_threads", "stall_timeout_s")
+SCHEDULING_ONLY = ("num_actors", "actors_per_gpu", "actor_threads", "buffer_gb", "stall_timeout_s")
 
 log = logging.getLogger("sing.nightly")
 
@@ -301,7 +301,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
         run_id=run_id, templates=a.templates, class_text=a.class_text, batch_size=a.batch_size,
         num_actors=a.num_actors, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol, device=a.device,
         decode=a.decode, host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
-        actor_threads=a.actor_threads, stall_timeout_s=a.stall_timeout_s,
+        actor_threads=a.actor_threads, buffer_gb=a.buffer_gb, stall_timeout_s=a.stall_timeout_s,
         progress=progress, translator_match=match, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 

@@ -51,6 +51,7 @@ class AuditOptions:
     host_decode_share: float = 0.0
     actors_per_gpu: int = DEFAULT_ACTORS_PER_GPU
     actor_threads: int | None = None  # None: the audit's default (4 on GPUs, 1 on CPUs)
+    buffer_gb: float | None = None  # None: Ray's in-flight budget (half the object store)
     stall_timeout_s: float | None = 1800
 
 
@@ -145,7 +146,7 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
     a = _take(top["audit"], "audit", ("shards",), ("concepts", "class_text", "templates", "batch_size",
                                                    "num_actors", "device", "rank_atol", "rank_rtol", "decode",
                                                    "host_decode_share", "actors_per_gpu", "actor_threads",
-                                                   "stall_timeout"))
+                                                   "buffer_gb", "stall_timeout"))
     audit = AuditOptions(
         shards=_list(a["shards"], "audit.shards"), concepts=a.get("concepts"), class_text=a.get("class_text"),
         templates=a.get("templates", "single"),
@@ -156,6 +157,7 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
         host_decode_share=_num(a.get("host_decode_share", 0.0), "audit.host_decode_share"),
         actors_per_gpu=_num(a.get("actors_per_gpu", DEFAULT_ACTORS_PER_GPU), "audit.actors_per_gpu", 1, integer=True),
         actor_threads=_num(a.get("actor_threads"), "audit.actor_threads", 1, integer=True),
+        buffer_gb=_num(a.get("buffer_gb"), "audit.buffer_gb", 1e-3),
         stall_timeout_s=_num(a.get("stall_timeout", 1800), "audit.stall_timeout"))
     if audit.host_decode_share > 1:
         raise NightlyConfigError(f"audit.host_decode_share: expected a share within [0, 1], got {audit.host_decode_share}")

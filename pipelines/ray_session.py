@@ -27,12 +27,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     return ray
 
 
-def configure_data_context(progress: bool = True):
+def configure_data_context(progress: bool = True, buffer_gb: float | None = None):
+    """buffer_gb caps the object-store bytes Ray Data keeps in flight (read output waiting for
+    the model actors). None: Ray's default budget, half the object store, which grows with
+    the node's RAM: on a 128 GB GPU node the fast read stage fills several GB ahead of the
+    actors, so peak memory grows with the dataset until it reaches that budget."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # the collector regroups by shard itself
     ctx.enable_progress_bars = progress
+    # set every time: the context outlives one job in a long-lived driver
+    limit = float("inf") if buffer_gb is None else buffer_gb * 2**30
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=limit)
     return ctx
 
 

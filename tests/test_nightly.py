@@ -217,6 +217,7 @@ def test_nightly_fixed_baseline_run_and_dry_run(world, ray_session, capsys):
     ({"audit": {"shards": "X", "host_decode_share": 0.3}}, "applies to `decode: device`"),
     ({"audit": {"shards": "X", "actors_per_gpu": 0}}, "audit.actors_per_gpu"),
     ({"audit": {"shards": "X", "actor_threads": 1.5}}, "audit.actor_threads"),
+    ({"audit": {"shards": "X", "buffer_gb": 0}}, "audit.buffer_gb"),
 ])
 def test_nightly_bad_config_exit_2(tmp_path, change, message, capsys):
     (tmp_path / "ckpts").mkdir()
@@ -254,14 +255,14 @@ def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
     monkeypatch.setattr(pipelines.audit, "run_audit", capture)
     shards = str(tmp_path / "shards" / "*.tar")
     for audit in ({"decode": "device", "host_decode_share": 0.25, "actors_per_gpu": 6, "actor_threads": 3,
-                   "stall_timeout": 600},
+                   "buffer_gb": 2.5, "stall_timeout": 600},
                   {"decode": "device", "host_decode_share": 0.25, "actors_per_gpu": 1, "stall_timeout": 60},
                   {"decode": "host"}):
         cfg = _config(tmp_path, audit={"shards": shards, **audit})
         assert _sing(["nightly", "--config", str(cfg)]) == 1  # the (captured) audit failed: a rerun resumes
     a, retuned, host = seen
-    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.actor_threads, a.stall_timeout_s) == (
-        "device", 0.25, 6, 3, 600)
+    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.actor_threads, a.buffer_gb, a.stall_timeout_s) == (
+        "device", 0.25, 6, 3, 2.5, 600)
     assert (retuned.actors_per_gpu, retuned.actor_threads) == (1, None)
     assert retuned.run_id == a.run_id and host.run_id != a.run_id
 

@@ -258,14 +258,17 @@ def test_host_decode_share_one_is_host_decoding_through_the_device_path(data, tr
     assert json.loads((out / "runs" / "s1.json").read_text())["config"]["host_decode_share"] == 1.0
 
 
-def test_threaded_actors_score_like_one_thread(data, translator, audited, tmp_path):
+def test_threaded_actors_and_a_tiny_buffer_score_like_the_defaults(data, translator, audited, tmp_path):
     """--actor-threads 2: Ray runs two batches of each actor at once (true multi-threading);
-    every key is scored once, with the single-threaded run's numbers."""
+    --buffer-gb 0.001: at most ~1 MB in flight between the stages (still progresses). Every key
+    is scored once, with the default run's numbers."""
+    import ray.data
+
     root, _ = data
     out = tmp_path / "threads"
     assert sing(["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
                  str(root / "shards" / "*.tar"), str(root / "broken" / "cut.tar"), "--out", str(out),
-                 "--run-id", "t2", "--actor-threads", "2", "--batch-size", "4"]) == 0
+                 "--run-id", "t2", "--actor-threads", "2", "--batch-size", "4", "--buffer-gb", "0.001"]) == 0
     host, thr = _read(audited, "images"), _read(out, "images")
     assert thr.height == host.height and thr.select("shard", "key").n_unique() == thr.height
     j = host.join(thr, on=["shard", "key"], suffix="_thr")
@@ -273,7 +276,10 @@ def test_threaded_actors_score_like_one_thread(data, translator, audited, tmp_pa
     for col in ("as_deg", "is_deg", "logit_drift", "null_norm_frac"):
         assert (j[col] - j[col + "_thr"]).abs().max() < 1e-4, col
     assert (j["pred"] == j["pred_thr"]).all()
-    assert json.loads((out / "runs" / "t2.json").read_text())["config"]["actor_threads"] == 2
+    man = json.loads((out / "runs" / "t2.json").read_text())
+    assert man["config"]["actor_threads"] == 2 and man["actor_pool"]["threads_per_actor"] == 2
+    limits = ray.data.DataContext.get_current().execution_options.resource_limits
+    assert limits.object_store_memory == pytest.approx(0.001 * 2**30)
 
 
 @pytest.mark.parametrize("argv,needle", [
