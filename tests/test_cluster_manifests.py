@@ -173,7 +173,9 @@ def test_rayjob_audit():
         assert g["replicas"] == g["minReplicas"] == g["maxReplicas"], g["groupName"]
         for c in g["template"]["spec"]["containers"]:
             gpus += g["replicas"] * int(c["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
-    per_gpu = int(argv[argv.index("--actors-per-gpu") + 1]) if "--actors-per-gpu" in argv else 4
+    from pipelines.actor_pool import DEFAULT_ACTORS_PER_GPU
+
+    per_gpu = int(argv[argv.index("--actors-per-gpu") + 1]) if "--actors-per-gpu" in argv else DEFAULT_ACTORS_PER_GPU
     assert gpus > 0 and int(argv[argv.index("--num-actors") + 1]) == gpus * per_gpu
     assert spec["rayClusterSpec"].get("enableInTreeAutoscaling") is False
 
@@ -417,7 +419,8 @@ def test_nightly_example_config():
     assert len(tr) == 1 and set(tr) <= {"reuse", "refit"}
     au = cfg["audit"]
     assert set(au) == {"shards", "concepts", "class_text", "templates", "batch_size", "num_actors", "device",
-                       "rank_atol", "rank_rtol", "decode", "host_decode_share", "actors_per_gpu", "stall_timeout"}
+                       "rank_atol", "rank_rtol", "decode", "host_decode_share", "actors_per_gpu", "actor_threads",
+                       "buffer_gb", "stall_timeout"}
     assert au["decode"] == "device" and au["device"] == "cuda"  # the nightly audits run on GPUs
     assert au["templates"] in ("single", "ensemble")
     assert cfg["baseline"] == "previous" or set(cfg["baseline"]) <= {"run", "model"}
