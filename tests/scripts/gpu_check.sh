@@ -8,7 +8,7 @@
 # 3. `sing bench` on CUDA for each CONFIGS entry decode:host_decode_share:actors_per_gpu[:threads]
 #    (device decode = nvJPEG in the actors, host = PIL in the read tasks; threads = batches per
 #    actor at once, --actor-threads): pipeline/bare-forward ratio, speed-up over a naive loop,
-#    peak RSS. All configs share one set of shards ($BENCH_DIR). Env: IMAGES, BATCH,
+#    peak RSS, stream rate. All configs share one set of shards ($BENCH_DIR). Env: IMAGES, BATCH, BUFFER_GB,
 #    BENCH_TIMEOUT, CONFIGS, STEPS (default "tests profile bench"; one call of the device tool
 #    may not fit them all).
 # Packages a bare image lacks can sit in .whl/ (wheels, and ray as ray-cp312.tar.xz).
@@ -31,10 +31,11 @@ STEPS=${STEPS:-tests profile bench}
 [[ " $STEPS " == *" profile "* ]] && timeout 180 $PY tests/scripts/gpu_decode_profile.py --batch ${BATCH:-256} --repeats ${REPEATS:-10} --procs 1 4 8 2>&1 | tee "$OUT/decode_profile.log"
 [[ " $STEPS " == *" bench "* ]] || exit 0
 BENCH_DIR=${BENCH_DIR:-/tmp/sing-bench}
-for cfg in ${CONFIGS:-device:0:4:2 device:0:4:1 device:0.3:4:2 device:0:8:1}; do
+for cfg in ${CONFIGS:-device:0:2:4 device:0:4:2 device:0:2:2 device:0:4:1}; do
   IFS=: read -r mode share apg threads <<< "$cfg"
   threads=${threads:-1}
   timeout ${BENCH_TIMEOUT:-240} $PY -m pipelines.cli -q bench --device cuda --decode "$mode" \
       --host-decode-share "$share" --actors-per-gpu "$apg" --actor-threads "$threads" --out "$BENCH_DIR" \
+      ${BUFFER_GB:+--buffer-gb $BUFFER_GB} \
       --images ${IMAGES:-4096} --batch-size ${BATCH:-256} 2>&1 | tee "$OUT/bench_${mode}_${share}_${apg}_${threads}.log"
 done
