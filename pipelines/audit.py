@@ -223,7 +223,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         gpus = actor_gpus(cfg.device)
         # Leave CPUs for the read/decode tasks: actors take fractional CPUs (two 1-CPU
         # actors on a 2-core box starve the read stage forever).
-        per_gpu = max(1, cfg.actors_per_gpu) if gpus else 1
+        per_gpu = cfg.actors_per_gpu if gpus else 1  # >= 1, checked up front
         n_actors = cfg.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
         threads = cfg.actor_threads or (DEFAULT_GPU_ACTOR_THREADS if gpus else 1)
         gpu_share = min(1.0, gpus / n_actors) / len(prepared) if gpus else 0
@@ -256,6 +256,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         if collector.unfinished():
             raise RuntimeError(f"stream ended with incomplete shards {collector.unfinished()}; rerun to retry them")
     wall = time.perf_counter() - t0
+    stream = collector.stream_rate()
     manifest.update({
         "status": "complete", "finished_at": utc_now(), "wall_seconds": round(wall, 3),
         "stage_seconds": {k: round(v, 3) for k, v in collector.stage_seconds.items()},
@@ -263,7 +264,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         # from two run sizes (start-up cancels out)
         "images_per_second": round(collector.rows_written / wall, 3) if wall > 0 else None,
         # after the first result arrived: start-up excluded, one run suffices
-        "stream_images_per_second": None if collector.stream_rate() is None else round(collector.stream_rate(), 3),
+        "stream_images_per_second": None if stream is None else round(stream, 3),
         "shards": {**manifest["shards"], "written": len(collector.done_shards)},
         "counts": {p.slug: {"images": count_rows(cfg.out, "images", p.slug, run_id),
                             "errors": count_rows(cfg.out, "errors", p.slug, run_id),

@@ -217,13 +217,16 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
             make_shards(str(src), str(sd), per_shard=max(8, n_images // (2 * threads)))
         shards[mult] = sorted(str(p) for p in sd.glob("*.tar"))
 
+    # the audit options this bench sets (the rest are the audit's defaults), with their labels
+    audit_flags = [(flag, label.format(value), value) for flag, label, value in (
+        ("--host-decode-share", "host decode share {}", host_decode_share),
+        ("--actors-per-gpu", "{} actors per GPU", actors_per_gpu),
+        ("--actor-threads", "{} threads per actor", actor_threads),
+        ("--buffer-gb", "buffer {} GB", buffer_gb)) if value]
     precision = "bf16 channels_last" if cuda else "float32"
     print(f"[bench] model {clf.model_id}, {n_images} images, batch {batch_size}, {threads} CPU threads, "
           f"device {device} ({precision}), decode {decode}"
-          + (f", host decode share {host_decode_share}" if host_decode_share else "")
-          + (f", {actors_per_gpu} actors per GPU" if actors_per_gpu else "")
-          + (f", {actor_threads} threads per actor" if actor_threads else "")
-          + (f", buffer {buffer_gb} GB" if buffer_gb else ""))
+          + "".join(f", {label}" for _, label, _ in audit_flags))
     clf.to(device, channels_last=cuda)
     bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
     print(f"[bench] bare forward: {bare:.2f} img/s")
@@ -237,14 +240,7 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
         cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", model, "--translator", str(tpath),
                "--shards", *shards[mult], "--out", str(res_dir), "--batch-size", str(batch_size),
                "--run-id", f"bench-{mult}x-{int(time.time())}", "--device", device, "--decode", decode]
-        if host_decode_share:
-            cmd += ["--host-decode-share", str(host_decode_share)]
-        if actors_per_gpu:
-            cmd += ["--actors-per-gpu", str(actors_per_gpu)]
-        if actor_threads:
-            cmd += ["--actor-threads", str(actor_threads)]
-        if buffer_gb:
-            cmd += ["--buffer-gb", str(buffer_gb)]
+        cmd += [str(x) for flag, _, value in audit_flags for x in (flag, value)]
         t0 = time.perf_counter()
         peak, rc, tail = _peak_rss_of(cmd, env)
         wall = time.perf_counter() - t0

@@ -96,10 +96,9 @@ def split_shards(cfg: FitConfig):
 
 
 def _feature_stream(ray, shards, clf, clip, cfg):
-    from ray.data import ActorPoolStrategy
-
+    from .actor_pool import actor_pool
     from .model_stage import FeatureActor
-    from .read_stage import read_decode, unique_views
+    from .read_stage import read_decode, unique_views, view_column
     from .ray_session import actor_gpus, cluster_cpus
 
     views = unique_views([clf.preprocess, clip.preprocess])
@@ -109,11 +108,11 @@ def _feature_stream(ray, shards, clf, clip, cfg):
     ds = ray.data.from_items([{"path": s} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(read_decode, batch_size=1, fn_kwargs={"views": views}, num_cpus=1)
     for prefix, kind, spec, last in (("f", "classifier", cfg.model, False), ("z", "clip", cfg.clip, True)):
-        ds = ds.map_batches(FeatureActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=n, max_size=n),
+        ds = ds.map_batches(FeatureActor, batch_size=cfg.batch_size, compute=actor_pool(n),
                             num_cpus=0.5 if not gpus else 1, num_gpus=0.5 if gpus else 0,
                             fn_constructor_kwargs=dict(prefix=prefix, kind=kind, model_spec=spec, device=cfg.device,
                                                        threads=threads,
-                                                       drop_views=[f"img:{v.view_key}" for v in views] if last else ()))
+                                                       drop_views=[view_column(v) for v in views] if last else ()))
     return ds
 
 

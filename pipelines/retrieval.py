@@ -140,7 +140,7 @@ def build_index(cfg: IndexConfig) -> dict:
     t0 = time.perf_counter()
     if todo:
         ray = ensure_ray()
-        from ray.data import ActorPoolStrategy
+        from .actor_pool import actor_pool
 
         configure_data_context(cfg.progress)
         tspec = thumb_spec(cfg.thumb_size)
@@ -150,7 +150,7 @@ def build_index(cfg: IndexConfig) -> dict:
         ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
                             fn_kwargs={"views": views, "max_pixels": cfg.max_pixels})
-        ds = ds.map_batches(IndexActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=n, max_size=n),
+        ds = ds.map_batches(IndexActor, batch_size=cfg.batch_size, compute=actor_pool(n),
                             num_cpus=0.5 if not gpus else 1, num_gpus=1 if gpus else 0,
                             fn_constructor_kwargs=dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
                                                        device=cfg.device,
