@@ -175,6 +175,11 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--buffer-gb", type=float, help="passed to the audit (default: Ray's budget)")
     bn.add_argument("--out", help="keep the benchmark's shards and results here")
 
+    mo = sub.add_parser("models", help="MODEL sources; --paper: the paper's 13 models as they resolve")
+    mo.add_argument("--paper", action="store_true", help="list the paper's 13 classifiers (exact weights, dims, "
+                                                         "preprocessing, official translator names)")
+    mo.add_argument("--json", action="store_true", help="machine-readable output")
+
     ca = sub.add_parser("cache", help="the download cache of URL inputs (per node; $SING_CACHE)")
     ca_sub = ca.add_subparsers(dest="cache_cmd", required=True)
     ca_sub.add_parser("ls", help="entries, least recently used first")
@@ -358,6 +363,8 @@ def main(argv=None) -> int:
         from .demo import run_demo_cli as handler
     elif args.command == "bench":
         from .bench import run_bench_cli as handler
+    elif args.command == "models":
+        from .model_list import run_models_cli as handler
     else:
         handler = handlers[args.command]
     from .watchdog import StallError

@@ -89,20 +89,31 @@ class ClipModel:
 
 
 def _preprocess(module) -> PreprocessSpec:
+    """open_clip's eval transform, rule for rule (open_clip.transform.image_transform):
+    'shortest' Resize(size) + CenterCrop, 'squash' Resize((h, w)), 'longest' ResizeKeepRatio
+    (longest=1) + CenterCropOrPad(fill_color)."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     visual = module.visual
     size = visual.image_size
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    hw = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
     cfg = getattr(visual, "preprocess_cfg", None) or {}
     mean = tuple(cfg.get("mean") or OPENAI_DATASET_MEAN)
     std = tuple(cfg.get("std") or OPENAI_DATASET_STD)
     interp = cfg.get("interpolation") or "bicubic"
-    interp = interp if interp in ("bilinear", "bicubic") else "bicubic"
-    if cfg.get("resize_mode", "shortest") != "shortest":
-        log.warning("open_clip resize_mode %r approximated by shorter-side resize + centre crop",
-                    cfg.get("resize_mode"))
-    return PreprocessSpec(size=size, resize=size, interpolation=interp, mean=mean, std=std)
+    mode = cfg.get("resize_mode", "shortest")
+    common = dict(size=hw, interpolation=interp, mean=mean, std=std)
+    if mode == "squash":
+        return PreprocessSpec(resize=hw, resize_mode="squash", **common)
+    if mode == "longest":
+        fill = cfg.get("fill_color", 0)
+        fill = tuple(fill) if isinstance(fill, (tuple, list)) else (int(fill),) * 3
+        return PreprocessSpec(resize=hw, resize_mode="longest", fill=fill, **common)
+    if mode != "shortest":
+        raise ValueError(f"unknown open_clip resize_mode {mode!r}")
+    if hw[0] == hw[1]:
+        return PreprocessSpec(resize=hw[0], **common)
+    return PreprocessSpec(resize=hw, resize_mode="keep_ratio", **common)
 
 
 def _tiny_module():

@@ -46,21 +46,26 @@ def device_decodable(data: bytes, max_pixels: int | None) -> bool:
 
 
 def tensor_view(img: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """(..., 3, H, W) uint8 on any device -> (..., S, S, 3) uint8: shorter side -> spec.resize,
-    centre crop, the geometry of images.to_uint8_view. A leading batch dimension resizes all
-    its (same-size) images in one call."""
+    """(..., 3, H, W) uint8 on any device -> (..., crop_h, crop_w, 3) uint8: the geometry of
+    images.to_uint8_view (spec.geometry), resized with antialiasing on the tensor. A leading
+    batch dimension resizes all its (same-size) images in one call."""
+    import torch
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    from .images import resized_size
-
     h, w = int(img.shape[-2]), int(img.shape[-1])
-    nw, nh = resized_size(w, h, spec.resize)
-    if (nw, nh) != (w, h):
-        img = F.resize(img, [nh, nw], interpolation=InterpolationMode[_INTERP[spec.interpolation]], antialias=True)
-    s = spec.size
-    top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-    return img[..., top:top + s, left:left + s].movedim(-3, -1)
+    g = spec.geometry(w, h)
+    if (g.new_w, g.new_h) != (w, h):
+        img = F.resize(img, [g.new_h, g.new_w], interpolation=InterpolationMode[_INTERP[spec.interpolation]],
+                       antialias=True)
+    if not g.pads:
+        return img[..., g.y0:g.y0 + g.crop_h, g.x0:g.x0 + g.crop_w].movedim(-3, -1)
+    out = torch.empty((*img.shape[:-3], g.crop_h, g.crop_w, 3), dtype=img.dtype, device=img.device)
+    out[:] = torch.tensor(spec.fill, dtype=img.dtype, device=img.device)
+    ys, xs = max(0, g.y0), max(0, g.x0)
+    ye, xe = min(g.new_h, g.y0 + g.crop_h), min(g.new_w, g.x0 + g.crop_w)
+    out[..., ys - g.y0:ye - g.y0, xs - g.x0:xe - g.x0, :] = img[..., ys:ye, xs:xe].movedim(-3, -1)
+    return out
 
 
 def resize_views(imgs: list[torch.Tensor], spec: PreprocessSpec, grouped: bool) -> list[torch.Tensor]:
@@ -83,7 +88,7 @@ def resize_views(imgs: list[torch.Tensor], spec: PreprocessSpec, grouped: bool) 
 
 
 def host_view_bytes(view: np.ndarray) -> bytes:
-    """A (S, S, 3) uint8 view decoded in the read stage, as the bytes it travels in."""
+    """A (crop_h, crop_w, 3) uint8 view decoded in the read stage, as the bytes it travels in."""
     return np.ascontiguousarray(view, dtype=np.uint8).tobytes()
 
 
@@ -96,7 +101,7 @@ def _host(data: bytes, spec: PreprocessSpec, max_pixels, device) -> torch.Tensor
 def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None = None, *,
                  decoded=None, checked: bool = False, grouped: bool | None = None
                  ) -> tuple[torch.Tensor, dict[int, str]]:
-    """Encoded images -> ((n_ok, S, S, 3) uint8 on `device`, {position: reason} of failures).
+    """Encoded images -> ((n_ok, crop_h, crop_w, 3) uint8 on `device`, {position: reason} of failures).
     Rows keep their order; failed positions are left out of the tensor.
 
     decoded: per row, the view the read stage already decoded on the host (host_view_bytes;
@@ -120,14 +125,14 @@ def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None =
 
     device = torch.device(device)
     grouped = device.type == "cuda" if grouped is None else grouped
-    n, s = len(encoded), spec.size
+    n, (vh, vw) = len(encoded), spec.crop_hw
     views: list[torch.Tensor | None] = [None] * n
     errors: dict[int, str] = {}
     jpeg, host = [], []
     for i, data in enumerate(encoded):
         if decoded is not None and len(decoded[i]):
-            if len(decoded[i]) != s * s * 3:
-                errors[i] = f"decode: host view has {len(decoded[i])} bytes, expected {s}x{s}x3"
+            if len(decoded[i]) != vh * vw * 3:
+                errors[i] = f"decode: host view has {len(decoded[i])} bytes, expected {vh}x{vw}x3"
             else:
                 host.append(i)
             continue
@@ -140,7 +145,7 @@ def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None =
             errors[i] = f"decode: {exc}"
     if host:  # one host-to-device copy for all of them, not one per image
         joined = bytearray().join(decoded[i] for i in host)  # writable: torch shares it, no copy
-        on_device = torch.frombuffer(joined, dtype=torch.uint8).view(len(host), s, s, 3).to(device)
+        on_device = torch.frombuffer(joined, dtype=torch.uint8).view(len(host), vh, vw, 3).to(device)
         for k, i in enumerate(host):
             views[i] = on_device[k]
     if jpeg:
@@ -165,5 +170,5 @@ def decode_batch(encoded, spec: PreprocessSpec, device, max_pixels: int | None =
                 except ImageDecodeError as exc:
                     errors[i] = f"decode: {exc}"
     ok = [v for v in views if v is not None]
-    x = torch.stack(ok) if ok else torch.zeros((0, s, s, 3), dtype=torch.uint8, device=device)
+    x = torch.stack(ok) if ok else torch.zeros((0, vh, vw, 3), dtype=torch.uint8, device=device)
     return x, errors

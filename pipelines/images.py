@@ -3,9 +3,9 @@
 decode_image      bytes -> RGB PIL image: only photo formats, size checked from the header
                   before any pixel is decoded (decompression-bomb guard), truncated/corrupt data
                   raise ImageDecodeError (never a silently half-grey image).
-to_uint8_view     PIL -> (size, size, 3) uint8: resize the shorter side, centre crop. Matches
-                  torchvision's Resize(int)+CenterCrop on PIL images (what timm's eval transform
-                  does) pixel for pixel when reducing_gap is None.
+to_uint8_view     PIL -> (crop_h, crop_w, 3) uint8: the model's resize rule, then the centre
+                  crop (padded where needed), pixel for pixel the reference transform of each
+                  model (torchvision, timm, HF processors on PIL images; pipelines.preprocess).
 normalise         (B, H, W, 3) uint8 on any device -> (B, 3, H, W) normalised, done on the
                   model's device inside the actor.
 """
@@ -131,21 +131,35 @@ def resized_size(w: int, h: int, short: int) -> tuple[int, int]:
     return int(short * w / h), short
 
 
+def crop_box(arr: np.ndarray, g, fill) -> np.ndarray:
+    """The (crop_h, crop_w, C) box of an (H, W, C) array at (g.x0, g.y0); outside = fill."""
+    if not g.pads:
+        return np.array(arr[g.y0:g.y0 + g.crop_h, g.x0:g.x0 + g.crop_w], dtype=np.uint8)  # writable copy
+    out = np.empty((g.crop_h, g.crop_w, arr.shape[2]), dtype=np.uint8)
+    out[:] = np.asarray(fill, dtype=np.uint8)
+    ys, xs = max(0, g.y0), max(0, g.x0)
+    ye, xe = min(g.new_h, g.y0 + g.crop_h), min(g.new_w, g.x0 + g.crop_w)
+    out[ys - g.y0:ye - g.y0, xs - g.x0:xe - g.x0] = arr[ys:ye, xs:xe]
+    return out
+
+
 def to_uint8_view(img: Image.Image, spec: PreprocessSpec, reducing_gap: float | None = None) -> np.ndarray:
-    """(size, size, 3) uint8: shorter side -> spec.resize (spec.interpolation), centre crop to
-    spec.size. reducing_gap (PIL) speeds up large downscales (e.g. 3.0: near-identical);
-    None is exact torchvision/timm behaviour."""
+    """(crop_h, crop_w, 3) uint8: the resize rule of spec (PIL, spec.interpolation), then the
+    centre crop, padded with spec.fill where needed (pipelines.preprocess). Pixel-exact with the
+    reference transforms (torchvision Resize + CenterCrop on PIL images, timm's eval transforms,
+    the HF PIL image processors) when reducing_gap is None; reducing_gap (PIL) speeds up large
+    downscales (e.g. 3.0: near-identical)."""
     if img.mode != "RGB":
         img = _to_rgb(img)
     w, h = img.size
-    nw, nh = resized_size(w, h, spec.resize)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), _RESAMPLE[spec.interpolation], reducing_gap=reducing_gap)
-    s = spec.size  # <= spec.resize <= both sides, so the crop never needs padding
-    top = int(round((nh - s) / 2.0))
-    left = int(round((nw - s) / 2.0))
-    out = np.array(img.crop((left, top, left + s, top + s)), dtype=np.uint8)  # writable copy
-    assert out.shape == (s, s, 3), out.shape
+    g = spec.geometry(w, h)
+    if (g.new_w, g.new_h) != (w, h):
+        img = img.resize((g.new_w, g.new_h), _RESAMPLE[spec.interpolation], reducing_gap=reducing_gap)
+    if not g.pads:  # crop in PIL: converts only the box to an array
+        out = np.array(img.crop((g.x0, g.y0, g.x0 + g.crop_w, g.y0 + g.crop_h)), dtype=np.uint8)
+    else:
+        out = crop_box(np.asarray(img), g, spec.fill)
+    assert out.shape == (g.crop_h, g.crop_w, 3), out.shape
     return out
 
 

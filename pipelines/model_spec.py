@@ -17,8 +17,14 @@ Accepted forms (see docs/ARCHITECTURE.md):
     openclip:ARCH@random           any open_clip config, random init; openclip:tiny@random is the
                                    project's tiny test config
     openclip:ARCH@/path/ckpt.pt    open_clip architecture with local weights
+    hf:ORG/NAME                    transformers AutoModelForImageClassification from the HF hub
+                                   (hf:facebook/dinov2-large-imagenet1k-1-layer); @random and
+                                   @/path take the config from the local HF cache
+    timm:NAME.TAG@random, torchvision:NAME.WEIGHTS@/path ...   a pretrained tag with random or
+                                   local weights keeps the tag's preprocessing (rehearsing a
+                                   paper model offline; a fine-tuned checkpoint of a tag)
 
-SRC is one of timm, torchvision, lite0 (lite0@random, lite0@/path), openclip.
+SRC is one of timm, torchvision, lite0 (lite0@random, lite0@/path), openclip, hf.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 
 from .remote import is_url, local_path
 
-SOURCES = ("timm", "torchvision", "lite0", "openclip")
+SOURCES = ("timm", "torchvision", "lite0", "openclip", "hf")
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 LITE0_ARCH = "tf_efficientnet_lite0"
 
@@ -39,11 +45,13 @@ ACCEPTED_FORMS = (
     "lite0, "
     "SRC:NAME@random (optionally @random?num_classes=N), "
     "SRC:NAME@/path/to/ckpt.safetensors|.pt|.pth|.bin (or an s3://, gs://, ... URL), "
-    "openclip:ARCH@TAG (e.g. openclip:ViT-L-14@openai), openclip:ARCH@random, openclip:tiny@random"
+    "openclip:ARCH@TAG (e.g. openclip:ViT-L-14@openai), openclip:ARCH@random, openclip:tiny@random, "
+    "hf:ORG/NAME (transformers, e.g. hf:facebook/dinov2-large-imagenet1k-1-layer)"
 )
 
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class UnknownModelError(ValueError):
@@ -57,8 +65,8 @@ def slug(model_id: str) -> str:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    source: str  # timm | torchvision | lite0 | openclip
-    name: str  # architecture (timm: without the pretrained tag)
+    source: str  # timm | torchvision | lite0 | openclip | hf
+    name: str  # architecture (timm: without the pretrained tag; hf: the hub repo ORG/NAME)
     weights: str  # pretrained | random | file
     path: str | None  # absolute checkpoint path or fsspec URL when weights == "file"
     tag: str | None  # timm pretrained tag / torchvision weights enum member / open_clip tag
@@ -124,7 +132,10 @@ def parse_model_spec(s: str) -> ModelSpec:
         if name and name != LITE0_ARCH:
             raise _err(raw, "lite0 takes no name")
         name = LITE0_ARCH
-    if not name or not _NAME_RE.match(name):
+    if source == "hf":
+        if not _HF_REPO_RE.match(name):
+            raise _err(raw, f"invalid HF hub repository {name!r} (expected ORG/NAME)")
+    elif not name or not _NAME_RE.match(name):
         raise _err(raw, f"invalid model name {name!r}")
 
     tag = None
@@ -151,16 +162,12 @@ def parse_model_spec(s: str) -> ModelSpec:
                 if not m or int(m.group(1)) < 1:
                     raise _err(raw, f"bad random option {q!r} (only num_classes=N, N >= 1)")
                 num_classes = int(m.group(1))
-            if source in ("timm", "torchvision") and tag:
-                raise _err(raw, "a pretrained tag and @random exclude each other")
         elif _looks_like_path(w):
             if not w.lower().endswith(CHECKPOINT_EXTS):
                 raise _err(raw, f"checkpoint {w!r} must end with one of {', '.join(CHECKPOINT_EXTS)}")
             weights = "file"
             # A URL stays a URL (resolved where the model is loaded: caches are per node).
             path = w if is_url(w) else os.path.abspath(os.path.expanduser(local_path(w)))
-            if source in ("timm", "torchvision") and tag:
-                raise _err(raw, "a pretrained tag and a checkpoint file exclude each other")
         elif source == "openclip":
             if not _NAME_RE.match(w):
                 raise _err(raw, f"invalid open_clip pretrained tag {w!r}")

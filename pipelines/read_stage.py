@@ -7,12 +7,12 @@ Output batches are dicts of numpy arrays, one row per sample:
     stage, reason         str (error rows)
     n_rows                int64 (end row: rows emitted for this shard before it)
     t_read                float64 (end row: seconds spent reading + decoding the shard)
-    img:<view_key>        uint8 (N, S, S, 3), one column per distinct eval transform
+    img:<view_key>        uint8 (N, H, W, 3), one column per distinct eval transform
   device-decode mode, instead of img:*:
     enc                   object (bytes): a JPEG the model actor decodes on its device
                           (pipelines.device_decode); its header was checked here; b"" when
                           the row was decoded here
-    u8:<view_key>         object (bytes): the (S, S, 3) uint8 view decoded here, for images
+    u8:<view_key>         object (bytes): the (H, W, 3) uint8 view decoded here, for images
                           the device cannot take (PNG, CMYK, truncated ...) and the host
                           share; b"" for rows the actor decodes
 Each shard ends with exactly one "end" row, so the driver knows when a shard is complete
@@ -92,7 +92,7 @@ class _Chunk:
                                               for r in rows])
             return out
         for v in self.views:
-            arr = np.zeros((n, v.size, v.size, 3), dtype=np.uint8)
+            arr = np.zeros((n, *v.crop_hw, 3), dtype=np.uint8)
             for i, r in enumerate(rows):
                 if r[7] is not None:
                     arr[i] = r[7][v.view_key]

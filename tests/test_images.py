@@ -171,10 +171,20 @@ def test_preprocess_spec():
     assert s.view_key == "224c-256r-bicubic"
     assert s.view_key == PreprocessSpec(224, 256, "bicubic", (0, 0, 0), (1, 1, 1)).view_key
     assert s.as_dict()["resize"] == 256
-    with pytest.raises(ValueError):
-        PreprocessSpec(224, 200, "bilinear", (0, 0, 0), (1, 1, 1))
-    with pytest.raises(ValueError):
+    # a crop larger than the resize pads (torchvision CenterCrop, timm crop_pct > 1)
+    assert PreprocessSpec(224, 200, "bilinear", (0, 0, 0), (1, 1, 1)).geometry(300, 200).x0 == 38
+    assert PreprocessSpec(224, 200, "bilinear", (0, 0, 0), (1, 1, 1)).geometry(300, 200).y0 == -12
+    with pytest.raises(ValueError, match="interpolation"):
         PreprocessSpec(224, 256, "area", (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="one shorter-side length"):
+        PreprocessSpec(224, (256, 300), "bilinear", (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="resize mode"):
+        PreprocessSpec(224, 256, "bilinear", (0, 0, 0), (1, 1, 1), resize_mode="fit")
+    with pytest.raises(ValueError, match="fill"):
+        PreprocessSpec(224, 256, "bilinear", (0, 0, 0), (1, 1, 1), fill=(0, 0, 300))
+    sq = PreprocessSpec((448, 448), (448, 448), "bicubic", (0, 0, 0), (1, 1, 1), resize_mode="squash")
+    assert sq.size == 448 and sq.view_key == "448x448c-448x448squash-bicubic-round"
+    assert sq.geometry(640, 480) == sq.geometry(100, 900)  # aspect ignored
 
 
 def test_view_shape_for_tiny_and_odd_images():

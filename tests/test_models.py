@@ -25,6 +25,11 @@ from pipelines.preprocess import PreprocessSpec
     ("lite0", "lite0", "tf_efficientnet_lite0", "pretrained", None, "lite0"),
     ("openclip:ViT-L-14@openai", "openclip", "ViT-L-14", "pretrained", "openai", "openclip:ViT-L-14@openai"),
     ("openclip:tiny@random", "openclip", "tiny", "random", None, "openclip:tiny@random"),
+    # a tag with random weights keeps the tag's preprocessing (rehearsing a paper model offline)
+    ("timm:resnet50.a1_in1k@random", "timm", "resnet50", "random", "a1_in1k", "timm:resnet50.a1_in1k@random"),
+    ("hf:facebook/dinov2-large-imagenet1k-1-layer", "hf", "facebook/dinov2-large-imagenet1k-1-layer", "pretrained",
+     None, "hf:facebook/dinov2-large-imagenet1k-1-layer"),
+    ("hf:org/x@random", "hf", "org/x", "random", None, "hf:org/x@random"),
 ])
 def test_parse_valid(s, source, name, weights, tag, model_id):
     ms = parse_model_spec(s)
@@ -48,7 +53,7 @@ def test_parse_checkpoint_and_options(tmp_path):
     ("timm:resnet50@xyz", "neither 'random' nor a checkpoint"),
     ("timm:resnet50@/x/ckpt.txt", "must end with"),
     ("openclip:ViT-L-14", "need @TAG"),
-    ("timm:resnet50.a1_in1k@random", "exclude each other"),
+    ("hf:dinov2-large", "expected ORG/NAME"),
     ("timm:test_vit@random?num_classes=0", "bad random option"),
     ("", "empty"),
 ])
