@@ -17,6 +17,7 @@ from .actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS, actor
 from .collect import ModelTarget, ShardCollector
 from .layout import check_run_id, count_rows, derive_run_id, is_done
 from .manifest import code_version, load_manifest, utc_now, write_manifest
+from .precision import DEFAULT_PRECISION, check_precision
 from .translator_file import load_translator
 from .watchdog import with_stall_timeout
 
@@ -64,6 +65,8 @@ class AuditConfig:
     # cap on the object-store bytes in flight between read tasks and actors (None: Ray's
     # budget, half the object store), see ray_session.configure_data_context
     buffer_gb: float | None = None
+    # numeric precision of the forward (pipelines.precision): part of the run id
+    precision: str = DEFAULT_PRECISION
     extra: dict = field(default_factory=dict)
 
 
@@ -106,6 +109,7 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
                          f"and {cfg.actors_per_gpu}")
     if cfg.templates not in TEMPLATES:
         raise ValueError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
+    check_precision(cfg.precision)
     clip_cache: dict[str, object] = {}
     prepared = []
     for i, spec in enumerate(cfg.models):
@@ -185,6 +189,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         "models": [p.model_id for p in prepared], "sha": [p.sha256 for p in prepared],
         "translators": [p.translator.id for p in prepared], "shards": names, "concepts": concepts,
         "templates": cfg.templates, "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol,
+        "precision": cfg.precision,
         **({"decode": cfg.decode} if cfg.decode != "host" else {}),
         **({"host_decode_share": cfg.host_decode_share} if cfg.host_decode_share else {})})
     targets = []
@@ -197,6 +202,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     modes = decode_modes([p.preprocess.view_key for p in prepared], cfg.decode)
     manifest = {
         "kind": "audit", "status": "running", "started_at": started, "code_version": code_version(),
+        "precision": cfg.precision,
         "models": [{"model_id": p.model_id, "slug": p.slug, "checkpoint_sha256": p.sha256,
                     "num_features": p.decomposition.num_features, "num_classes": len(p.class_names),
                     **p.decomposition.summary(), "preprocess": asdict(p.preprocess), "decode": modes[i][0],
@@ -247,7 +253,7 @@ def run_audit(cfg: AuditConfig) -> dict:
                     class_text=p.class_text, concept_text=p.concept_text, rank_atol=cfg.rank_atol,
                     rank_rtol=cfg.rank_rtol, view=p.preprocess, device=cfg.device,
                     translator_match=cfg.translator_match, decode=modes[i][0], share_decoded=modes[i][1],
-                    max_pixels=cfg.max_pixels,
+                    max_pixels=cfg.max_pixels, precision=cfg.precision,
                     threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))),
                     drop_views=drop if last else ()))
         batches = ds.iter_batches(batch_size=None, batch_format="numpy")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .precision import DEFAULT_PRECISION
 from .translator_file import load_translator, save_translator
 
 
@@ -135,27 +136,29 @@ def _bench_translator(clf, path: Path) -> Path:
     return save_translator(t, path)
 
 
-def bare_forward_rate(clf, batch_size: int, n_images: int, threads: int, device: str = "cpu") -> float:
-    """The ceiling: in-memory random inputs, the precision and layout the actors use (CUDA:
-    bf16 autocast, channels_last; CPU: float32)."""
+def bare_forward_rate(clf, batch_size: int, n_images: int, threads: int, device: str = "cpu",
+                      precision: str = DEFAULT_PRECISION) -> float:
+    """The ceiling: in-memory random inputs, the precision and layout the actors use
+    (pipelines.precision; channels_last on CUDA)."""
     import torch
 
+    from .precision import configure, features_and_logits, model_inputs
+
     torch.set_num_threads(threads)
+    configure(precision)
     cuda = device.startswith("cuda")
-    x = torch.randn(batch_size, 3, clf.preprocess.size, clf.preprocess.size, device=device)
-    if cuda:
-        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    ac = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (batch_size, *clf.preprocess.crop_hw, 3), dtype=torch.uint8, generator=g)
+    x = model_inputs(u8, clf.preprocess, precision, device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    with torch.inference_mode(), ac:
-        for _ in range(3 if cuda else 1):  # warm-up (cuDNN picks its algorithms)
-            clf.features_and_logits(x)
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while n < n_images:
-            clf.features_and_logits(x)
-            n += batch_size
-        sync()
+    for _ in range(3 if cuda else 1):  # warm-up (cuDNN picks its algorithms)
+        features_and_logits(clf, x, precision)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while n < n_images:
+        features_and_logits(clf, x, precision)
+        n += batch_size
+    sync()
     return n / (time.perf_counter() - t0)
 
 
@@ -190,7 +193,7 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
 def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None = None,
               device: str | None = None, decode: str | None = None, host_decode_share: float = 0.0,
               actors_per_gpu: int | None = None, actor_threads: int | None = None,
-              buffer_gb: float | None = None) -> dict:
+              buffer_gb: float | None = None, precision: str = DEFAULT_PRECISION) -> dict:
     import torch
 
     from .models import load_classifier
@@ -223,12 +226,11 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
         ("--actors-per-gpu", "{} actors per GPU", actors_per_gpu),
         ("--actor-threads", "{} threads per actor", actor_threads),
         ("--buffer-gb", "buffer {} GB", buffer_gb)) if value]
-    precision = "bf16 channels_last" if cuda else "float32"
     print(f"[bench] model {clf.model_id}, {n_images} images, batch {batch_size}, {threads} CPU threads, "
-          f"device {device} ({precision}), decode {decode}"
+          f"device {device} ({precision}{', channels_last' if cuda else ''}), decode {decode}"
           + "".join(f", {label}" for _, label, _ in audit_flags))
     clf.to(device, channels_last=cuda)
-    bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
+    bare = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device, precision)
     print(f"[bench] bare forward: {bare:.2f} img/s")
     naive = naive_loop_rate(clf, tpath, shards[1], min(n_images, 24 if not cuda else 256), threads, device)
     print(f"[bench] naive per-image loop: {naive:.2f} img/s")
@@ -239,7 +241,8 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
         res_dir = work / f"results_{mult}x"
         cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", model, "--translator", str(tpath),
                "--shards", *shards[mult], "--out", str(res_dir), "--batch-size", str(batch_size),
-               "--run-id", f"bench-{mult}x-{int(time.time())}", "--device", device, "--decode", decode]
+               "--run-id", f"bench-{mult}x-{int(time.time())}", "--device", device, "--decode", decode,
+               "--precision", precision]
         cmd += [str(x) for flag, _, value in audit_flags for x in (flag, value)]
         t0 = time.perf_counter()
         peak, rc, tail = _peak_rss_of(cmd, env)
@@ -252,7 +255,7 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
               f"({n_images * mult / man['wall_seconds']:.2f} img/s end-to-end), process {wall:.1f} s, "
               f"peak PSS {peak / 2**20:.0f} MiB")
     # the ceiling again, after the pipeline runs: a noisy machine shows up as two values
-    bare_after = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device)
+    bare_after = bare_forward_rate(clf, batch_size, max(n_images, 4 * batch_size), threads, device, precision)
     print(f"[bench] bare forward again: {bare_after:.2f} img/s (before: {bare:.2f})")
     bare = (bare + bare_after) / 2
     man = results[4]["manifest"]
@@ -282,5 +285,5 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
 def run_bench_cli(args) -> int:
     run_bench(args.model, args.images, args.batch_size, args.out, args.device, args.decode,
               args.host_decode_share, args.actors_per_gpu, args.actor_threads,
-              args.buffer_gb)
+              args.buffer_gb, args.precision)
     return 0

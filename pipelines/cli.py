@@ -13,6 +13,12 @@ from .actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _add_precision(p):
+    from .precision import DEFAULT_PRECISION, HELP, PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=HELP)
+
+
 def _add_model_help(p):
     p.epilog = ("MODEL: timm:NAME[.TAG] | torchvision:NAME | ARCH@random | ARCH@/path/ckpt.safetensors|.pt | lite0.  "
                 "CLIP: openclip:ARCH@TAG | openclip:ARCH@random | openclip:tiny@random")
@@ -53,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--batch-size", type=int, default=64)
     ft.add_argument("--device")
     ft.add_argument("--out", required=True, help="translator .safetensors path (report goes to OUT.report.json)")
+    _add_precision(ft)
     _add_model_help(ft)
 
     au = sub.add_parser("audit", help="per-image SING scores over shards -> Parquet")
@@ -91,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--rank-rtol", type=float)
     au.add_argument("--device")
     au.add_argument("--max-pixels", type=int, help="decompression-bomb guard (default: PIL's)")
+    _add_precision(au)
     _add_model_help(au)
 
     # issue 5: single-image explanations, retrieval index, null-space steering, validation
@@ -109,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--rank-atol", type=float, default=1e-5)
     ex.add_argument("--rank-rtol", type=float)
     ex.add_argument("--device")
+    _add_precision(ex)
     _add_model_help(ex)
 
     st = sub.add_parser("steer", help="null-space steering of one class toward a prompt (paper Table 1)")
@@ -126,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--rank-rtol", type=float)
     st.add_argument("--device")
     st.add_argument("--max-pixels", type=int, help="decompression-bomb guard (default: PIL's)")
+    _add_precision(st)
     _add_model_help(st)
 
     va = sub.add_parser("validate", help="logit change under null removal vs random/principal perturbations")
@@ -138,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--rank-atol", type=float, default=1e-5)
     va.add_argument("--rank-rtol", type=float)
     va.add_argument("--device")
+    _add_precision(va)
     _add_model_help(va)
 
     ix = sub.add_parser("index", help="CLIP image-embedding index with thumbnails (for `sing explain --index`)")
@@ -148,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ix.add_argument("--batch-size", type=int, default=64)
     ix.add_argument("--device")
+    _add_precision(ix)
     _add_model_help(ix)
 
     ni = sub.add_parser("nightly", help="audit new checkpoints, compare with a baseline, alarm (exit 3)",
@@ -164,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="pipeline throughput vs bare model forward, naive loop, memory")
     bn.add_argument("--model", default="torchvision:resnet50@random")
+    _add_precision(bn)
     bn.add_argument("--images", type=int, help="images of the 1x run (default: 192 on CPU, 4096 on CUDA)")
     bn.add_argument("--batch-size", type=int, default=32)
     bn.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -179,6 +192,15 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--paper", action="store_true", help="list the paper's 13 classifiers (exact weights, dims, "
                                                          "preprocessing, official translator names)")
     mo.add_argument("--json", action="store_true", help="machine-readable output")
+
+    bp = sub.add_parser("bench-precision", help="each --precision against a float64 forward: score errors, speed")
+    bp.add_argument("--model", default="lite0", help="classifier (default: the real EfficientNet-Lite0)")
+    bp.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bp.add_argument("--per-photo", type=int, default=16, help="augmented images per shipped photo (6 photos)")
+    bp.add_argument("--batch-size", type=int, default=32)
+    bp.add_argument("--translator", help="a real translator for MODEL (default: seeded random, 768-d)")
+    bp.add_argument("--class-text", help="real class text embeddings (default: seeded random)")
+    bp.add_argument("--json", action="store_true", help="machine-readable output")
 
     ca = sub.add_parser("cache", help="the download cache of URL inputs (per node; $SING_CACHE)")
     ca_sub = ca.add_subparsers(dest="cache_cmd", required=True)
@@ -234,7 +256,7 @@ def _cmd_fit(a):
 
     rep = run_fit(FitConfig(model=a.model, clip=a.clip, shards=a.shards, out=a.out, heldout_shards=a.heldout_shards,
                             lambdas=a.lambdas, templates=a.templates, batch_size=a.batch_size, device=a.device,
-                            progress=not a.quiet))
+                            precision=a.precision, progress=not a.quiet))
     h, zs = rep["heldout"], rep["zero_shot_top1"]
     print(f"translator {rep['translator_path']} (id {rep['translator_id']}): {rep['n_train']} train / "
           f"{rep['n_heldout']} held-out images, lambda={rep['lambda']:.4g}")
@@ -253,7 +275,7 @@ def _cmd_audit(a):
                                 translator_match=a.translator_match, decode=a.decode,
                                 host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
                                 actor_threads=a.actor_threads, buffer_gb=a.buffer_gb, stall_timeout_s=a.stall_timeout,
-                                progress=not a.quiet))
+                                precision=a.precision, progress=not a.quiet))
     print(f"run {man['run_id']}: {man['shards']['total']} shards ({man['shards']['skipped_done']} already done)")
     for slug, c in man["counts"].items():
         print(f"  {slug}: {c['images']} images, {c['errors']} errors")
@@ -288,7 +310,7 @@ def _cmd_explain(a):
     res = run_explain(ExplainConfig(images=a.images, model=a.model, translator=a.translator, concepts=a.concepts,
                                     label=a.label, top=a.top, json_out=a.json_out, index=a.index, k=a.k,
                                     sheet=a.sheet, templates=a.templates, rank_atol=a.rank_atol,
-                                    rank_rtol=a.rank_rtol, device=a.device))
+                                    rank_rtol=a.rank_rtol, device=a.device, precision=a.precision))
     print(format_explanations(res))
     for what, path in (("json", a.json_out), ("contact sheet", a.sheet)):
         if path:
@@ -303,7 +325,7 @@ def _cmd_steer(a):
                                 target_class=a.target_class, prompt=a.prompt, is_deg=a.is_deg, eps=a.eps,
                                 run_id=a.run_id, batch_size=a.batch_size, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
-                                progress=not a.quiet))
+                                precision=a.precision, progress=not a.quiet))
     t = man["target"]
     print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
           f"{man['counts']['images']} images, {man['counts']['errors']} errors")
@@ -322,7 +344,7 @@ def _cmd_validate(a):
 
     rep = run_validate(ValidateConfig(model=a.model, shards=a.shards, out=a.out, n=a.n, seed=a.seed,
                                       batch_size=a.batch_size, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol,
-                                      device=a.device))
+                                      device=a.device, precision=a.precision))
     print(rep["text"])
     print(f"table: {rep['files']['parquet']} (and .csv)  histogram: {rep['files']['png']}")
     return EXIT_OK
@@ -332,7 +354,8 @@ def _cmd_index(a):
     from .retrieval import IndexConfig, build_index
 
     man = build_index(IndexConfig(clip=a.clip, shards=a.shards, out=a.out, thumb_size=a.thumb_size, dtype=a.dtype,
-                                  batch_size=a.batch_size, device=a.device, progress=not a.quiet))
+                                  batch_size=a.batch_size, device=a.device, precision=a.precision,
+                                  progress=not a.quiet))
     print(f"index {a.out}: {man['images']} images ({man['clip_model']}, {man['dim']}-d {man['dtype']}), "
           f"{man['errors']} errors, {man['shards']['skipped_done']} of {man['shards']['total']} shards already done")
     return EXIT_OK
@@ -363,6 +386,8 @@ def main(argv=None) -> int:
         from .demo import run_demo_cli as handler
     elif args.command == "bench":
         from .bench import run_bench_cli as handler
+    elif args.command == "bench-precision":
+        from .precision_bench import run_precision_cli as handler
     elif args.command == "models":
         from .model_list import run_models_cli as handler
     else:

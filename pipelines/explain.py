@@ -145,7 +145,7 @@ def _num(x) -> float | None:
 
 def explain_features(f, weight, decomposition, translator, class_text, concept_text=None, concept_names=None,
                      labels=None, class_names=None, bias=None, top: int = 5,
-                     min_shift_deg: float = 1e-6) -> list[Explanation]:
+                     min_shift_deg: float = 1e-6, logits=None) -> list[Explanation]:
     """Every single-image number for a batch of features (B, m), in float64.
 
     class_text (c, d) one prompt embedding per class; concept_text (K, d) with concept_names;
@@ -173,8 +173,11 @@ def explain_features(f, weight, decomposition, translator, class_text, concept_t
     for v in labels:
         if v is not None and v >= w.shape[0]:
             raise ExplainError(f"label {v} is outside the head's {w.shape[0]} classes")
-    logits = f @ w.T + (torch.as_tensor(bias).to(torch.float64) if bias is not None else 0.0)
-    pred = logits.argmax(-1)
+    if logits is None:
+        logits = f @ w.T + (torch.as_tensor(bias).to(torch.float64) if bias is not None else 0.0)
+    # given: the model's own logits, as the audit takes its prediction (at bf16 a near tie can
+    # fall the other way in a float64 recomputation)
+    pred = torch.as_tensor(logits).argmax(-1)
     f_eq = dec.remove_null(f)
     z, z_eq = tr(f), tr(f_eq)
     drift = logit_drift(w, f, f_eq)
@@ -289,6 +292,7 @@ class ExplainConfig:
     rank_rtol: float | None = None
     device: str | None = None
     max_pixels: int | None = None
+    precision: str = "fp32"  # of the forward; scores as `sing audit` at the same precision
 
 
 def _check_config(cfg: ExplainConfig):
@@ -309,13 +313,15 @@ def run_explain(cfg: ExplainConfig) -> dict:
     from sing_ops import HeadDecomposition
 
     from .clip_models import TEMPLATES, load_clip
-    from .images import normalise, to_uint8_view
+    from .images import to_uint8_view
     from .models import load_classifier
+    from .precision import check_precision, configure, features_and_logits, model_inputs
     from .model_stage import pick_device
     from .remote import local_copy
     from .text import CONCEPT_TEMPLATES, embed_texts, read_lines
 
     _check_config(cfg)
+    check_precision(cfg.precision)
     # Cheap checks first: image files, vocabulary, translator file, index.
     queries = [load_query_image(s, cfg.max_pixels) for s in cfg.images]
     concepts = read_lines(cfg.concepts or DEFAULT_CONCEPTS)
@@ -346,11 +352,12 @@ def run_explain(cfg: ExplainConfig) -> dict:
         raise ExplainError(f"CLIP {clip_id} text embeddings are {class_text.shape[1]}-d but the translator "
                            f"outputs {tr.out_dim}-d")
     device = pick_device(cfg.device)
-    clf.to(device)
-    x = torch.from_numpy(np.stack([to_uint8_view(q.image, clf.preprocess) for q in queries])).to(device)
-    with torch.inference_mode():
-        f, _ = clf.features_and_logits(normalise(x, clf.preprocess))
-    f = f.cpu()
+    configure(cfg.precision)
+    clf.to(device, channels_last=device.type == "cuda")
+    # the audit's forward, at the audit's precision: the same image scores the same
+    u8 = np.stack([to_uint8_view(q.image, clf.preprocess) for q in queries])
+    f, logits = features_and_logits(clf, model_inputs(u8, clf.preprocess, cfg.precision, device), cfg.precision)
+    f, logits = f.cpu(), logits.cpu()
     if not torch.isfinite(f).all():
         raise ExplainError("the classifier produced NaN/Inf features for "
                            + ", ".join(q.spec for q, ok in zip(queries, torch.isfinite(f).all(-1)) if not ok))
@@ -359,7 +366,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
         if y is not None and not 0 <= y < clf.num_classes:
             raise ExplainError(f"{q.spec}: label {y} is outside the head's {clf.num_classes} classes")
     exps = explain_features(f, clf.head_weight, dec, tr, class_text, concept_text, concepts, labels,
-                            clf.class_names, bias=clf.head_bias, top=cfg.top)
+                            clf.class_names, bias=clf.head_bias, top=cfg.top, logits=logits)
     rows = []
     for q, e in zip(queries, exps):
         row = {"image": q.spec, "shard": q.shard, "key": q.key, **e.to_dict()}
@@ -370,6 +377,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
         rows.append(row)
     result = {
         "meta": {"model": clf.model_id, "translator": str(cfg.translator), "translator_id": tr.id,
+                 "precision": cfg.precision,
                  "clip_model": clip_id, "templates": templates, "null_dim": dec.null_dim, "rank": dec.rank,
                  "concepts": str(cfg.concepts or DEFAULT_CONCEPTS), "n_concepts": len(concepts),
                  "index": str(cfg.index) if cfg.index else None, "k": cfg.k if cfg.index else None},

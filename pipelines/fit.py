@@ -15,6 +15,7 @@ import torch
 
 from .layout import write_json_atomic
 from .manifest import code_version, utc_now
+from .precision import DEFAULT_PRECISION, check_precision
 from .remote import is_url, url_fs
 from .translator_file import save_translator
 from .watchdog import DEFAULT_STALL_S, with_stall_timeout
@@ -36,6 +37,7 @@ class FitConfig:
     device: str | None = None
     threads: int | None = None
     progress: bool = True
+    precision: str = DEFAULT_PRECISION  # of both forwards (classifier and CLIP image tower)
 
 
 class FitError(ValueError):
@@ -111,7 +113,7 @@ def _feature_stream(ray, shards, clf, clip, cfg):
         ds = ds.map_batches(FeatureActor, batch_size=cfg.batch_size, compute=actor_pool(n),
                             num_cpus=0.5 if not gpus else 1, num_gpus=0.5 if gpus else 0,
                             fn_constructor_kwargs=dict(prefix=prefix, kind=kind, model_spec=spec, device=cfg.device,
-                                                       threads=threads,
+                                                       threads=threads, precision=cfg.precision,
                                                        drop_views=[view_column(v) for v in views] if last else ()))
     return ds
 
@@ -139,6 +141,7 @@ def run_fit(cfg: FitConfig) -> dict:
     started = utc_now()
     if cfg.templates not in TEMPLATES:
         raise FitError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
+    check_precision(cfg.precision)
     clf, clip = load_classifier(cfg.model), load_clip(cfg.clip)  # unknown names fail first
     if is_url(cfg.out):
         url_fs(cfg.out)  # an --out URL without its fsspec backend fails now, not after the pass
@@ -168,14 +171,15 @@ def run_fit(cfg: FitConfig) -> dict:
     grid = cfg.lambdas or stats.default_grid()
     sel = select_lambda(stats, (torch.from_numpy(fh), torch.from_numpy(zh)), grid,
                         source_model=clf.model_id, clip_model=clip.model_id, templates=cfg.templates,
-                        checkpoint_sha256=clf.checkpoint_sha256, code_version=code_version())
+                        checkpoint_sha256=clf.checkpoint_sha256, code_version=code_version(),
+                        fit_precision=cfg.precision)
     tr = sel.translator
     class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[cfg.templates])
     translated = tr(torch.from_numpy(fh)).numpy()
     quality = dict(sel.table[grid.index(sel.best_lambda)])
     report = {
         "kind": "fit", "started_at": started, "finished_at": utc_now(), "code_version": code_version(),
-        "model": clf.model_id, "clip_model": clip.model_id, "in_dim": m, "out_dim": d,
+        "model": clf.model_id, "clip_model": clip.model_id, "in_dim": m, "out_dim": d, "precision": cfg.precision,
         "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": n_err,
         "train_shards": len(train), "heldout_shards": len(held),
         "heldout_shard_names": [shard_name(s) for s in held], "lambda": sel.best_lambda,

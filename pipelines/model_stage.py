@@ -10,13 +10,15 @@ label outside the head) gets `<prefix>/error` instead of failing the batch.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 
 import numpy as np
 import torch
 
+from .precision import DEFAULT_PRECISION, autocast, model_inputs
+from .precision import configure as configure_precision
+from .precision import features_and_logits as forward
 from .read_stage import ENC_COLUMN, decode_error_column, u8_column, view_column
 
 
@@ -41,15 +43,14 @@ class _ModelActor:
                "shared" use what an earlier "device" actor of this view decoded."""
 
     def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
-                 max_pixels=None, share_decoded=False):
-        from .images import normalise
-
+                 max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
         _set_threads(threads)
+        configure_precision(precision)  # this actor process runs one precision
+        self.precision = precision
         self.prefix, self.view, self.col = prefix, view, view_column(view)
         self.drop = set(drop_views)
         self.device = pick_device(device)
         self.cuda = self.device.type == "cuda"
-        self._normalise = normalise
         if decode not in ("host", "device", "shared"):
             raise ValueError(f"unknown decode mode {decode!r}; choose host or device")
         self.decode, self.max_pixels = decode, max_pixels
@@ -67,9 +68,7 @@ class _ModelActor:
         return torch.cuda.stream(stream)
 
     def _inputs(self, batch, ok):
-        x = torch.from_numpy(np.ascontiguousarray(batch[self.col][ok])).to(self.device, non_blocking=True)
-        return self._normalise(x, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
-                               channels_last=self.cuda)
+        return model_inputs(batch[self.col][ok], self.view, self.precision, self.device)
 
     def _model_inputs(self, batch, ok, run, out) -> tuple[torch.Tensor, np.ndarray, dict[int, str], float]:
         """Normalised inputs of the `run` rows that decoded, their row indices, {row: reason} of
@@ -103,13 +102,12 @@ class _ModelActor:
             if not mine.all():
                 u8, decoded = u8[torch.from_numpy(mine).to(u8.device)], decoded[mine]
             failed = {i: r for i, r in failed.items() if run[i]}
-        x = self._normalise(u8, self.view, dtype=torch.bfloat16 if self.cuda else torch.float32,
-                            channels_last=self.cuda)
+        x = model_inputs(u8, self.view, self.precision, self.device)
         self._sync()
         return x, decoded, failed, time.perf_counter() - t0
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+        return autocast(self.precision, self.device)
 
     def _passthrough(self, batch):
         return {k: v for k, v in batch.items() if k not in self.drop}
@@ -125,7 +123,7 @@ class ScoreActor(_ModelActor):
 
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
                  rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
-                 decode="host", max_pixels=None, share_decoded=False):
+                 decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
         from sing_ops import AuditScorer, HeadDecomposition
 
         from .audit import load_translator_for
@@ -134,7 +132,7 @@ class ScoreActor(_ModelActor):
 
         clf = load_classifier(model_spec)
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels,
-                         share_decoded)
+                         share_decoded, precision)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         tr = load_translator_for(translator_path, model_spec, clf, translator_match)
@@ -169,9 +167,7 @@ class ScoreActor(_ModelActor):
                 err[i] = reason
         t0 = time.perf_counter()
         if len(idx):
-            with torch.inference_mode(), self._autocast():
-                f, logits = self.clf.features_and_logits(x)
-            f, logits = f.float(), logits.float()
+            f, logits = forward(self.clf, x, self.precision)
             self._sync()
             t_fwd = time.perf_counter() - t0
             finite = torch.isfinite(f).all(-1).cpu().numpy()
@@ -212,7 +208,8 @@ class ScoreActor(_ModelActor):
 class FeatureActor(_ModelActor):
     """Classifier penultimate features (kind="classifier") or CLIP image embeddings (kind="clip")."""
 
-    def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None):
+    def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None,
+                 precision=DEFAULT_PRECISION):
         if kind == "classifier":
             from .models import load_classifier
 
@@ -223,7 +220,7 @@ class FeatureActor(_ModelActor):
             model = load_clip(model_spec)
         else:
             raise ValueError(f"unknown feature kind {kind!r}")
-        super().__init__(prefix, model.preprocess, drop_views, device, threads)
+        super().__init__(prefix, model.preprocess, drop_views, device, threads, precision=precision)
         self.kind = kind
         self.dim = model.num_features if kind == "classifier" else model.embed_dim
         self.model = model.to(self.device)
@@ -235,9 +232,12 @@ class FeatureActor(_ModelActor):
         t0 = time.perf_counter()
         emb = np.zeros((n, self.dim), dtype=np.float32)
         if ok.any():
-            with torch.inference_mode(), self._autocast():
-                x = self._inputs(batch, ok)
-                e = self.model.features_and_logits(x)[0] if self.kind == "classifier" else self.model.encode_image(x)
+            x = self._inputs(batch, ok)
+            if self.kind == "classifier":
+                e = forward(self.model, x, self.precision)[0]
+            else:
+                with torch.inference_mode(), self._autocast():
+                    e = self.model.encode_image(x)
             emb[ok] = e.float().cpu().numpy()
         out[f"{self.prefix}/emb"] = emb
         out[f"{self.prefix}/t_forward"] = _first_only(n, time.perf_counter() - t0)
@@ -251,6 +251,3 @@ def _first_only(n: int, value: float) -> np.ndarray:
         a[0] = value
     return a
 
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)

@@ -198,7 +198,8 @@ def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str])
             log.info("fitting a translator for %s", ck.name)
             run_fit(FitConfig(model=spec, clip=cfg.refit.clip, shards=cfg.refit.shards, out=str(path),
                               heldout_shards=cfg.refit.heldout_shards, templates=cfg.refit.templates,
-                              batch_size=cfg.audit.batch_size, device=cfg.audit.device))
+                              batch_size=cfg.audit.batch_size, device=cfg.audit.device,
+                              precision=cfg.audit.precision))
         paths.append(str(path))
     return paths, "exact"
 
@@ -302,7 +303,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
         num_actors=a.num_actors, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol, device=a.device,
         decode=a.decode, host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
         actor_threads=a.actor_threads, buffer_gb=a.buffer_gb, stall_timeout_s=a.stall_timeout_s,
-        progress=progress, translator_match=match, extra={"nightly": cfg.name}))
+        precision=a.precision, progress=progress, translator_match=match, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 
     from queries.runner import QueryError, checkpoint_diff

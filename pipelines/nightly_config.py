@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .precision import DEFAULT_PRECISION, PRECISIONS
 from .actor_pool import DEFAULT_ACTORS_PER_GPU
 from .remote import is_url
 
@@ -53,6 +54,7 @@ class AuditOptions:
     actor_threads: int | None = None  # None: the audit's default (4 on GPUs, 1 on CPUs)
     buffer_gb: float | None = None  # None: Ray's in-flight budget (half the object store)
     stall_timeout_s: float | None = 1800
+    precision: str = DEFAULT_PRECISION  # of the audit's and the refit's forwards
 
 
 @dataclass
@@ -146,7 +148,7 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
     a = _take(top["audit"], "audit", ("shards",), ("concepts", "class_text", "templates", "batch_size",
                                                    "num_actors", "device", "rank_atol", "rank_rtol", "decode",
                                                    "host_decode_share", "actors_per_gpu", "actor_threads",
-                                                   "buffer_gb", "stall_timeout"))
+                                                   "buffer_gb", "stall_timeout", "precision"))
     audit = AuditOptions(
         shards=_list(a["shards"], "audit.shards"), concepts=a.get("concepts"), class_text=a.get("class_text"),
         templates=a.get("templates", "single"),
@@ -158,7 +160,8 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
         actors_per_gpu=_num(a.get("actors_per_gpu", DEFAULT_ACTORS_PER_GPU), "audit.actors_per_gpu", 1, integer=True),
         actor_threads=_num(a.get("actor_threads"), "audit.actor_threads", 1, integer=True),
         buffer_gb=_num(a.get("buffer_gb"), "audit.buffer_gb", 1e-3),
-        stall_timeout_s=_num(a.get("stall_timeout", 1800), "audit.stall_timeout"))
+        stall_timeout_s=_num(a.get("stall_timeout", 1800), "audit.stall_timeout"),
+        precision=_choice(a.get("precision", DEFAULT_PRECISION), "audit.precision", PRECISIONS))
     if audit.host_decode_share > 1:
         raise NightlyConfigError(f"audit.host_decode_share: expected a share within [0, 1], got {audit.host_decode_share}")
     if audit.host_decode_share and audit.decode != "device":

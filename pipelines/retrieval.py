@@ -55,8 +55,9 @@ def _schema(dim: int, dtype: str) -> pa.Schema:
 class IndexActor(FeatureActor):
     """CLIP image embeddings (FeatureActor kind="clip") plus a JPEG thumbnail per image."""
 
-    def __init__(self, prefix, model_spec, thumb_col, quality=85, device=None, threads=None):
-        super().__init__(prefix, "clip", model_spec, drop_views=(), device=device, threads=threads)
+    def __init__(self, prefix, model_spec, thumb_col, quality=85, device=None, threads=None, precision="fp32"):
+        super().__init__(prefix, "clip", model_spec, drop_views=(), device=device, threads=threads,
+                         precision=precision)
         self.thumb_col, self.quality = thumb_col, quality
 
     def __call__(self, batch: dict) -> dict:
@@ -89,6 +90,7 @@ class IndexConfig:
     threads: int | None = None
     max_pixels: int | None = None
     progress: bool = True
+    precision: str = "fp32"  # of the CLIP image tower (pipelines.precision)
 
 
 def _meta_path(out) -> Path:
@@ -107,6 +109,7 @@ def build_index(cfg: IndexConfig) -> dict:
     from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .read_stage import read_decode, unique_views, view_column
     from .shards import expand_shards, shard_name
+    from .precision import check_precision
     from .regroup import ShardGrouper
 
     if cfg.dtype not in DTYPES:
@@ -120,7 +123,7 @@ def build_index(cfg: IndexConfig) -> dict:
         raise ImageIndexError("two shards share a file name; shard names key the index parts")
     clip = load_clip(cfg.clip)
     meta = {"format": FORMAT, "clip_model": clip.model_id, "dim": clip.embed_dim, "dtype": cfg.dtype,
-            "thumb_size": cfg.thumb_size}
+            "thumb_size": cfg.thumb_size, "precision": check_precision(cfg.precision)}
     old = _meta_path(cfg.out)
     if old.is_file():
         prev = json.loads(old.read_text())
@@ -153,7 +156,7 @@ def build_index(cfg: IndexConfig) -> dict:
         ds = ds.map_batches(IndexActor, batch_size=cfg.batch_size, compute=actor_pool(n),
                             num_cpus=0.5 if not gpus else 1, num_gpus=1 if gpus else 0,
                             fn_constructor_kwargs=dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
-                                                       device=cfg.device,
+                                                       device=cfg.device, precision=cfg.precision,
                                                        threads=cfg.threads or (None if gpus else
                                                                                max(1, int(cluster_cpus())))))
         grouper = ShardGrouper()

@@ -26,6 +26,8 @@ import pyarrow as pa
 import torch
 
 from .model_stage import _first_only, _ModelActor
+from .precision import DEFAULT_PRECISION, check_precision
+from .precision import features_and_logits as forward
 from .read_stage import read_decode
 from .regroup import ShardGrouper
 from .translator_file import load_translator
@@ -57,14 +59,15 @@ class SteerActor(_ModelActor):
     COLS = ("eps", "is_deg", "as_deg", "logit_drift")
 
     def __init__(self, prefix, model_spec, translator_path, target_text, class_index, eps=None, is_deg=None,
-                 rank_atol=1e-5, rank_rtol=None, drop_views=(), device=None, threads=None, view=None):
+                 rank_atol=1e-5, rank_rtol=None, drop_views=(), device=None, threads=None, view=None,
+                 precision="fp32"):
         from sing_ops import HeadDecomposition
 
         from .models import load_classifier
         from .remote import local_copy
 
         clf = load_classifier(model_spec)
-        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads)
+        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, precision=precision)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         # local_copy here too: the actor may run on another node, whose cache is its own
@@ -87,9 +90,7 @@ class SteerActor(_ModelActor):
         t_fwd = t_ops = 0.0
         if sel.any():
             idx = np.flatnonzero(sel)
-            with torch.inference_mode(), self._autocast():
-                f, _ = self.clf.features_and_logits(self._inputs(batch, sel))
-            f = f.float().cpu().to(torch.float64)
+            f = forward(self.clf, self._inputs(batch, sel), self.precision)[0].cpu().to(torch.float64)
             t_fwd = time.perf_counter() - t0
             finite = torch.isfinite(f).all(-1).numpy()
             err[idx[~finite]] = "non-finite (NaN/Inf) classifier features"
@@ -135,6 +136,7 @@ class SteerConfig:
     threads: int | None = None
     max_pixels: int | None = None
     progress: bool = True
+    precision: str = DEFAULT_PRECISION
 
 
 def check_step(is_deg, eps) -> None:
@@ -186,6 +188,7 @@ def prepare(cfg: SteerConfig):
     from .text import embed_texts
 
     check_step(cfg.is_deg, cfg.eps)
+    check_precision(cfg.precision)
     if not cfg.prompt or not cfg.prompt.strip():
         raise SteerConfigError("--prompt must be a non-empty text, e.g. 'an image of a jellyfish'")
     shards = expand_shards(cfg.shards)
@@ -222,11 +225,12 @@ def run_steer(cfg: SteerConfig) -> dict:
     run_id = check_run_id(cfg.run_id) if cfg.run_id else derive_run_id("steer", {
         "model": clf.model_id, "sha": clf.checkpoint_sha256, "translator": tr.id, "shards": names,
         "class": class_index, "prompt": target, "is_deg": cfg.is_deg, "eps": cfg.eps,
-        "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol})
+        "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol, "precision": cfg.precision})
     done = {n for n in names if is_done(cfg.out, clf.slug, run_id, n, table="steer")}
     todo = [s for s, n in zip(shards, names) if n not in done]
     manifest = {
         "kind": "steer", "status": "running", "started_at": started, "code_version": code_version(),
+        "precision": cfg.precision,
         "models": [{"model_id": clf.model_id, "slug": clf.slug, "checkpoint_sha256": clf.checkpoint_sha256,
                     "num_classes": clf.num_classes, **dec.summary()}],
         "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(local_copy(cfg.translator)),
@@ -263,7 +267,8 @@ def run_steer(cfg: SteerConfig) -> dict:
                 prefix="s", model_spec=cfg.model, translator_path=str(cfg.translator), target_text=text,
                 class_index=class_index, eps=cfg.eps, is_deg=cfg.is_deg, rank_atol=cfg.rank_atol,
                 rank_rtol=cfg.rank_rtol, drop_views=[f"img:{clf.preprocess.view_key}"], device=cfg.device,
-                threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))), view=clf.preprocess))
+                threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))), view=clf.preprocess,
+                precision=cfg.precision))
         grouper = ShardGrouper()
         batches = ds.iter_batches(batch_size=None, batch_format="numpy")
         for batch in with_stall_timeout(batches, DEFAULT_STALL_S, "the steer stream"):

@@ -46,6 +46,7 @@ class ValidateConfig:
     rank_rtol: float | None = None
     device: str | None = None
     max_pixels: int | None = None
+    precision: str = "fp32"  # of the forward (pipelines.precision)
 
 
 def perturbation_drifts(f, weight, decomposition, bias=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -138,7 +139,8 @@ def sample_images(shards: list[str], n: int, seed: int, max_pixels=None):
 def run_validate(cfg: ValidateConfig) -> dict:
     from sing_ops import HeadDecomposition
 
-    from .images import normalise, to_uint8_view
+    from .images import to_uint8_view
+    from .precision import check_precision, configure, features_and_logits, model_inputs
     from .layout import slug, write_json_atomic, write_table_atomic
     from .manifest import code_version, utc_now
     from .model_stage import pick_device
@@ -147,6 +149,7 @@ def run_validate(cfg: ValidateConfig) -> dict:
 
     if cfg.n < 1:
         raise ValidateError(f"--n must be >= 1, got {cfg.n}")
+    check_precision(cfg.precision)
     started = utc_now()
     shards = expand_shards(cfg.shards)
     clf = load_classifier(cfg.model)
@@ -160,12 +163,13 @@ def run_validate(cfg: ValidateConfig) -> dict:
     if len(images) < cfg.n:
         log.warning("only %d decodable images in the shards (asked for %d)", len(images), cfg.n)
     device = pick_device(cfg.device)
-    clf.to(device)
+    configure(cfg.precision)
+    clf.to(device, channels_last=device.type == "cuda")
     feats = []
     for i in range(0, len(images), cfg.batch_size):
-        x = torch.from_numpy(np.stack([to_uint8_view(im[3], clf.preprocess) for im in images[i:i + cfg.batch_size]]))
-        with torch.inference_mode():
-            feats.append(clf.features_and_logits(normalise(x.to(device), clf.preprocess))[0].cpu())
+        u8 = np.stack([to_uint8_view(im[3], clf.preprocess) for im in images[i:i + cfg.batch_size]])
+        feats.append(features_and_logits(clf, model_inputs(u8, clf.preprocess, cfg.precision, device),
+                                         cfg.precision)[0].cpu())
     f = torch.cat(feats)
     finite = torch.isfinite(f).all(-1)
     if not finite.all():
@@ -198,6 +202,7 @@ def run_validate(cfg: ValidateConfig) -> dict:
     csv_tmp.replace(out / f"{stem}.csv")
     png = plot_histogram(table, out / f"{stem}.png", f"{clf.model_id} (null_dim {dec.null_dim}, {n} images)")
     report = {"kind": "validate", "model": clf.model_id, "checkpoint_sha256": clf.checkpoint_sha256,
+              "precision": cfg.precision,
               **dec.summary(), "n_images": n, "skipped_samples": skipped, "seed": cfg.seed, "summary": summary,
               "files": {"parquet": str(out / f"{stem}.parquet"), "csv": str(out / f"{stem}.csv"), "png": str(png)},
               "started_at": started, "finished_at": utc_now(), "code_version": code_version(),
