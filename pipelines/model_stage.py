@@ -92,7 +92,8 @@ class _ModelActor:
         decoded = np.delete(rows, sorted(bad))
         failed = {int(rows[j]): reason for j, reason in bad.items()}
         if self.share_decoded:
-            full = np.zeros((len(batch["key"]), *self.view.crop_hw, 3), dtype=np.uint8)
+            n = len(batch["key"])
+            full = np.zeros((n, *self.view.crop_hw, 3), dtype=np.uint8)
             full[decoded] = u8.cpu().numpy()
             reasons = np.full(n, "", dtype=object)
             for i, reason in failed.items():
