@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.hub import require_weights
 from pipelines.manifest import file_sha256
 from pipelines.model_spec import ModelSpec, UnknownModelError, parse_model_spec, slug
 from pipelines.preprocess import PreprocessSpec
@@ -419,6 +420,7 @@ def _build(ms: ModelSpec):
             _check_timm(ms)
         full = f"{ms.name}.{ms.tag}" if ms.tag else ms.name
         if ms.weights == "pretrained" and ms.source == "timm":
+            require_weights(ms)  # not cached and no network: fail now, not after the hub's retries
             try:
                 model = timm.create_model(full, pretrained=True)
             except Exception as e:  # noqa: BLE001
@@ -453,6 +455,7 @@ def _build(ms: ModelSpec):
         weights = _check_torchvision(ms)
         pre = _torchvision_preprocess(weights)
         if ms.weights == "pretrained":
+            require_weights(ms)  # not in torch.hub's cache and no network: fail before downloading
             try:
                 model = torchvision.models.get_model(ms.name, weights=weights)
             except Exception as e:  # noqa: BLE001
