@@ -97,7 +97,7 @@ def go_offline(reason: str) -> None:
     if _offline_reason is None:
         _offline_reason = reason
         log.info("%s: working offline for this run (HF_HUB_OFFLINE=1); weights already in the local "
-                    "cache still load", reason)
+                 "cache still load", reason)
 
 
 def offline_reason() -> str:
