@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipelines.hub import require_weights
 from pipelines.model_spec import UnknownModelError, parse_model_spec
 from pipelines.manifest import file_sha256
 from pipelines.models import (_download_error, _offline_error, _suggest, apply_state_dict, load_state_dict_file,
@@ -129,6 +130,8 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
     ms = parse_model_spec(spec)
     if ms.source != "openclip":
         raise UnknownModelError(f"{spec!r} is not a CLIP model (openclip:ARCH@TAG|random|/path)")
+    if ms.weights == "pretrained":
+        require_weights(ms)  # decides online/offline before anything (the tokenizer too) asks the hub
     arch = ms.name
     sha = None
     if arch == "tiny":

@@ -76,6 +76,15 @@ def build_photo_folder(root: Path, per_photo: int, seed: int = 0) -> Path:
 def pick_models(offline: bool) -> tuple[str, str, bool]:
     """(classifier, clip, real_clip). Tries the real weights unless told offline."""
     if not offline:
+        from .hub import WeightsUnavailableError, require_weights
+
+        try:  # one quick hub probe: offline is known in seconds, without the hub's retries
+            for spec in ONLINE_MODELS:
+                require_weights(spec)
+        except WeightsUnavailableError as exc:
+            log.info("pretrained weights unavailable: %s", exc)
+            offline = True
+    if not offline:
         from .clip_models import load_clip
         from .models import load_classifier
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.hub import require_weights
 from pipelines.manifest import file_sha256
 from pipelines.model_spec import ModelSpec, UnknownModelError, parse_model_spec, slug
 from pipelines.preprocess import PreprocessSpec, timm_spec
@@ -411,6 +412,7 @@ def _seeded(ms: ModelSpec, make):
 
 
 def _pretrained(ms: ModelSpec, make):
+    require_weights(ms)  # not cached and no network: fail now, not after the hub's retries
     try:
         return make()
     except Exception as e:  # noqa: BLE001

@@ -20,11 +20,31 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"include_dashboard": False, "log_to_driver": not quiet}
+    env = worker_env_vars()
+    if env:  # e.g. offline: workers on other nodes do not inherit this process's environment
+        kwargs["runtime_env"] = {"env_vars": env}
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return ray
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Variables the Ray workers get through the job's runtime environment: this process's
+    offline decision (pipelines.hub), so model actors never retry an unreachable hub. A
+    variable the submitted job already sets is left to it (Ray refuses a conflicting one)."""
+    import json
+
+    from .hub import ray_env_vars
+
+    env = ray_env_vars()
+    try:  # a job submitted with a runtime_env (RayJob, `ray job submit`) passes it here
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        taken = set()
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def configure_data_context(progress: bool = True, buffer_gb: float | None = None):

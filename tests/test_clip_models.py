@@ -73,10 +73,23 @@ def test_bad_specs():
         load_clip("openclip:tiny@openai")
 
 
-def test_pretrained_offline_is_a_clear_error(monkeypatch):
-    """The real open_clip path, with the hub download failing as it does offline."""
+def test_pretrained_offline_is_a_clear_error():
+    """Not cached and HF_HUB_OFFLINE=1 (conftest): refused before open_clip asks the hub."""
+    from pipelines.hub import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match=r"openclip:RN50@openai are not in the local cache.*"
+                                                      r"timm/resnet50_clip.openai.*openclip:RN50@/path"):
+        load_clip("openclip:RN50@openai")
+
+
+def test_a_failed_download_is_a_clear_error(monkeypatch):
+    """The real open_clip path, the hub judged reachable, then the download failing."""
     import open_clip.factory
     import open_clip.pretrained
+
+    import pipelines.hub
+
+    monkeypatch.setattr(pipelines.hub, "hub_online", lambda: True)
 
     def no_net(*a, **k):
         from huggingface_hub.errors import LocalEntryNotFoundError

@@ -181,18 +181,29 @@ def test_unknown_pretrained_tag():
 
 
 def test_pretrained_offline_is_a_clear_error(monkeypatch):
-    # timm: real path, HF_HUB_OFFLINE=1 (conftest) makes the hub refuse at once
-    with pytest.raises(RuntimeError, match=r"could not download .*timm:test_resnet.*timm:test_resnet@/path"):
+    # not cached and HF_HUB_OFFLINE=1 (conftest): refused before any download (tests/test_hub.py
+    # covers the probe, the cache and the CLI)
+    from pipelines.hub import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match=r"timm:test_resnet are not in the local cache.*"
+                                                      r"HF_HUB_OFFLINE=1 is set.*timm:test_resnet@/path"):
         load_classifier("timm:test_resnet")
-    # torchvision: make the download fail the way an offline machine does, deterministically
+
+
+def test_a_failed_download_is_a_clear_error(monkeypatch):
+    # the source looked reachable, then the download failed (a flaky proxy)
     import urllib.error
 
-    import torch.hub
+    import torchvision.models._api
+
+    import pipelines.hub
 
     def no_net(*a, **k):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_net)
+    monkeypatch.setattr(pipelines.hub, "url_reachable", lambda url: True)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_net)
+    monkeypatch.setattr(torch.hub, "_hub_dir", "/nonexistent/torch-hub")  # nothing cached
     with pytest.raises(RuntimeError, match=r"could not download .*torchvision:mobilenet_v3_small@/path"):
         load_classifier("torchvision:mobilenet_v3_small")
 
