@@ -5,11 +5,13 @@
 # 2. tests/scripts/gpu_decode_profile.py: img/s of each device-decode step (nvJPEG, resize
 #    per image vs grouped by size, normalise), synchronised, and the decode-only ceiling of
 #    1, 4 and 8 processes (the most img/s device decode can feed the forward);
-# 3. `sing bench` on CUDA for each CONFIGS entry decode:host_decode_share:actors_per_gpu[:threads]
+# 3. `sing bench-precision --device cuda`: fp32 / tf32 / bf16 against a float64 forward (score
+#    errors and speed; the budget that decides the default precision);
+# 4. `sing bench` on CUDA for each CONFIGS entry decode:host_decode_share:actors_per_gpu[:threads]
 #    (device decode = nvJPEG in the actors, host = PIL in the read tasks; threads = batches per
 #    actor at once, --actor-threads): pipeline/bare-forward ratio, speed-up over a naive loop,
 #    peak RSS, stream rate. All configs share one set of shards ($BENCH_DIR). Env: IMAGES, BATCH, BUFFER_GB,
-#    BENCH_TIMEOUT, CONFIGS, STEPS (default "tests profile bench"; one call of the device tool
+#    BENCH_TIMEOUT, CONFIGS, STEPS (default "tests profile precision bench"; one call of the device tool
 #    may not fit them all).
 # Packages a bare image lacks can sit in .whl/ (wheels, and ray as ray-cp312.tar.xz).
 set -uo pipefail
@@ -26,9 +28,10 @@ fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi -L | tee "$OUT/env.txt"
 $PY -c "import torch, torchvision, timm, ray, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/env.txt"
-STEPS=${STEPS:-tests profile bench}
+STEPS=${STEPS:-tests profile precision bench}
 [[ " $STEPS " == *" tests "* ]] && timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_decode.py tests/test_models.py -k "cuda or gpu" 2>&1 | tee "$OUT/pytest_cuda.log"
 [[ " $STEPS " == *" profile "* ]] && timeout 180 $PY tests/scripts/gpu_decode_profile.py --batch ${BATCH:-256} --repeats ${REPEATS:-10} --procs 1 4 8 2>&1 | tee "$OUT/decode_profile.log"
+[[ " $STEPS " == *" precision "* ]] && timeout 300 $PY -m pipelines.cli -q bench-precision --device cuda --per-photo 64 2>&1 | tee "$OUT/precision_lite0.log"
 [[ " $STEPS " == *" bench "* ]] || exit 0
 BENCH_DIR=${BENCH_DIR:-/tmp/sing-bench}
 for cfg in ${CONFIGS:-device:0:2:4 device:0:4:2 device:0:2:2 device:0:4:1}; do
