@@ -136,7 +136,7 @@ def test_readme_covers_every_manifest():
         assert p.name in text, f"cluster/README.md does not mention {p.name}"
     for needle in ("exit code", "3", "RayCronJob", "ActorPoolStrategy(min_size=n, max_size=n)",
                    "object-spilling-directory", "rerun the same command", "feature gate", "iam:PassRole",
-                   "fit-translator"):
+                   "fit-translator", "GB uncompressed", "GB to pull", "fsGroupChangePolicy"):
         assert needle.lower() in text.lower(), needle
 
 
