@@ -78,7 +78,8 @@ def load_embeddings(path, clip_model: str | None = None) -> tuple[list[str], np.
     if clip_model is not None and meta.get("clip_model") != clip_model:
         raise VocabularyError(f"text embeddings {path} were made with CLIP {meta.get('clip_model')!r}, "
                               f"but the translator targets {clip_model!r}")
-    emb = np.asarray(t.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(t.num_rows, -1)
+    # a copy: Arrow's zero-copy view is read-only, and torch warns on such arrays
+    emb = np.array(t.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(t.num_rows, -1)
     return t.column("text").to_pylist(), emb, meta
 
 
