@@ -15,13 +15,14 @@ PROMPTS = ["prompt1", "prompt2", "prompt3", "prompt4", "prompt5", "mean"]
 
 def official_translator(root: Path, name: str, in_dim: int, out_dim: int = 768, seed: int = 0,
                         wrap: str | None = None, prefix: str = "", architecture: str = "linear",
-                        meta_dir: Path | None = None, **meta_over) -> tuple[Path, torch.Tensor, torch.Tensor]:
+                        meta_dir: Path | None = None, scale: float = 1.0, bias_scale: float = 0.1,
+                        **meta_over) -> tuple[Path, torch.Tensor, torch.Tensor]:
     """root/<name>/<architecture>/{best.pt, metadata.yaml}; returns (best.pt, weight, bias)."""
     d = root / name / architecture
     d.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out_dim, in_dim, generator=g) / in_dim ** 0.5
-    b = 0.1 * torch.randn(out_dim, generator=g)
+    w = scale * torch.randn(out_dim, in_dim, generator=g) / in_dim ** 0.5
+    b = bias_scale * torch.randn(out_dim, generator=g)
     sd = collections.OrderedDict([(f"{prefix}weight", w), (f"{prefix}bias", b)])
     torch.save({wrap: sd, "epoch": 7} if wrap else sd, d / "best.pt")
     meta = {"model_name": name, "translator_name": architecture, "architecture": architecture,
