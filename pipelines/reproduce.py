@@ -387,6 +387,8 @@ def _notes(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, protocol: 
 def _cell(v, key: str = "") -> str:
     if v is None:
         return "-"
+    if key == "paper" and isinstance(v, (int, float)):  # read off a plot: as printed, marked approximate
+        return f"~{v:g}"
     if isinstance(v, float):
         return f"{v:+.2f}" if key.startswith("diff") else f"{v:.2f}"
     return str(v)

@@ -102,9 +102,11 @@ def _html_tables(text: str) -> list[list[list[str]]]:
     return out
 
 
-def _fmt(v, diff=False):
+def _fmt(v, diff=False, approx=False):
     if v is None:
         return "-"
+    if approx and isinstance(v, (int, float)):
+        return f"~{v:g}"
     if isinstance(v, float):
         return f"{v:+.2f}" if diff else f"{v:.2f}"
     return str(v)
@@ -290,7 +292,8 @@ def test_markdown_and_html_show_the_same_cells(repro):
         assert len(tables) == 2
         for table, key, header in ((tables[0], "is_as_ratio", RATIO_HEADER), (tables[1], "table1", T1_HEADER)):
             assert table[0] == header
-            expected = [[_fmt(r[c], diff=c.startswith("diff")) for c in cols[key]] for r in rep[key]]
+            expected = [[_fmt(r[c], diff=c.startswith("diff"), approx=c == "paper") for c in cols[key]]
+                        for r in rep[key]]
             assert table[1:] == expected
     # a figure inline, nothing fetched from elsewhere
     assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("Results:")[0]
@@ -298,6 +301,24 @@ def test_markdown_and_html_show_the_same_cells(repro):
     assert "Random weights" in notes and "official npz, prompt 'mean'" in notes
     assert f"row '{PROMPT}' of" in notes and f"{repro['names_differ']} names spelled differently" in notes
     assert "ratio_of_means = mean(IS) / mean(|AS|)" in md
+
+
+def test_paper_numbers_file_holds_method_md_section_5_for_every_zoo_model():
+    from pipelines.reproduce import paper_numbers
+    from pipelines.zoo import BY_NAME
+
+    nums = paper_numbers()
+    ratio = {k: v["value"] for k, v in nums["is_as_ratio"]["values"].items()}
+    assert ratio == {"densenet": 70, "dinovit1": 70, "eva02_large": 54, "bitresnet": 47, "convnext": 37,
+                     "efficientnet": 36, "swin_large": 29, "resnet": 25, "vgg16": 24, "vgg19": 20, "dinov2": 16,
+                     "resnext": 14, "deit": 9.5}
+    assert set(ratio) == set(BY_NAME)
+    assert {k: (v["mean"], v["std"]) for k, v in nums["table1"]["values"].items()} == {
+        "resnet": (12.04, 0.25), "efficientnet": (12.38, 0.52), "bitresnet": (9.19, 0.31), "dinovit1": (5.00, 0.59),
+        "resnext": (11.15, 0.53)}
+    assert all(v["source"] == "Table 1" for v in nums["table1"]["values"].values())
+    assert all("approximate" in v["source"] for v in nums["is_as_ratio"]["values"].values())
+    assert nums["table1"]["protocol"] == {"class": "sports car", "prompt": PROMPT, "is_deg": 40.0}
 
 
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys):
