@@ -108,6 +108,8 @@ def test_paper_zoo_model_checked_by_name_and_dims_without_weights(tmp_path, caps
     out2 = tmp_path / "eff.safetensors"
     assert _import(src, out2, "efficientnet") == 2  # resnet's translator for EfficientNet
     assert "'resnet'" in capsys.readouterr().err and not out2.exists()
+    assert _import(src, out2, "efficientnet", "--any-name") == 2  # the name passes, the dims do not
+    assert "2048-d" in (err := capsys.readouterr().err) and "1280-d" in err and not out2.exists()
     src, _, _ = official_translator(tmp_path / "b", "resnext", 1024)
     assert _import(src, out2, "timm:resnext101_32x8d.fb_wsl_ig1b_ft_in1k") == 2
     assert "1024-d" in capsys.readouterr().err and not out2.exists()
