@@ -83,6 +83,8 @@ class _Prepared:
     translator: object
     class_text: np.ndarray
     concept_text: np.ndarray | None
+    class_text_info: dict = field(default_factory=dict)  # file (sha256, name differences) or how computed
+    concept_info: dict | None = None
 
 
 def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
@@ -91,7 +93,8 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
 
     from .clip_models import TEMPLATES, load_clip
     from .models import load_classifier
-    from .text import CONCEPT_TEMPLATES, embed_texts, load_embeddings
+    from .text import (CONCEPT_TEMPLATES, embed_texts, is_embeddings_file, load_class_text,
+                       load_concept_embeddings)
 
     if len(cfg.translators) not in (1, len(cfg.models)):
         raise ValueError(f"give one --translator, or one per --model ({len(cfg.models)}), "
@@ -111,6 +114,10 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
         raise ValueError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
     check_precision(cfg.precision)
     clip_cache: dict[str, object] = {}
+
+    def clip_for(clip_id):
+        return clip_cache.get(clip_id) or clip_cache.setdefault(clip_id, load_clip(clip_id))
+
     prepared = []
     for i, spec in enumerate(cfg.models):
         clf = load_classifier(spec)
@@ -118,17 +125,19 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
         tr = load_translator_for(tpath, spec, clf, cfg.translator_match)
         clip_id = tr.metadata.get("clip_model")
         if cfg.class_text:
-            names, class_text, _ = load_embeddings(cfg.class_text, clip_model=clip_id)
-            if names != list(clf.class_names):
-                raise ValueError(f"--class-text {cfg.class_text} has {len(names)} entries that do not match "
-                                 f"{clf.model_id}'s {clf.num_classes} class names")
+            # by index: row i is class i, whatever its spelling (recorded in the manifest)
+            class_text, text_info = load_class_text(cfg.class_text, clip_id, list(clf.class_names), tr.out_dim)
         else:
-            clip = clip_cache.get(clip_id) or clip_cache.setdefault(clip_id, load_clip(clip_id))
-            class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[cfg.templates])
-        concept_text = None
-        if concepts:
-            clip = clip_cache.get(clip_id) or clip_cache.setdefault(clip_id, load_clip(clip_id))
-            concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
+            class_text = embed_texts(clip_for(clip_id), list(clf.class_names), TEMPLATES[cfg.templates])
+            text_info = {"computed_with": clip_id, "templates": cfg.templates}
+        concept_text = concept_info = None
+        if concepts and is_embeddings_file(cfg.concepts):
+            names, concept_text, concept_info = load_concept_embeddings(cfg.concepts, clip_id, tr.out_dim)
+            if names != concepts:
+                raise ValueError(f"--concepts {cfg.concepts} changed while the run was being prepared")
+        elif concepts:
+            concept_text = embed_texts(clip_for(clip_id), concepts, CONCEPT_TEMPLATES)
+            concept_info = {"computed_with": clip_id, "templates": CONCEPT_TEMPLATES}
         if class_text.shape[1] != tr.out_dim:
             raise ValueError(f"class text embeddings are {class_text.shape[1]}-d but translator {tpath} "
                              f"outputs {tr.out_dim}-d")
@@ -137,7 +146,8 @@ def prepare_models(cfg: AuditConfig, concepts: list[str] | None):
             log.warning("%s: the head has no null space (%d classes >= %d features); AS/IS will be NULL",
                         clf.model_id, clf.num_classes, clf.num_features)
         prepared.append(_Prepared(spec, clf.model_id, clf.slug, clf.checkpoint_sha256, clf.preprocess,
-                                  list(clf.class_names), dec, tpath, tr, class_text, concept_text))
+                                  list(clf.class_names), dec, tpath, tr, class_text, concept_text, text_info,
+                                  concept_info))
     slugs = [p.slug for p in prepared]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"the same model is given twice: {slugs}")
@@ -176,20 +186,24 @@ def run_audit(cfg: AuditConfig) -> dict:
     from .read_stage import encoded_columns, read_decode, unique_views, view_column
     from .ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
     from .shards import expand_shards, shard_name
-    from .text import read_lines
+    from .text import concept_names
 
     started = utc_now()
     shards = expand_shards(cfg.shards)
     names = [shard_name(s) for s in shards]
     if len(set(names)) != len(names):
         raise ValueError("two shards share a file name; shard names key the output files")
-    concepts = read_lines(cfg.concepts) if cfg.concepts else None
+    concepts = concept_names(cfg.concepts) if cfg.concepts else None
     prepared = prepare_models(cfg, concepts)
     run_id = check_run_id(cfg.run_id) if cfg.run_id else derive_run_id("audit", {
         "models": [p.model_id for p in prepared], "sha": [p.sha256 for p in prepared],
         "translators": [p.translator.id for p in prepared], "shards": names, "concepts": concepts,
         "templates": cfg.templates, "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol,
         "precision": cfg.precision,
+        # embedding files change the scores: their content keys the run (absent = as before)
+        **({"class_text": prepared[0].class_text_info["sha256"]} if cfg.class_text else {}),
+        **({"concept_text": prepared[0].concept_info["sha256"]}
+           if concepts and "sha256" in (prepared[0].concept_info or {}) else {}),
         **({"decode": cfg.decode} if cfg.decode != "host" else {}),
         **({"host_decode_share": cfg.host_decode_share} if cfg.host_decode_share else {})})
     targets = []
@@ -208,7 +222,10 @@ def run_audit(cfg: AuditConfig) -> dict:
                     **p.decomposition.summary(), "preprocess": asdict(p.preprocess), "decode": modes[i][0],
                     "translator": {"path": str(p.translator_path), "id": p.translator.id,
                                    "clip_model": p.translator.metadata.get("clip_model"),
-                                   "lambda": p.translator.metadata.get("lambda")}}
+                                   "lambda": p.translator.metadata.get("lambda"),
+                                   **({"official": p.translator.metadata["official"]}
+                                      if "official" in p.translator.metadata else {})},
+                    "class_text": p.class_text_info, **({"concept_text": p.concept_info} if p.concept_info else {})}
                    for i, p in enumerate(prepared)],
         "config": {**{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra, "argv": sys.argv},
         "shards": {"total": len(shards), "skipped_done": skipped, "todo": len(todo)},

@@ -9,6 +9,7 @@ import sys
 import time
 
 from .actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS
+from .zoo import PAPER_CLIP
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -88,8 +89,11 @@ def _parser() -> argparse.ArgumentParser:
                          "architecture and feature dim (reusing one translator across a training run)")
     au.add_argument("--shards", required=True, nargs="+")
     au.add_argument("--out", required=True)
-    au.add_argument("--concepts", help="text file of concepts (one per line)")
-    au.add_argument("--class-text", help="class prompt embeddings from `sing embed-text` (default: computed)")
+    au.add_argument("--concepts", help="concepts: a text file (one per line, embedded with the translator's CLIP) "
+                                        "or a text-embedding .parquet (`sing embed-text`, `sing import embeddings`)")
+    au.add_argument("--class-text", help="class prompt embeddings (.parquet from `sing embed-text` or `sing import "
+                                         "embeddings`), one row per class in class order, matched by index "
+                                         "(default: computed with the translator's CLIP)")
     au.add_argument("--templates", default="single")
     au.add_argument("--run-id")
     au.add_argument("--batch-size", type=int, default=64)
@@ -106,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("images", nargs="+", metavar="IMAGE", help="image file, or SHARD.tar#KEY (its cls is the label)")
     ex.add_argument("--model", required=True)
     ex.add_argument("--translator", required=True)
-    ex.add_argument("--concepts", help="concept vocabulary, one per line (default: pipelines/vocab/concepts.txt)")
+    ex.add_argument("--concepts", help="concept vocabulary, one per line, or a text-embedding .parquet "
+                                        "(default: pipelines/vocab/concepts.txt)")
+    ex.add_argument("--class-text", help="class prompt embeddings (.parquet), one row per class, matched by index "
+                                         "(default: computed with the translator's CLIP)")
     ex.add_argument("--label", help="true class (index or name) for every image; default: the shard's cls, if any")
     ex.add_argument("--top", type=int, default=5, help="concepts listed per direction")
     ex.add_argument("--json", dest="json_out", metavar="OUT", help="write the explanations as JSON")
@@ -125,7 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--translator", required=True)
     st.add_argument("--shards", required=True, nargs="+")
     st.add_argument("--class", dest="target_class", required=True, metavar="NAME_OR_INDEX")
-    st.add_argument("--prompt", required=True, help='target text, e.g. "an image of a jellyfish" (no template)')
+    st.add_argument("--prompt", required=True, help='target text, e.g. "an image of a jellyfish" (no template); with '
+                                                     '--prompt-embeddings the name of a row of that file')
+    st.add_argument("--prompt-embeddings", metavar="PARQUET",
+                    help="take the target embedding from this text-embedding Parquet (row named --prompt; e.g. "
+                         "from `sing import embeddings`) instead of embedding --prompt with CLIP")
     st.add_argument("--is-deg", type=float, help="target Image Score in degrees, in (0, 180) (paper: 40)")
     st.add_argument("--eps", type=float, help="fixed step length along the unit null direction instead")
     st.add_argument("--out", required=True)
@@ -161,6 +172,57 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--device")
     _add_precision(ix)
     _add_model_help(ix)
+
+    im = sub.add_parser("import", help="convert the official SING release's translators and text embeddings")
+    im_sub = im.add_subparsers(dest="import_cmd", required=True, metavar="WHAT")
+    it = im_sub.add_parser("translator", help="official linear translator (best.pt + metadata.yaml) -> a sing "
+                                              "translator file for MODEL")
+    it.add_argument("src", metavar="SRC", help="the official best.pt (or its directory translators/<name>/linear)")
+    it.add_argument("--model", required=True, help="the classifier it belongs to: a MODEL string or a paper zoo name "
+                                                    "(resnet, efficientnet, ...)")
+    it.add_argument("--out", required=True, help="translator .safetensors to write (with a .json sidecar)")
+    it.add_argument("--metadata", help="the translator's metadata.yaml (default: beside SRC)")
+    it.add_argument("--clip", help="CLIP model of the translator's output space (default: from embedding_backend; "
+                                   f"the official Karlo backend is {PAPER_CLIP})")
+    it.add_argument("--any-name", action="store_true", help="import even when metadata model_name is not the zoo "
+                                                            "name of --model")
+    ie = im_sub.add_parser("embeddings", help="official text-embedding .npz -> a text-embedding Parquet for "
+                                              "--class-text / --concepts / --prompt-embeddings")
+    ie.add_argument("npz", metavar="NPZ", help="the official npz (classes, prompts, embeddings)")
+    ie.add_argument("--out", required=True, help="Parquet to write")
+    ie.add_argument("--prompt", default="mean", help="which prompt's embeddings: mean (default; what the official "
+                                                     "code uses) or prompt1 .. prompt5")
+    ie.add_argument("--clip", default=PAPER_CLIP, help=f"CLIP model the embeddings come from (default {PAPER_CLIP})")
+
+    rp = sub.add_parser("reproduce", help="the paper's IS/|AS| sweep and Table 1, beside the paper's numbers",
+                        description="Writes OUT/reproduction.md, .html and .json; results under OUT/results. "
+                                    "Exit codes: 0 done, 1 a model's run failed (rerun resumes), 2 bad input or "
+                                    "no model could run.")
+    rp.add_argument("--shards", required=True, nargs="+", help="images for the IS/|AS| sweep (glob(s), brace "
+                                                               "ranges or URLs)")
+    rp.add_argument("--out", required=True, help="output directory")
+    rp.add_argument("--models", nargs="+", default=["paper"], metavar="NAME",
+                    help="paper (all 13, default) | zoo names (resnet, dinovit1, ...) | NAME=MODEL to run another "
+                         "MODEL under a name (e.g. resnet=timm:test_resnet@random?num_classes=1000)")
+    rp.add_argument("--translators", metavar="DIR", help="official layout DIR/<name>/linear/best.pt (imported on the "
+                                                         "fly) or sing translators DIR/<name>.safetensors")
+    rp.add_argument("--class-text", help="class prompt embeddings (.parquet, e.g. the imported official ImageNet "
+                                         "npz), matched by index (default: CLIP prompts 'an image of a {}.')")
+    rp.add_argument("--templates", default="single", help="CLIP prompt templates without --class-text: single | "
+                                                          "ensemble")
+    rp.add_argument("--steer-shards", nargs="+", help="images for Table 1 (default: --shards); only the class "
+                                                      "'sports car' is read")
+    rp.add_argument("--prompt", help="Table 1 target text (default 'an image of a jellyfish'); with "
+                                     "--prompt-embeddings the row name")
+    rp.add_argument("--prompt-embeddings", metavar="PARQUET", help="take the target embedding from this "
+                                                                   "text-embedding Parquet instead of CLIP")
+    rp.add_argument("--models-per-pass", type=int, default=1, help="models audited per decode pass (default 1: "
+                                                                   "each model alone, a failure stays its own)")
+    rp.add_argument("--batch-size", type=int, default=64, help="images per model batch")
+    rp.add_argument("--rank-atol", type=float, default=1e-5, help="absolute rank tolerance of the head's SVD")
+    rp.add_argument("--rank-rtol", type=float, help="relative rank tolerance (default: none)")
+    rp.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _add_precision(rp)
 
     ni = sub.add_parser("nightly", help="audit new checkpoints, compare with a baseline, alarm (exit 3)",
                         description="Exit codes: 0 ok or nothing new, 1 the run failed (rerun resumes), "
@@ -310,7 +372,8 @@ def _cmd_explain(a):
     res = run_explain(ExplainConfig(images=a.images, model=a.model, translator=a.translator, concepts=a.concepts,
                                     label=a.label, top=a.top, json_out=a.json_out, index=a.index, k=a.k,
                                     sheet=a.sheet, templates=a.templates, rank_atol=a.rank_atol,
-                                    rank_rtol=a.rank_rtol, device=a.device, precision=a.precision))
+                                    rank_rtol=a.rank_rtol, device=a.device, class_text=a.class_text,
+                                    precision=a.precision))
     print(format_explanations(res))
     for what, path in (("json", a.json_out), ("contact sheet", a.sheet)):
         if path:
@@ -323,6 +386,7 @@ def _cmd_steer(a):
 
     man = run_steer(SteerConfig(model=a.model, translator=a.translator, shards=a.shards, out=a.out,
                                 target_class=a.target_class, prompt=a.prompt, is_deg=a.is_deg, eps=a.eps,
+                                prompt_embeddings=a.prompt_embeddings,
                                 run_id=a.run_id, batch_size=a.batch_size, rank_atol=a.rank_atol,
                                 rank_rtol=a.rank_rtol, device=a.device, max_pixels=a.max_pixels,
                                 precision=a.precision, progress=not a.quiet))
@@ -361,6 +425,40 @@ def _cmd_index(a):
     return EXIT_OK
 
 
+def _cmd_import(a):
+    from .official import import_embeddings, import_translator
+
+    if a.import_cmd == "translator":
+        info = import_translator(a.src, a.model, a.out, metadata=a.metadata, clip=a.clip, any_name=a.any_name)
+        print(f"wrote translator {info['path']} (id {info['id']}): {info['in_dim']} -> {info['out_dim']}, "
+              f"source_model {info['source_model']}, CLIP {info['clip_model']}, from {info['source_file']} "
+              f"(sha256 {info['source_sha256'][:12]})")
+    else:
+        info = import_embeddings(a.npz, a.out, prompt=a.prompt, clip=a.clip)
+        print(f"wrote {info['rows']} embeddings ({info['dim']}-d, prompt {info['prompt']!r}, {info['clip_model']}) "
+              f"to {info['path']}")
+    return EXIT_OK
+
+
+def _cmd_reproduce(a):
+    from .reproduce import ReproduceConfig, exit_code, run_reproduce
+
+    rep = run_reproduce(ReproduceConfig(
+        shards=a.shards, out=a.out, models=a.models, translators=a.translators, class_text=a.class_text,
+        templates=a.templates, steer_shards=a.steer_shards, prompt=a.prompt, prompt_embeddings=a.prompt_embeddings,
+        models_per_pass=a.models_per_pass, batch_size=a.batch_size, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol,
+        device=a.device, precision=a.precision, progress=not a.quiet))
+    for title, rows, key in (("IS/|AS|", rep["is_as_ratio"], "ratio_of_means"), ("Table 1 |AS|", rep["table1"],
+                                                                               "mean_abs_as")):
+        print(title)
+        for r in rows:
+            v = r[key]
+            print(f"  {r['model']:<14s} {'-' if v is None else f'{v:.2f}':>8s}  paper "
+                  f"{'-' if r['paper'] is None else r['paper']}  {r['status']}")
+    print(f"report: {os.path.join(a.out, 'reproduction.md')} (and .html, .json)")
+    return exit_code(rep)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands implemented by other packages parse their own arguments.
@@ -377,7 +475,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     handlers = {"shards": _cmd_shards_make, "embed-text": _cmd_embed_text, "fit-translator": _cmd_fit,
                 "audit": _cmd_audit, "explain": _cmd_explain, "steer": _cmd_steer, "validate": _cmd_validate,
-                "index": _cmd_index, "cache": _cmd_cache}
+                "index": _cmd_index, "cache": _cmd_cache, "import": _cmd_import, "reproduce": _cmd_reproduce}
     if args.command == "nightly":  # has its own exit codes (3 = alarm)
         from .nightly import cli_nightly
 

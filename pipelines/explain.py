@@ -280,7 +280,7 @@ class ExplainConfig:
     images: list[str]
     model: str
     translator: str
-    concepts: str | None = None  # default: the shipped vocabulary
+    concepts: str | None = None  # vocabulary file or text-embedding Parquet; default: the shipped vocabulary
     label: str | None = None  # class index or name, for every image (overrides a shard's cls)
     top: int = 5
     json_out: str | None = None
@@ -293,6 +293,7 @@ class ExplainConfig:
     device: str | None = None
     max_pixels: int | None = None
     precision: str = "fp32"  # of the forward; scores as `sing audit` at the same precision
+    class_text: str | None = None  # class prompt embeddings (Parquet), one row per class, matched by index
 
 
 def _check_config(cfg: ExplainConfig):
@@ -318,13 +319,14 @@ def run_explain(cfg: ExplainConfig) -> dict:
     from .precision import check_precision, configure, features_and_logits, model_inputs
     from .model_stage import pick_device
     from .remote import local_copy
-    from .text import CONCEPT_TEMPLATES, embed_texts, read_lines
+    from .text import (CONCEPT_TEMPLATES, concept_names, embed_texts, is_embeddings_file, load_class_text,
+                       load_concept_embeddings)
 
     _check_config(cfg)
     check_precision(cfg.precision)
     # Cheap checks first: image files, vocabulary, translator file, index.
     queries = [load_query_image(s, cfg.max_pixels) for s in cfg.images]
-    concepts = read_lines(cfg.concepts or DEFAULT_CONCEPTS)
+    concepts = concept_names(cfg.concepts or DEFAULT_CONCEPTS)
     tpath = local_copy(cfg.translator)  # a URL is downloaded (FileNotFoundError when missing)
     if not Path(tpath).is_file():
         raise FileNotFoundError(f"translator file not found: {cfg.translator}")
@@ -345,9 +347,17 @@ def run_explain(cfg: ExplainConfig) -> dict:
     if templates not in TEMPLATES:
         raise ExplainError(f"unknown prompt templates {templates!r}; choose from {sorted(TEMPLATES)}")
     dec = HeadDecomposition.from_weight(clf.head_weight, atol=cfg.rank_atol, rtol=cfg.rank_rtol)
-    clip = load_clip(clip_id)
-    class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[templates])
-    concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
+    # embedding files (e.g. imported from the official release) spare loading CLIP at all
+    clip = None if cfg.class_text and cfg.concepts and is_embeddings_file(cfg.concepts) else load_clip(clip_id)
+    text_info = None
+    if cfg.class_text:
+        class_text, text_info = load_class_text(cfg.class_text, clip_id, list(clf.class_names), tr.out_dim)
+    else:
+        class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[templates])
+    if cfg.concepts and is_embeddings_file(cfg.concepts):
+        concepts, concept_text, _ = load_concept_embeddings(cfg.concepts, clip_id, tr.out_dim)
+    else:
+        concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
     if class_text.shape[1] != tr.out_dim:
         raise ExplainError(f"CLIP {clip_id} text embeddings are {class_text.shape[1]}-d but the translator "
                            f"outputs {tr.out_dim}-d")
@@ -378,7 +388,9 @@ def run_explain(cfg: ExplainConfig) -> dict:
     result = {
         "meta": {"model": clf.model_id, "translator": str(cfg.translator), "translator_id": tr.id,
                  "precision": cfg.precision,
-                 "clip_model": clip_id, "templates": templates, "null_dim": dec.null_dim, "rank": dec.rank,
+                 "clip_model": clip_id, "templates": templates if not cfg.class_text else None,
+                 "class_text": {k: v for k, v in text_info.items() if k != "name_differences"} if text_info else None,
+                 "null_dim": dec.null_dim, "rank": dec.rank,
                  "concepts": str(cfg.concepts or DEFAULT_CONCEPTS), "n_concepts": len(concepts),
                  "index": str(cfg.index) if cfg.index else None, "k": cfg.k if cfg.index else None},
         "images": rows,

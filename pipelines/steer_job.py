@@ -125,7 +125,7 @@ class SteerConfig:
     shards: list[str]
     out: str
     target_class: str  # class name, alias or index
-    prompt: str
+    prompt: str  # free text embedded with the translator's CLIP, or a row name of prompt_embeddings
     is_deg: float | None = None
     eps: float | None = None
     run_id: str | None = None
@@ -137,6 +137,49 @@ class SteerConfig:
     max_pixels: int | None = None
     progress: bool = True
     precision: str = DEFAULT_PRECISION
+    # a text-embedding Parquet (`sing embed-text`, `sing import embeddings`): the target is its
+    # row named `prompt`, no CLIP model is loaded (offline use of the official embeddings)
+    prompt_embeddings: str | None = None
+
+
+def pick_row(names: list[str], wanted: str, path) -> int:
+    """Index of the row named `wanted` (exact, else the one case-insensitive match)."""
+    import difflib
+
+    if wanted in names:
+        if names.count(wanted) > 1:
+            raise SteerConfigError(f"--prompt-embeddings {path} has several rows named {wanted!r}")
+        return names.index(wanted)
+    low = [i for i, n in enumerate(names) if n.lower() == wanted.lower()]
+    if len(low) == 1:
+        return low[0]
+    close = difflib.get_close_matches(wanted, names, n=5, cutoff=0.5)
+    hint = f"; close: {close}" if close else ""
+    raise SteerConfigError(f"--prompt-embeddings {path} has no row named {wanted!r} ({len(names)} rows{hint})")
+
+
+def target_embedding(prompt: str, prompt_embeddings, clip_id: str, out_dim: int) -> tuple[np.ndarray, dict]:
+    """The target text embedding and a record of where it came from (manifest)."""
+    if prompt_embeddings:
+        from .text import embeddings_info, load_embeddings
+
+        names, emb, meta = load_embeddings(prompt_embeddings, clip_model=clip_id)
+        i = pick_row(names, prompt, prompt_embeddings)
+        info = {"source": "embeddings", "row": i, "name": names[i],
+                **embeddings_info(prompt_embeddings, names, meta)}
+        text = emb[i]
+    else:
+        from .clip_models import load_clip
+        from .text import embed_texts
+
+        text = embed_texts(load_clip(clip_id), [prompt], ["{}"])[0]
+        info = {"source": "clip", "clip_model": clip_id, "templates": "raw prompt (no template)"}
+    if text.shape[0] != out_dim:
+        raise SteerConfigError(f"the target text embedding is {text.shape[0]}-d but the translator outputs "
+                               f"{out_dim}-d")
+    if not np.isfinite(text).all() or not np.linalg.norm(text) > 0:
+        raise SteerConfigError("the target text embedding is zero or not finite: angles are undefined")
+    return text, info
 
 
 def check_step(is_deg, eps) -> None:
@@ -180,12 +223,10 @@ def prepare(cfg: SteerConfig):
     """Every check that can fail on the user's input, before any work (exit 2)."""
     from sing_ops import HeadDecomposition
 
-    from .clip_models import load_clip
     from .explain import resolve_class
     from .models import load_classifier
     from .remote import local_copy
     from .shards import expand_shards, shard_name
-    from .text import embed_texts
 
     check_step(cfg.is_deg, cfg.eps)
     check_precision(cfg.precision)
@@ -205,11 +246,8 @@ def prepare(cfg: SteerConfig):
     clip_id = tr.metadata.get("clip_model")
     if not clip_id:
         raise SteerConfigError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
-    text = embed_texts(load_clip(clip_id), [cfg.prompt.strip()], ["{}"])[0]
-    if text.shape[0] != tr.out_dim:
-        raise SteerConfigError(f"CLIP {clip_id} text embeddings are {text.shape[0]}-d but the translator "
-                               f"outputs {tr.out_dim}-d")
-    return shards, names, clf, dec, class_index, tr, clip_id, text
+    text, text_info = target_embedding(cfg.prompt.strip(), cfg.prompt_embeddings, clip_id, tr.out_dim)
+    return shards, names, clf, dec, class_index, tr, clip_id, text, text_info
 
 
 def run_steer(cfg: SteerConfig) -> dict:
@@ -220,12 +258,13 @@ def run_steer(cfg: SteerConfig) -> dict:
     from .remote import local_copy
 
     started = utc_now()
-    shards, names, clf, dec, class_index, tr, clip_id, text = prepare(cfg)
+    shards, names, clf, dec, class_index, tr, clip_id, text, text_info = prepare(cfg)
     target = cfg.prompt.strip()
     run_id = check_run_id(cfg.run_id) if cfg.run_id else derive_run_id("steer", {
         "model": clf.model_id, "sha": clf.checkpoint_sha256, "translator": tr.id, "shards": names,
         "class": class_index, "prompt": target, "is_deg": cfg.is_deg, "eps": cfg.eps,
-        "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol, "precision": cfg.precision})
+        "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol, "precision": cfg.precision,
+        **({"prompt_embeddings": text_info["sha256"]} if cfg.prompt_embeddings else {})})
     done = {n for n in names if is_done(cfg.out, clf.slug, run_id, n, table="steer")}
     todo = [s for s, n in zip(shards, names) if n not in done]
     manifest = {
@@ -236,7 +275,9 @@ def run_steer(cfg: SteerConfig) -> dict:
         "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(local_copy(cfg.translator)),
                        "clip_model": clip_id, "lambda": tr.metadata.get("lambda")},
         "target": {"prompt": target, "class_index": class_index, "class_name": clf.class_names[class_index],
-                   "is_deg": cfg.is_deg, "eps": cfg.eps, "templates": "raw prompt (no template)"},
+                   "is_deg": cfg.is_deg, "eps": cfg.eps,
+                   "templates": text_info.get("templates") if cfg.prompt_embeddings else "raw prompt (no template)"},
+        "target_text": text_info,
         "config": {**asdict(cfg), "argv": sys.argv},
         "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(todo)},
     }

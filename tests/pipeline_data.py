@@ -17,17 +17,17 @@ CLASSIFIER = "timm:test_resnet@random?num_classes=10"  # 96-d features, 10 class
 CLIP = "openclip:tiny@random"
 
 
-def photo_folder(root: Path, per_class: int = 8, seed: int = 0) -> Path:
+def photo_folder(root: Path, per_class: int = 8, seed: int = 0, synsets=SYNSETS) -> Path:
     """Smooth random 'photos' with a class-dependent colour, so features carry the label."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:72, 0:96] / 96.0
-    for c, syn in enumerate(SYNSETS):
+    for c, syn in enumerate(synsets):
         d = root / syn
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             base = np.stack([np.sin(6 * xx + rng.uniform(0, 6)), np.cos(5 * yy + rng.uniform(0, 6)),
                              np.sin(4 * (xx + yy))], -1)
-            tint = np.eye(3)[c] * 60
+            tint = np.eye(3)[c % 3] * 60
             img = (110 + 70 * base + tint + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / f"{syn}_{i}.jpg", quality=90)
     return root
