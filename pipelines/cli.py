@@ -8,14 +8,14 @@ import os
 import sys
 import time
 
-from .actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS
-from .zoo import PAPER_CLIP
+from pipelines.stages.actor_pool import DEFAULT_ACTORS_PER_GPU, DEFAULT_GPU_ACTOR_THREADS
+from pipelines.models.zoo import PAPER_CLIP
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _add_precision(p):
-    from .precision import DEFAULT_PRECISION, HELP, PRECISIONS
+    from pipelines.models.precision import DEFAULT_PRECISION, HELP, PRECISIONS
 
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=HELP)
 
@@ -282,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_shards_make(a):
-    from .shards import make_shards
+    from pipelines.io.shards import make_shards
 
     paths = make_shards(a.src, a.out, per_shard=a.per_shard, class_index=a.class_index, prefix=a.prefix)
     print(f"wrote {len(paths)} shards to {a.out}")
@@ -290,11 +290,11 @@ def _cmd_shards_make(a):
 
 
 def _cmd_embed_text(a):
-    from .clip_models import TEMPLATES, load_clip
-    from .text import CONCEPT_TEMPLATES, embed_texts, read_lines, save_embeddings
+    from pipelines.models.clip import TEMPLATES, load_clip
+    from pipelines.models.text import CONCEPT_TEMPLATES, embed_texts, read_lines, save_embeddings
 
     if a.classes:
-        from .imagenet_classes import imagenet_class_names
+        from pipelines.models.imagenet_classes import imagenet_class_names
 
         names = imagenet_class_names()
     else:
@@ -314,7 +314,7 @@ def _cmd_embed_text(a):
 
 
 def _cmd_fit(a):
-    from .fit import FitConfig, run_fit
+    from pipelines.jobs.fit import FitConfig, run_fit
 
     rep = run_fit(FitConfig(model=a.model, clip=a.clip, shards=a.shards, out=a.out, heldout_shards=a.heldout_shards,
                             lambdas=a.lambdas, templates=a.templates, batch_size=a.batch_size, device=a.device,
@@ -328,7 +328,7 @@ def _cmd_fit(a):
 
 
 def _cmd_audit(a):
-    from .audit import AuditConfig, run_audit
+    from pipelines.jobs.audit import AuditConfig, run_audit
 
     man = run_audit(AuditConfig(models=a.model, translators=a.translator, shards=a.shards, out=a.out,
                                 concepts=a.concepts, class_text=a.class_text, templates=a.templates, run_id=a.run_id,
@@ -346,7 +346,7 @@ def _cmd_audit(a):
 
 
 def _cmd_cache(a):
-    from .remote import cache_entries, default_cache_dir, prune_cache
+    from pipelines.io.remote import cache_entries, default_cache_dir, prune_cache
 
     root = a.cache_dir or str(default_cache_dir())
     if a.cache_cmd == "ls":
@@ -367,7 +367,7 @@ def _cmd_cache(a):
 
 
 def _cmd_explain(a):
-    from .explain import ExplainConfig, format_explanations, run_explain
+    from pipelines.jobs.explain import ExplainConfig, format_explanations, run_explain
 
     res = run_explain(ExplainConfig(images=a.images, model=a.model, translator=a.translator, concepts=a.concepts,
                                     label=a.label, top=a.top, json_out=a.json_out, index=a.index, k=a.k,
@@ -382,7 +382,7 @@ def _cmd_explain(a):
 
 
 def _cmd_steer(a):
-    from .steer_job import SteerConfig, run_steer
+    from pipelines.jobs.steer import SteerConfig, run_steer
 
     man = run_steer(SteerConfig(model=a.model, translator=a.translator, shards=a.shards, out=a.out,
                                 target_class=a.target_class, prompt=a.prompt, is_deg=a.is_deg, eps=a.eps,
@@ -393,7 +393,7 @@ def _cmd_steer(a):
     t = man["target"]
     print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
           f"{man['counts']['images']} images, {man['counts']['errors']} errors")
-    from .remote import is_url
+    from pipelines.io.remote import is_url
 
     if man["counts"]["images"] and not is_url(a.out):  # the query engine reads local results only
         from queries.runner import format_frame, steer_summary
@@ -404,7 +404,7 @@ def _cmd_steer(a):
 
 
 def _cmd_validate(a):
-    from .validate import ValidateConfig, run_validate
+    from pipelines.jobs.validate import ValidateConfig, run_validate
 
     rep = run_validate(ValidateConfig(model=a.model, shards=a.shards, out=a.out, n=a.n, seed=a.seed,
                                       batch_size=a.batch_size, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol,
@@ -415,7 +415,7 @@ def _cmd_validate(a):
 
 
 def _cmd_index(a):
-    from .retrieval import IndexConfig, build_index
+    from pipelines.jobs.index import IndexConfig, build_index
 
     man = build_index(IndexConfig(clip=a.clip, shards=a.shards, out=a.out, thumb_size=a.thumb_size, dtype=a.dtype,
                                   batch_size=a.batch_size, device=a.device, precision=a.precision,
@@ -426,7 +426,7 @@ def _cmd_index(a):
 
 
 def _cmd_import(a):
-    from .official import import_embeddings, import_translator
+    from pipelines.io.official import import_embeddings, import_translator
 
     if a.import_cmd == "translator":
         info = import_translator(a.src, a.model, a.out, metadata=a.metadata, clip=a.clip, any_name=a.any_name)
@@ -441,7 +441,7 @@ def _cmd_import(a):
 
 
 def _cmd_reproduce(a):
-    from .reproduce import ReproduceConfig, exit_code, run_reproduce
+    from pipelines.jobs.reproduce import ReproduceConfig, exit_code, run_reproduce
 
     rep = run_reproduce(ReproduceConfig(
         shards=a.shards, out=a.out, models=a.models, translators=a.translators, class_text=a.class_text,
@@ -477,20 +477,20 @@ def main(argv=None) -> int:
                 "audit": _cmd_audit, "explain": _cmd_explain, "steer": _cmd_steer, "validate": _cmd_validate,
                 "index": _cmd_index, "cache": _cmd_cache, "import": _cmd_import, "reproduce": _cmd_reproduce}
     if args.command == "nightly":  # has its own exit codes (3 = alarm)
-        from .nightly import cli_nightly
+        from pipelines.jobs.nightly import cli_nightly
 
         return cli_nightly(args.config, dry_run=args.dry_run, progress=not args.quiet)
     if args.command == "demo":
-        from .demo import run_demo_cli as handler
+        from pipelines.jobs.demo import run_demo_cli as handler
     elif args.command == "bench":
-        from .bench import run_bench_cli as handler
+        from pipelines.jobs.bench import run_bench_cli as handler
     elif args.command == "bench-precision":
-        from .precision_bench import run_precision_cli as handler
+        from pipelines.jobs.bench_precision import run_precision_cli as handler
     elif args.command == "models":
-        from .model_list import run_models_cli as handler
+        from pipelines.jobs.model_list import run_models_cli as handler
     else:
         handler = handlers[args.command]
-    from .watchdog import StallError
+    from pipelines.stages.watchdog import StallError
 
     try:
         return handler(args)

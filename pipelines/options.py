@@ -23,8 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BadInput
-from .precision import DEFAULT_PRECISION, PRECISIONS
+from pipelines.errors import BadInput
+from pipelines.models.precision import DEFAULT_PRECISION, PRECISIONS
 
 REQUIRED = object()  # the default of a required option
 
@@ -68,7 +68,7 @@ def _positive(v, _o, name):
 
 
 def _templates(v, _o, name):
-    from .clip_models import TEMPLATES
+    from pipelines.models.clip import TEMPLATES
 
     if v not in TEMPLATES:
         raise BadInput(f"unknown prompt templates {v!r} ({name}); choose from {sorted(TEMPLATES)}")

@@ -46,7 +46,7 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole suite (starting Ray costs seconds)."""
-    from pipelines.ray_session import ensure_ray
+    from pipelines.stages.ray_session import ensure_ray
 
     ray = ensure_ray(num_cpus=2, quiet=True)
     yield ray

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The writers' own schemas: generated results are exactly what `sing audit`/`sing steer` write.
-from pipelines.collect import CONCEPTS_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA  # noqa: E402,F401
-from pipelines.steer_job import STEER_SCHEMA  # noqa: E402,F401
+from pipelines.stages.collect import CONCEPTS_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA  # noqa: E402,F401
+from pipelines.jobs.steer import STEER_SCHEMA  # noqa: E402,F401
 
 # The paper's 16 classes, one name with a quote (SQL-literal hazard), then generated names.
 PAPER_CLASSES = ["goldfish", "great white shark", "jellyfish", "sea lion", "starfish", "porcupine", "gazelle",

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.clip_models import TEMPLATES, ClipModel, embed_prompts, load_clip
-from pipelines.model_spec import UnknownModelError
+from pipelines.models.clip import TEMPLATES, ClipModel, embed_prompts, load_clip
+from pipelines.models.spec import UnknownModelError
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_tiny_clip_shapes_and_preprocess(tiny):
 
 
 def test_tiny_clip_on_a_real_photo(tiny, chelsea):
-    from pipelines.images import normalise, to_uint8_view
+    from pipelines.io.images import normalise, to_uint8_view
 
     u8 = torch.from_numpy(to_uint8_view(chelsea, tiny.preprocess))[None]
     z = tiny.encode_image(normalise(u8, tiny.preprocess))
@@ -75,7 +75,7 @@ def test_bad_specs():
 
 def test_pretrained_offline_is_a_clear_error():
     """Not cached and HF_HUB_OFFLINE=1 (conftest): refused before open_clip asks the hub."""
-    from pipelines.hub import WeightsUnavailableError
+    from pipelines.models.hub import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match=r"openclip:RN50@openai are not in the local cache.*"
                                                       r"timm/resnet50_clip.openai.*openclip:RN50@/path"):
@@ -87,9 +87,9 @@ def test_a_failed_download_is_a_clear_error(monkeypatch):
     import open_clip.factory
     import open_clip.pretrained
 
-    import pipelines.hub
+    import pipelines.models.hub
 
-    monkeypatch.setattr(pipelines.hub, "hub_online", lambda: True)
+    monkeypatch.setattr(pipelines.models.hub, "hub_online", lambda: True)
 
     def no_net(*a, **k):
         from huggingface_hub.errors import LocalEntryNotFoundError

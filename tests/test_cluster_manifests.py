@@ -195,7 +195,7 @@ def test_rayjob_audit():
         assert g["replicas"] == g["minReplicas"] == g["maxReplicas"], g["groupName"]
         for c in g["template"]["spec"]["containers"]:
             gpus += g["replicas"] * int(c["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
-    from pipelines.actor_pool import DEFAULT_ACTORS_PER_GPU
+    from pipelines.stages.actor_pool import DEFAULT_ACTORS_PER_GPU
 
     per_gpu = int(argv[argv.index("--actors-per-gpu") + 1]) if "--actors-per-gpu" in argv else DEFAULT_ACTORS_PER_GPU
     assert gpus > 0 and int(argv[argv.index("--num-actors") + 1]) == gpus * per_gpu
@@ -753,7 +753,7 @@ def test_dockerignore():
 # ------------------------------------------------------------------------- nightly config
 
 def test_nightly_example_config():
-    from pipelines.model_spec import parse_model_spec
+    from pipelines.models.spec import parse_model_spec
 
     (cfg,) = _docs(NIGHTLY_EXAMPLE)
     assert set(cfg) == {"version", "name", "checkpoints", "translator", "audit", "baseline", "thresholds", "output"}
@@ -786,7 +786,7 @@ def test_nightly_example_config():
     parse_model_spec(refit["clip"])
     assert set(_commented_block(text, "baseline")["baseline"]) == {"run", "model"}
     # ... and `sing nightly`'s own parser accepts the example and both alternatives.
-    from pipelines.nightly_config import parse_nightly_config
+    from pipelines.jobs.nightly_config import parse_nightly_config
 
     parsed = parse_nightly_config(cfg)
     assert parsed.reuse == tr.get("reuse") and parsed.thresholds.max_error_rate == th["max_error_rate"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pipelines.collect as collect
+import pipelines.stages.collect as collect
 
 
 def _batch(n: int, end: bool = False) -> dict:

@@ -1,4 +1,4 @@
-"""pipelines.device_decode on the CPU (torchvision's decode_jpeg; the same call runs nvJPEG on
+"""pipelines.stages.device_decode on the CPU (torchvision's decode_jpeg; the same call runs nvJPEG on
 CUDA) against the host path (PIL), which is pixel-exact with the eval transforms."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.device_decode import decode_batch, device_decodable
-from pipelines.images import decode_image, to_uint8_view
-from pipelines.preprocess import PreprocessSpec
+from pipelines.stages.device_decode import decode_batch, device_decodable
+from pipelines.io.images import decode_image, to_uint8_view
+from pipelines.models.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(size=224, resize=256, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -85,7 +85,7 @@ def test_cuda_decode_matches_cpu_decode(chelsea, coffee):
 @pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
 def test_grouped_resize_gives_the_same_pixels_as_per_image(interp):
     """Resizing equal-size images in one call (the CUDA default) must not change a pixel."""
-    from pipelines.device_decode import resize_views
+    from pipelines.stages.device_decode import resize_views
 
     spec = PreprocessSpec(size=32, resize=40, interpolation=interp, mean=(0.5,) * 3, std=(0.5,) * 3)
     g = torch.Generator().manual_seed(0)
@@ -106,7 +106,7 @@ def test_grouped_resize_gives_the_same_pixels_as_per_image(interp):
 def test_host_decoded_rows_pass_through_in_order(chelsea, coffee):
     """Rows the read stage decoded arrive as view bytes and are used as they are; the others
     are decoded here; order is kept; a view of the wrong size is a per-row error."""
-    from pipelines.device_decode import host_view_bytes
+    from pipelines.stages.device_decode import host_view_bytes
 
     jpeg = [_enc(chelsea, quality=92), _enc(coffee, quality=92)]
     ref = [_host(b) for b in jpeg]
@@ -123,7 +123,7 @@ def test_host_decoded_rows_pass_through_in_order(chelsea, coffee):
 
 
 def test_checked_rows_skip_the_header_parse_but_a_rejected_stream_still_falls_back(chelsea, monkeypatch):
-    import pipelines.device_decode as dd
+    import pipelines.stages.device_decode as dd
 
     good = _enc(chelsea)
     truncated = good[: len(good) // 2]  # what a lying read stage could send: the host decoder refuses it
@@ -139,7 +139,7 @@ def test_read_stage_splits_device_and_host_rows(tmp_path, chelsea, coffee):
     evenly spread; the rest travel as JPEG bytes. Each row is in exactly one of the two."""
     import tarfile
 
-    from pipelines.read_stage import ENC_COLUMN, host_pick, read_decode, u8_column
+    from pipelines.stages.read import ENC_COLUMN, host_pick, read_decode, u8_column
 
     samples = [(f"j{i:02d}", _enc(chelsea if i % 2 else coffee, quality=80 + i % 10), "jpg") for i in range(20)]
     samples += [("png", _enc(coffee, "PNG"), "png"), ("cmyk", _enc(chelsea.convert("CMYK")), "jpg")]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipelines.cli import main as sing
-from pipelines.translator_file import load_translator
+from pipelines.io.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
 
@@ -44,7 +44,7 @@ def _planted(rotate: bool):
 
 @pytest.mark.parametrize("rotate", [False, True])
 def test_concept_ranking_recovers_the_planted_concepts(rotate):
-    from pipelines.explain import explain_features
+    from pipelines.jobs.explain import explain_features
 
     f, w, dec, tr, class_text, concepts, names = _planted(rotate)
     (e,) = explain_features(f, w, dec, tr, class_text, concepts, names, labels=[0], class_names=["obj", "oth"])
@@ -72,7 +72,7 @@ def test_leaky_world_names_the_true_class_as_the_hidden_concept():
     is the top 'away' concept for every image; without leakage it never is."""
     from sing_ops.synthetic import make_world
 
-    from pipelines.explain import explain_features
+    from pipelines.jobs.explain import explain_features
 
     names = [f"class {i}" for i in range(8)]
     top_away = {}
@@ -90,7 +90,7 @@ def test_leaky_world_names_the_true_class_as_the_hidden_concept():
 def test_no_null_space_reports_undefined_scores():
     from sing_ops import HeadDecomposition, Translator
 
-    from pipelines.explain import explain_features
+    from pipelines.jobs.explain import explain_features
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(12, 6, generator=g, dtype=torch.float64)  # more classes than features
@@ -106,7 +106,7 @@ def test_no_null_space_reports_undefined_scores():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ray_session):
-    from pipelines.shards import make_shards
+    from pipelines.io.shards import make_shards
 
     root = tmp_path_factory.mktemp("explain")
     make_shards(str(photo_folder(root / "photos", per_class=4)), str(root / "shards"), per_shard=5)
@@ -120,10 +120,10 @@ def setup(tmp_path_factory, ray_session):
 def test_index_holds_clip_embeddings_and_thumbnails_of_every_image(setup):
     import pyarrow.parquet as pq
 
-    from pipelines.clip_models import load_clip
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.retrieval import ImageIndex, part_file
-    from pipelines.shards import iter_shard
+    from pipelines.models.clip import load_clip
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.jobs.index import ImageIndex, part_file
+    from pipelines.io.shards import iter_shard
 
     root, _ = setup
     idx = ImageIndex.open(root / "idx")
@@ -149,7 +149,7 @@ def test_index_holds_clip_embeddings_and_thumbnails_of_every_image(setup):
 
 
 def test_explain_cli_json_retrieval_and_contact_sheets(setup, capsys):
-    from pipelines.retrieval import ImageIndex
+    from pipelines.jobs.index import ImageIndex
 
     root, tr = setup
     img = root / "photos" / "n01440764" / "n01440764_0.jpg"
@@ -175,8 +175,8 @@ def test_explain_cli_json_retrieval_and_contact_sheets(setup, capsys):
     assert all(h["key"] != "n01443537/n01443537_2" for h in shard_row["nearest"]["f"] + shard_row["nearest"]["f_eq"])
     # nearest to T(f) by brute force over the index, with T(f) recomputed independently
 
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
 
     clf, t = load_classifier(CLASSIFIER), load_translator(tr)
     with torch.inference_mode():

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.translator_file import save_translator
+from pipelines.io.translator_file import save_translator
 from tests.pipeline_data import CLASSIFIER, photo_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _batches(tmp_path, encoded: bool):
-    from pipelines.models import load_classifier
-    from pipelines.read_stage import read_decode
-    from pipelines.shards import make_shards
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.stages.read import read_decode
+    from pipelines.io.shards import make_shards
 
     if not (tmp_path / "shards").exists():
         make_shards(str(photo_folder(tmp_path / "photos", per_class=6)), str(tmp_path / "shards"), per_shard=18)
@@ -26,8 +26,8 @@ def _batches(tmp_path, encoded: bool):
 
 
 def _actor(tmp_path, device, decode):
-    from pipelines.model_stage import ScoreActor
-    from pipelines.models import load_classifier
+    from pipelines.stages.actors import ScoreActor
+    from pipelines.models.classifiers import load_classifier
     from sing_ops import Translator
 
     clf, g = load_classifier(CLASSIFIER), torch.Generator().manual_seed(0)

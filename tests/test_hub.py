@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import hub
+from pipelines.models import hub
 from pipelines.cli import main as sing
 
 TIMM_REPO = "timm/test_resnet.r160_in1k"  # where timm:test_resnet's pretrained weights live
@@ -116,7 +116,7 @@ def _assert_names_the_ways(msg: str, model: str, arch: str):
 def test_an_unreachable_hub_is_probed_once_then_the_process_stays_offline(point_hub, server, mode):
     from huggingface_hub import constants
 
-    from pipelines.models import load_classifier
+    from pipelines.models.classifiers import load_classifier
 
     srv = server(mode)
     point_hub(srv.url)
@@ -180,7 +180,7 @@ def _put_in_hub_cache(cache: Path, repo: str, filename: str, sd: dict) -> Path:
 def test_cached_hub_weights_still_load_offline(point_hub, server):
     import timm
 
-    from pipelines.models import load_classifier
+    from pipelines.models.classifiers import load_classifier
 
     srv = server("close")
     cache = point_hub(srv.url)
@@ -194,7 +194,7 @@ def test_cached_hub_weights_still_load_offline(point_hub, server):
 
 
 def test_weight_sources_follow_the_loaders():
-    from pipelines.model_spec import parse_model_spec
+    from pipelines.models.spec import parse_model_spec
 
     def src(s):
         return hub.weight_sources(parse_model_spec(s))
@@ -215,7 +215,7 @@ def test_torchvision_weights_fail_fast_or_load_from_torch_hub_cache(monkeypatch,
     import torchvision
     import torchvision.models._api as tv_api
 
-    from pipelines.models import load_classifier
+    from pipelines.models.classifiers import load_classifier
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
     hub.forget()
@@ -292,12 +292,12 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_fails_fast_with_exit_2_before_ray(command, point_hub, tmp_path, monkeypatch, capsys):
-    import pipelines.ray_session
+    import pipelines.stages.ray_session
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(pipelines.ray_session, "ensure_ray", no_ray)
+    monkeypatch.setattr(pipelines.stages.ray_session, "ensure_ray", no_ray)
     point_hub(closed_port_url())
     model, args = COMMANDS[command]
     argv = args.format(**_inputs(tmp_path)).split()
@@ -313,7 +313,7 @@ def test_demo_knows_it_is_offline_at_once(point_hub, server):
     import open_clip  # noqa: F401 - imported up front: the time measured is the decision's
     import timm  # noqa: F401
 
-    from pipelines.demo import OFFLINE_MODELS, pick_models
+    from pipelines.jobs.demo import OFFLINE_MODELS, pick_models
 
     srv = server("close")
     point_hub(srv.url)
@@ -327,7 +327,7 @@ def test_ray_workers_get_the_offline_decision(monkeypatch):
 
     import ray
 
-    import pipelines.ray_session as rs
+    import pipelines.stages.ray_session as rs
 
     seen = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

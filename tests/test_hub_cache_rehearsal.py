@@ -80,8 +80,8 @@ def test_pretrained_model_strings_load_from_the_hub_cache_offline(hub_cache, tmp
     cache, probes = hub_cache
     script = textwrap.dedent("""
         import json
-        from pipelines.clip_models import load_clip
-        from pipelines.models import load_classifier
+        from pipelines.models.clip import load_clip
+        from pipelines.models.classifiers import load_classifier
         out = {}
         clf = load_classifier("timm:resnet50.a1_in1k")
         out["timm"] = [float(clf.head_weight[3, 7]), clf.num_features, clf.preprocess.view_key]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.images import ImageDecodeError, decode_image, normalise, to_uint8_view
-from pipelines.preprocess import PreprocessSpec
+from pipelines.io.images import ImageDecodeError, decode_image, normalise, to_uint8_view
+from pipelines.models.preprocess import PreprocessSpec
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -131,7 +131,7 @@ def test_view_matches_timm_eval_transform(arch, rot, chelsea, coffee):
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    from pipelines.models import _timm_preprocess
+    from pipelines.models.classifiers import _timm_preprocess
 
     model = timm.create_model(arch, pretrained=False) if arch.startswith("test") else None
     cfg = (resolve_data_config({}, model=model) if model is not None

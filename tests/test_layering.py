@@ -45,7 +45,7 @@ def test_the_read_stage_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, pipelines.read_stage, pipelines.shards, pipelines.images; "
+    code = ("import sys, pipelines.stages.read, pipelines.io.shards, pipelines.io.images; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])

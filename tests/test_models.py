@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipelines.model_spec import UnknownModelError, parse_model_spec, slug
-from pipelines.models import Classifier, UnsafeCheckpointError, find_head, load_classifier, load_state_dict_file
-from pipelines.preprocess import PreprocessSpec
+from pipelines.models.spec import UnknownModelError, parse_model_spec, slug
+from pipelines.models.classifiers import Classifier, UnsafeCheckpointError, find_head, load_classifier, load_state_dict_file
+from pipelines.models.preprocess import PreprocessSpec
 
 # ----------------------------------------------------------------------------- MODEL strings
 
@@ -133,7 +133,7 @@ def test_random_init_is_seeded_from_spec():
     assert torch.equal(torch.rand(3), r1)
     # the seed depends on the spec only (sha256, not Python's salted hash()), so every process
     # (Ray actors included) builds these same weights
-    from pipelines.models import seed_for
+    from pipelines.models.classifiers import seed_for
 
     assert seed_for("timm:test_resnet@random") == int.from_bytes(
         hashlib.sha256(b"timm:test_resnet@random").digest()[:8], "little") & ((1 << 63) - 1)
@@ -183,7 +183,7 @@ def test_unknown_pretrained_tag():
 def test_pretrained_offline_is_a_clear_error(monkeypatch):
     # not cached and HF_HUB_OFFLINE=1 (conftest): refused before any download (tests/test_hub.py
     # covers the probe, the cache and the CLI)
-    from pipelines.hub import WeightsUnavailableError
+    from pipelines.models.hub import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match=r"timm:test_resnet are not in the local cache.*"
                                                       r"HF_HUB_OFFLINE=1 is set.*timm:test_resnet@/path"):
@@ -196,12 +196,12 @@ def test_a_failed_download_is_a_clear_error(monkeypatch):
 
     import torchvision.models._api
 
-    import pipelines.hub
+    import pipelines.models.hub
 
     def no_net(*a, **k):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(pipelines.hub, "url_reachable", lambda url: True)
+    monkeypatch.setattr(pipelines.models.hub, "url_reachable", lambda url: True)
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_net)
     monkeypatch.setattr(torch.hub, "_hub_dir", "/nonexistent/torch-hub")  # nothing cached
     with pytest.raises(RuntimeError, match=r"could not download .*torchvision:mobilenet_v3_small@/path"):
@@ -305,7 +305,7 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path, how):
 
 
 def test_lite0_real_imagenet_weights(chelsea, coffee):
-    from pipelines.images import normalise, to_uint8_view
+    from pipelines.io.images import normalise, to_uint8_view
 
     clf = load_classifier("lite0")
     assert tuple(clf.head_weight.shape) == (1000, 1280) and clf.num_features == 1280
@@ -325,7 +325,7 @@ def test_lite0_real_imagenet_weights(chelsea, coffee):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_channels_last(chelsea):
-    from pipelines.images import normalise, to_uint8_view
+    from pipelines.io.images import normalise, to_uint8_view
 
     ref = load_classifier("timm:test_resnet@random")
     u8 = torch.from_numpy(to_uint8_view(chelsea, ref.preprocess))[None]

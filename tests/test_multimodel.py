@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.translator_file import save_translator
+from pipelines.io.translator_file import save_translator
 from tests.pipeline_data import photo_folder
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,8 @@ def random_translator(model: str, path, clip="openclip:tiny@random"):
     """A translator with the right dims and metadata; its values do not matter here."""
     from sing_ops import Translator
 
-    from pipelines.clip_models import load_clip
-    from pipelines.models import load_classifier
+    from pipelines.models.clip import load_clip
+    from pipelines.models.classifiers import load_classifier
 
     clf, d = load_classifier(model), load_clip(clip).embed_dim
     g = torch.Generator().manual_seed(len(model))
@@ -29,7 +29,7 @@ def random_translator(model: str, path, clip="openclip:tiny@random"):
 
 
 def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):
-    from pipelines.shards import make_shards
+    from pipelines.io.shards import make_shards
 
     make_shards(str(photo_folder(tmp_path / "photos", per_class=4)), str(tmp_path / "shards"), per_shard=5)
     trs = [str(random_translator(m, tmp_path / f"t{i}.safetensors")) for i, m in enumerate(MODELS)]
@@ -70,8 +70,8 @@ def test_device_decode_is_shared_by_models_of_one_view(tmp_path, ray_session):
     each JPEG and hands the views on, and each model still gets exactly what it gets alone,
     including rows the first model cannot score (label outside its head) and a JPEG that
     only fails when decoded (the error is reported for both models)."""
-    from pipelines.audit import decode_modes
-    from pipelines.shards import make_shards
+    from pipelines.jobs.audit import decode_modes
+    from pipelines.io.shards import make_shards
 
     assert decode_modes(["a", "a", "b", "a"], "device") == [("device", True), ("shared", False), ("device", False),
                                                             ("shared", False)]

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.translator_file import load_translator, save_translator
+from pipelines.io.translator_file import load_translator, save_translator
 from tests.pipeline_data import photo_folder
 
 ARCH = "timm:test_resnet"
@@ -79,7 +79,7 @@ def _config(tmp: Path, **over) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from pipelines.shards import make_shards
+    from pipelines.io.shards import make_shards
 
     tmp = tmp_path_factory.mktemp("nightly")
     make_shards(str(photo_folder(tmp / "photos", per_class=4)), str(tmp / "shards"), per_shard=6)
@@ -129,12 +129,12 @@ def test_nightly_alarm_baselines_and_idempotency(world, ray_session, monkeypatch
     runs_before = sorted(p.name for p in (res / "runs").iterdir())
 
     # night 2, nothing new: no audit, no new files, state untouched
-    import pipelines.audit
+    import pipelines.jobs.audit
 
     def boom(*a, **k):
         raise AssertionError("a night with nothing new must not audit")
 
-    monkeypatch.setattr(pipelines.audit, "run_audit", boom)
+    monkeypatch.setattr(pipelines.jobs.audit, "run_audit", boom)
     capsys.readouterr()
     assert _sing(["nightly", "--config", str(cfg)]) == 0
     assert "nothing new" in capsys.readouterr().out
@@ -239,7 +239,7 @@ def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
     """decode, host_decode_share, actors_per_gpu, actor_threads and stall_timeout reach the
     night's audit; retuning the scheduling knobs keeps the run id (a rerun resumes), changing
     what is computed (decode) does not."""
-    import pipelines.audit
+    import pipelines.jobs.audit
 
     (tmp_path / "ckpts").mkdir()
     (tmp_path / "shards").mkdir()
@@ -252,7 +252,7 @@ def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
         seen.append(cfg)
         raise RuntimeError("captured")
 
-    monkeypatch.setattr(pipelines.audit, "run_audit", capture)
+    monkeypatch.setattr(pipelines.jobs.audit, "run_audit", capture)
     shards = str(tmp_path / "shards" / "*.tar")
     for audit in ({"decode": "device", "host_decode_share": 0.25, "actors_per_gpu": 6, "actor_threads": 3,
                    "buffer_gb": 2.5, "stall_timeout": 600},
@@ -285,7 +285,7 @@ def test_nightly_refit_translator_per_checkpoint(world, ray_session):
                   output={"dir": str(out)})
     assert _sing(["nightly", "--config", str(cfg)]) == 0
     (r,) = _last_summary(out)["checkpoints"]
-    from pipelines.manifest import file_sha256
+    from pipelines.io.manifest import file_sha256
 
     tpath = out / "nightly" / "rn-test" / "translators" / f"{file_sha256(ck)[:16]}.safetensors"
     assert r["translator"] == str(tpath) and r["verdict"] == "no-baseline"
@@ -303,7 +303,7 @@ def test_nightly_lists_and_hashes_checkpoints_behind_urls(world, capsys):
     downloaded once to the cache, keyed by sha256; a dry run names what would be audited."""
     import fsspec
 
-    from pipelines.manifest import file_sha256
+    from pipelines.io.manifest import file_sha256
 
     fs = fsspec.filesystem("memory")
     fs.rm("/nightly-ckpts", recursive=True) if fs.exists("/nightly-ckpts") else None

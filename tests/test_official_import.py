@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from pipelines.cli import main as sing
-from pipelines.zoo import PAPER_CLIP
+from pipelines.models.zoo import PAPER_CLIP
 from tests.official_data import PROMPTS, official_npz, official_translator
 
 MODEL = "timm:test_resnet@random?num_classes=10"  # 96-d head input, 10 classes
@@ -41,9 +41,9 @@ def _import(src, out, model=MODEL, *extra):
 
 
 def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audit(tmp_path):
-    from pipelines.audit import load_translator_for
-    from pipelines.models import load_classifier
-    from pipelines.translator_file import load_translator
+    from pipelines.jobs.audit import load_translator_for
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.translator_file import load_translator
 
     src, w, b = official_translator(tmp_path / "translators", "myresnet", 96)
     out = tmp_path / "tr.safetensors"
@@ -70,7 +70,7 @@ def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audi
 @pytest.mark.parametrize("wrap,prefix", [("state_dict", ""), ("model_state_dict", "_orig_mod."),
                                          ("translator_state_dict", ""), ("model", "_orig_mod."), (None, "_orig_mod.")])
 def test_wrapped_and_compiled_checkpoints_give_the_same_weights(tmp_path, wrap, prefix):
-    from pipelines.translator_file import load_translator
+    from pipelines.io.translator_file import load_translator
 
     src, w, b = official_translator(tmp_path, "m", 96, wrap=wrap, prefix=prefix, seed=3)
     assert _import(src.parent, tmp_path / "t.safetensors") == 0  # the directory works too
@@ -99,7 +99,7 @@ def test_dims_that_do_not_fit_the_model_exit_2_before_writing(tmp_path, capsys):
 
 def test_paper_zoo_model_checked_by_name_and_dims_without_weights(tmp_path, capsys):
     """A zoo name (or its MODEL string) is checked against the zoo's feature dim: no download."""
-    from pipelines.translator_file import load_translator
+    from pipelines.io.translator_file import load_translator
 
     src, _, _ = official_translator(tmp_path / "a", "resnet", 2048)
     out = tmp_path / "rn.safetensors"
@@ -144,7 +144,7 @@ def test_metadata_from_elsewhere(tmp_path, capsys):
     assert _import(src, out) == 2
     assert "metadata not found" in capsys.readouterr().err and not out.exists()
     assert _import(src, out, MODEL, "--metadata", str(tmp_path / "meta" / "metadata.yaml")) == 0
-    from pipelines.translator_file import load_translator
+    from pipelines.io.translator_file import load_translator
 
     assert torch.equal(load_translator(out).weight, w)
     # an unknown embedding backend needs --clip
@@ -158,7 +158,7 @@ def test_metadata_from_elsewhere(tmp_path, capsys):
 
 
 def test_embeddings_prompt_choice_picks_its_slice(tmp_path, capsys):
-    from pipelines.text import load_embeddings
+    from pipelines.models.text import load_embeddings
 
     names = ["Tench", "goldfish, Carassius auratus", "white shark"]
     emb = official_npz(tmp_path / "c.npz", names, dim=16)
@@ -215,8 +215,8 @@ def test_npz_object_arrays_carrying_code_or_non_strings_are_refused(tmp_path, ca
 def imported(tmp_path_factory):
     """A 1000-class tiny model (96-d: no null space needed here), its imported official
     translator, and imported class (1000 rows, other spellings) and concept embeddings."""
-    from pipelines.imagenet_classes import imagenet_class_names
-    from pipelines.official import import_embeddings, import_translator
+    from pipelines.models.imagenet_classes import imagenet_class_names
+    from pipelines.io.official import import_embeddings, import_translator
 
     root = tmp_path_factory.mktemp("imported")
     model = "timm:test_resnet@random?num_classes=1000"
@@ -234,7 +234,7 @@ def imported(tmp_path_factory):
 
 
 def test_class_text_of_1000_rows_is_matched_by_index_whatever_the_spelling(imported, tmp_path):
-    from pipelines.audit import AuditConfig, prepare_models
+    from pipelines.jobs.audit import AuditConfig, prepare_models
 
     d = imported
     cfg = AuditConfig(models=[d["model"]], translators=[str(d["tr"])], shards=[], out=str(tmp_path),
@@ -251,8 +251,8 @@ def test_class_text_of_1000_rows_is_matched_by_index_whatever_the_spelling(impor
 
 
 def test_class_text_of_another_size_or_clip_is_a_clear_error(imported, tmp_path):
-    from pipelines.audit import AuditConfig, prepare_models
-    from pipelines.official import import_embeddings
+    from pipelines.jobs.audit import AuditConfig, prepare_models
+    from pipelines.io.official import import_embeddings
 
     d = imported
     official_npz(tmp_path / "999.npz", d["names"][:999])
@@ -269,10 +269,10 @@ def test_class_text_of_another_size_or_clip_is_a_clear_error(imported, tmp_path)
 
 def test_explain_with_imported_class_text_and_concepts_needs_no_clip(imported, tmp_path, chelsea):
     """The true-class AS uses row `label` of the file: checked against numpy float64."""
-    from pipelines.explain import ExplainConfig, run_explain
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
-    from pipelines.translator_file import load_translator
+    from pipelines.jobs.explain import ExplainConfig, run_explain
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.translator_file import load_translator
 
     d = imported
     chelsea.save(tmp_path / "cat.jpg", quality=92)
@@ -316,7 +316,7 @@ def test_explain_with_imported_class_text_and_concepts_needs_no_clip(imported, t
 
 
 def test_steer_target_from_an_embeddings_row(imported):
-    from pipelines.steer_job import SteerConfigError, target_embedding
+    from pipelines.jobs.steer import SteerConfigError, target_embedding
 
     p = str(imported["root"] / "concepts.parquet")
     text, info = target_embedding("An image of a JELLYFISH", p, PAPER_CLIP, 768)  # case-insensitive

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.translator_file import load_translator
+from pipelines.io.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, bad_shard, photo_folder, truncate
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_session):
-    from pipelines.shards import make_shards
+    from pipelines.io.shards import make_shards
 
     root = tmp_path_factory.mktemp("pipe")
     make_shards(str(photo_folder(root / "photos", per_class=8)), str(root / "shards"), per_shard=6)
@@ -62,10 +62,10 @@ def _read(out, table):
 def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     """The Ray aggregate path must give the same translator as an in-process float64 solve."""
 
-    from pipelines.clip_models import load_clip
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
-    from pipelines.shards import Sample, iter_shard
+    from pipelines.models.clip import load_clip
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.shards import Sample, iter_shard
 
     root, _ = data
     rep = json.loads(Path(f"{translator}.report.json").read_text())
@@ -122,11 +122,11 @@ def test_audit_rows_errors_and_manifest(data, audited):
 def test_audit_scores_match_independent_float64(data, translator, audited):
     """Recompute AS/IS/concept angles for one shard with explicit pinv projectors."""
 
-    from pipelines.clip_models import load_clip
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
-    from pipelines.shards import iter_shard
-    from pipelines.text import CONCEPT_TEMPLATES
+    from pipelines.models.clip import load_clip
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.shards import iter_shard
+    from pipelines.models.text import CONCEPT_TEMPLATES
 
     root, _ = data
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
@@ -134,7 +134,7 @@ def test_audit_scores_match_independent_float64(data, translator, audited):
     w = clf.head_weight.double().numpy()
     p_n = np.eye(w.shape[1]) - np.linalg.pinv(w) @ w  # independent of the SVD route
     a, b = tr.weight.double().numpy(), tr.bias.double().numpy()
-    from pipelines.clip_models import TEMPLATES, embed_prompts
+    from pipelines.models.clip import TEMPLATES, embed_prompts
 
     text = embed_prompts(clip, clf.class_names, TEMPLATES["single"]).double().numpy()
     conc = embed_prompts(clip, ["red", "striped", "wooden"], CONCEPT_TEMPLATES).double().numpy()

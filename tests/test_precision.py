@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.precision import check_precision
-from pipelines.precision_bench import _summary, measure, within_budget
+from pipelines.models.precision import check_precision
+from pipelines.jobs.bench_precision import _summary, measure, within_budget
 from tests.test_multimodel import random_translator
 
 
@@ -50,8 +50,8 @@ def test_fp32_matches_float64_and_bf16_does_not():
 
 @pytest.fixture(scope="module")
 def lite0_shards(tmp_path_factory, ray_session):
-    from pipelines.demo import build_photo_folder
-    from pipelines.shards import make_shards
+    from pipelines.jobs.demo import build_photo_folder
+    from pipelines.io.shards import make_shards
 
     root = tmp_path_factory.mktemp("precision")
     make_shards(str(build_photo_folder(root / "photos", per_photo=2)), str(root / "shards"), per_shard=6)
@@ -96,7 +96,7 @@ def test_audit_and_explain_score_the_same_image_the_same(lite0_shards, tmp_path)
 
 
 def test_nightly_config_takes_the_precision():
-    from pipelines.nightly_config import NightlyConfigError, parse_nightly_config
+    from pipelines.jobs.nightly_config import NightlyConfigError, parse_nightly_config
 
     doc = {"version": 1, "name": "n", "checkpoints": {"source": "/ck", "arch": "timm:resnet50"},
            "translator": {"reuse": "/t.safetensors"}, "audit": {"shards": ["/s/*.tar"], "precision": "tf32"},

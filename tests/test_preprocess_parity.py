@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.device_decode import tensor_view
-from pipelines.images import normalise, to_uint8_view
-from pipelines.models import resolve_preprocess
-from pipelines.preprocess import PreprocessSpec, timm_spec
-from pipelines.zoo import PAPER_MODELS
+from pipelines.stages.device_decode import tensor_view
+from pipelines.io.images import normalise, to_uint8_view
+from pipelines.models.classifiers import resolve_preprocess
+from pipelines.models.preprocess import PreprocessSpec, timm_spec
+from pipelines.models.zoo import PAPER_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def _reference(model: str):
     if source == "hf":
         from transformers.models.bit import BitImageProcessorPil
 
-        from pipelines.hf_models import KNOWN_PROCESSORS
+        from pipelines.models.hf import KNOWN_PROCESSORS
 
         cfg = {k: v for k, v in KNOWN_PROCESSORS[model.split(":", 1)[1]].items() if k != "image_processor_type"}
         proc = BitImageProcessorPil(**cfg)
@@ -124,7 +124,7 @@ def test_device_view_pads_like_the_host():
 def test_clip_views_follow_open_clip(resize_mode, photos):
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from pipelines.clip_models import _preprocess
+    from pipelines.models.clip import _preprocess
 
     class Visual:  # what _preprocess reads from an open_clip model
         image_size = 64

@@ -57,7 +57,7 @@ def _np_std(x) -> float | None:
 # ----------------------------------------------------------------------- factory
 
 def test_factory_matches_pipeline_schemas(res):
-    collect = pytest.importorskip("pipelines.collect")
+    collect = pytest.importorskip("pipelines.stages.collect")
     assert IMAGES_SCHEMA == collect.IMAGES_SCHEMA
     assert CONCEPTS_SCHEMA == collect.CONCEPTS_SCHEMA
     assert ERRORS_SCHEMA == collect.ERRORS_SCHEMA

@@ -1,7 +1,7 @@
 """Which GPUs the model actors ask for is decided from the cluster, not the driver."""
 import pytest
 
-import pipelines.ray_session as rs
+import pipelines.stages.ray_session as rs
 
 
 def test_actor_gpus_follow_the_cluster_unless_cpu_is_asked(monkeypatch):

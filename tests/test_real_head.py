@@ -12,8 +12,8 @@ def lite0_features():
     import skimage.data
     from PIL import Image
 
-    from pipelines.images import normalise, to_uint8_view
-    from pipelines.models import load_classifier
+    from pipelines.io.images import normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
 
     clf = load_classifier("lite0")
     imgs = [Image.fromarray(getattr(skimage.data, n)()) for n in ("chelsea", "coffee", "astronaut", "rocket")]

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.remote import is_url, local_copy
-from pipelines.translator_file import save_translator
+from pipelines.io.remote import is_url, local_copy
+from pipelines.io.translator_file import save_translator
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def _translator(d=6, m=8, source="timm:test_resnet@random"):
 def test_translator_from_a_url(mem, tmp_path):
     from sing_ops.translator import TranslatorMismatch
 
-    from pipelines.audit import load_translator_for
+    from pipelines.jobs.audit import load_translator_for
 
     tr = _translator()
     local = save_translator(tr, tmp_path / "t.safetensors")
@@ -101,9 +101,9 @@ def test_checkpoint_spec_with_a_url(mem, tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from pipelines.manifest import file_sha256
-    from pipelines.model_spec import parse_model_spec
-    from pipelines.models import load_classifier
+    from pipelines.io.manifest import file_sha256
+    from pipelines.models.spec import parse_model_spec
+    from pipelines.models.classifiers import load_classifier
 
     torch.manual_seed(3)
     sd = {k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=10).state_dict().items()}
@@ -123,8 +123,8 @@ def test_checkpoint_spec_with_a_url(mem, tmp_path):
 
 
 def test_layout_on_a_url(mem, tmp_path):
-    from pipelines.layout import count_rows, is_done, manifest_path, shard_file, write_table_atomic
-    from pipelines.manifest import load_manifest, write_manifest
+    from pipelines.io.layout import count_rows, is_done, manifest_path, shard_file, write_table_atomic
+    from pipelines.io.manifest import load_manifest, write_manifest
 
     out = "memory://results/"
     f = shard_file(out, "images", "m", "r", "s0")
@@ -153,9 +153,9 @@ def test_layout_on_a_url(mem, tmp_path):
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory):
     """Local shards (6 images of classes 0-2 in 2 shards) and a translator of the right dims."""
-    from pipelines.clip_models import load_clip
-    from pipelines.models import load_classifier
-    from pipelines.shards import iter_shard, make_shards
+    from pipelines.models.clip import load_clip
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.shards import iter_shard, make_shards
     from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 
     root = tmp_path_factory.mktemp("remote_job")
@@ -178,7 +178,7 @@ def _keys(mem, pattern: str) -> tuple[int, list[str]]:
 @pytest.mark.slow
 def test_audit_writes_results_to_a_url(mem, job_inputs, ray_session):
     """The driver writes every file, so an in-process memory:// OUT sees the whole run."""
-    from pipelines.audit import AuditConfig, run_audit
+    from pipelines.jobs.audit import AuditConfig, run_audit
     from tests.pipeline_data import CLASSIFIER
 
     shards, samples, slug, tr = job_inputs
@@ -198,7 +198,7 @@ def test_audit_writes_results_to_a_url(mem, job_inputs, ray_session):
 
 @pytest.mark.slow
 def test_steer_writes_results_to_a_url(mem, job_inputs, ray_session):
-    from pipelines.steer_job import SteerConfig, run_steer
+    from pipelines.jobs.steer import SteerConfig, run_steer
     from tests.pipeline_data import CLASSIFIER
 
     shards, samples, slug, tr = job_inputs
@@ -213,7 +213,7 @@ def test_steer_writes_results_to_a_url(mem, job_inputs, ray_session):
 
 
 def test_save_translator_to_a_url_uploads_sidecar_and_file(mem, tmp_path):
-    from pipelines.translator_file import load_translator
+    from pipelines.io.translator_file import load_translator
 
     tr = _translator(4, 6, "timm:x")
     assert save_translator(tr, "memory://models/t.safetensors") == "memory://models/t.safetensors"
@@ -229,7 +229,7 @@ def test_fit_writes_the_translator_to_a_url(mem, job_inputs, ray_session):
     """fit-translator --out URL: translator, sidecar and report on the URL; an audit then
     loads the translator from there."""
     from pipelines.cli import main as sing
-    from pipelines.translator_file import load_translator
+    from pipelines.io.translator_file import load_translator
     from tests.pipeline_data import CLASSIFIER, CLIP
 
     shards, samples, slug, _ = job_inputs
@@ -246,7 +246,7 @@ def test_cache_prune_by_age_and_size_least_recently_used_first(mem, tmp_path, ca
     import os
 
     from pipelines.cli import main as sing
-    from pipelines.remote import cache_entries, prune_cache
+    from pipelines.io.remote import cache_entries, prune_cache
 
     cache = tmp_path / "cache"
     paths = {}

@@ -46,8 +46,8 @@ T1_HEADER = ["model", "name", "status", "n steered", "reachable", "|AS| mean", "
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory, ray_session):
-    from pipelines.imagenet_classes import imagenet_class_names
-    from pipelines.shards import make_shards
+    from pipelines.models.imagenet_classes import imagenet_class_names
+    from pipelines.io.shards import make_shards
 
     root = tmp_path_factory.mktemp("repro")
     make_shards(str(photo_folder(root / "photos", per_class=3, synsets=[SPORTS_CAR, TENCH, JELLYFISH])),
@@ -164,9 +164,9 @@ def test_sweep_table_every_row_and_column(repro):
 def test_sweep_scores_match_a_float64_recomputation(repro):
     """AS/IS of every image, EfficientNet: numpy SVD null space, the raw official W, b, and
     class text row = label (the file's names are spelled differently)."""
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
-    from pipelines.shards import iter_shard
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.shards import iter_shard
 
     r = next(r for r in repro["rep"]["is_as_ratio"] if r["name"] == "efficientnet")
     got = _images(repro["out"], r["slug"], r["run"]).sort("key")
@@ -245,9 +245,9 @@ def test_steering_matches_an_autograd_recomputation(repro):
     """Table 1 rows of EfficientNet: from the recorded step eps, an independent float64
     computation (autograd gradient of the cosine, numpy null projector, the raw official
     W, b and the file's target row) gives the recorded IS (= 40) and AS, logits unchanged."""
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
-    from pipelines.shards import iter_shard
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.shards import iter_shard
 
     r = next(r for r in repro["rep"]["table1"] if r["name"] == "efficientnet")
     st = _steer(repro["out"], r["slug"], r["run"]).filter(pl.col("reachable"))
@@ -304,8 +304,8 @@ def test_markdown_and_html_show_the_same_cells(repro):
 
 
 def test_paper_numbers_file_holds_method_md_section_5_for_every_zoo_model():
-    from pipelines.reproduce import paper_numbers
-    from pipelines.zoo import BY_NAME
+    from pipelines.jobs.reproduce import paper_numbers
+    from pipelines.models.zoo import BY_NAME
 
     nums = paper_numbers()
     ratio = {k: v["value"] for k, v in nums["is_as_ratio"]["values"].items()}

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from pipelines.shards import (NoShardsError, Sample, SampleError, expand_shards, iter_shard,
+from pipelines.io.shards import (NoShardsError, Sample, SampleError, expand_shards, iter_shard,
                               make_shards, shard_name)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.translator_file import load_translator
+from pipelines.io.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
 
@@ -49,7 +49,7 @@ def test_leaky_head_hides_more_of_another_class_at_the_same_image_score(target_i
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ray_session):
-    from pipelines.shards import make_shards
+    from pipelines.io.shards import make_shards
 
     root = tmp_path_factory.mktemp("steer")
     make_shards(str(photo_folder(root / "photos", per_class=4)), str(root / "shards"), per_shard=5)
@@ -73,7 +73,7 @@ def _steer_rows(out):
 
 
 def test_one_row_per_image_of_the_class_with_calibrated_is_and_no_logit_drift(setup, steered):
-    from pipelines.steer_job import STEER_SCHEMA
+    from pipelines.jobs.steer import STEER_SCHEMA
 
     rows = _steer_rows(steered)
     # photo_folder: 4 images per class, class 1 = the goldfish synset
@@ -101,11 +101,11 @@ def test_one_row_per_image_of_the_class_with_calibrated_is_and_no_logit_drift(se
 def test_rows_match_an_in_process_float64_recomputation(setup, steered):
     from sing_ops import HeadDecomposition, steer
 
-    from pipelines.clip_models import load_clip
-    from pipelines.images import decode_image, normalise, to_uint8_view
-    from pipelines.models import load_classifier
-    from pipelines.shards import iter_shard
-    from pipelines.text import embed_texts
+    from pipelines.models.clip import load_clip
+    from pipelines.io.images import decode_image, normalise, to_uint8_view
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.io.shards import iter_shard
+    from pipelines.models.text import embed_texts
 
     root, tr_path = setup
     clf, tr = load_classifier(CLASSIFIER), load_translator(tr_path).to(dtype=torch.float64)
@@ -153,10 +153,10 @@ def test_rerun_resumes_without_work_and_summary_query_reads_the_table(setup, ste
 
 def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
     """In process, no Ray: the class-filtered reader, the actor in --eps mode, the regrouping."""
-    from pipelines.models import load_classifier
-    from pipelines.read_stage import read_decode
-    from pipelines.regroup import ShardGrouper
-    from pipelines.steer_job import SteerActor, steer_table
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.stages.read import read_decode
+    from pipelines.stages.regroup import ShardGrouper
+    from pipelines.jobs.steer import SteerActor, steer_table
 
     root, tr = setup
     clf = load_classifier(CLASSIFIER)
@@ -184,8 +184,8 @@ def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
 
 
 def test_resolve_class_names_aliases_indices_and_suggestions():
-    from pipelines.explain import imagenet_aliases, resolve_class
-    from pipelines.imagenet_classes import imagenet_class_names
+    from pipelines.jobs.explain import imagenet_aliases, resolve_class
+    from pipelines.models.imagenet_classes import imagenet_class_names
 
     names = imagenet_class_names()
     assert resolve_class("sports car", names) == 817

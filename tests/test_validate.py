@@ -16,7 +16,7 @@ from tests.pipeline_data import CLASSIFIER, photo_folder
 def test_drifts_on_the_synthetic_world():
     from sing_ops.synthetic import make_world
 
-    from pipelines.validate import perturbation_drifts
+    from pipelines.jobs.validate import perturbation_drifts
 
     world = make_world(leak=1.0)
     f = world.features[::20]
@@ -32,7 +32,7 @@ def test_drifts_on_the_synthetic_world():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from pipelines.shards import make_shards
+    from pipelines.io.shards import make_shards
 
     root = tmp_path_factory.mktemp("validate")
     make_shards(str(photo_folder(root / "photos", per_class=4)), str(root / "shards"), per_shard=5)

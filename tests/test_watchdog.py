@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pipelines.watchdog import StallError, with_stall_timeout
+from pipelines.stages.watchdog import StallError, with_stall_timeout
 
 
 def test_items_pass_through_in_order_and_errors_surface():

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from pipelines.cli import main
-from pipelines.models import load_classifier, resolve_preprocess
-from pipelines.preprocess import describe
-from pipelines.zoo import PAPER_MODELS, paper_model
+from pipelines.models.classifiers import load_classifier, resolve_preprocess
+from pipelines.models.preprocess import describe
+from pipelines.models.zoo import PAPER_MODELS, paper_model
 
 OFFICIAL_NAMES = {"resnet", "dinovit1", "bitresnet", "resnext", "efficientnet", "dinov2", "swin_large", "deit",
                   "densenet", "eva02_large", "convnext", "vgg16", "vgg19"}

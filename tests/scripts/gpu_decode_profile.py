@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pipelines.bench import imagenet_like_photos  # noqa: E402
-from pipelines.device_decode import device_decodable, resize_views  # noqa: E402
-from pipelines.images import normalise  # noqa: E402
-from pipelines.preprocess import PreprocessSpec  # noqa: E402
+from pipelines.jobs.bench import imagenet_like_photos  # noqa: E402
+from pipelines.stages.device_decode import device_decodable, resize_views  # noqa: E402
+from pipelines.io.images import normalise  # noqa: E402
+from pipelines.models.preprocess import PreprocessSpec  # noqa: E402
 
 def timed(fn, device, repeats: int) -> float:
     fn()  # warm-up (allocator, nvJPEG handles, kernels)
@@ -43,7 +43,7 @@ def timed(fn, device, repeats: int) -> float:
 def _decode_worker(args) -> tuple[int, float, float]:
     """One process: decode + resize `repeats` batches; returns (images, start, end) times."""
     batch, repeats, device_name, barrier = args
-    from pipelines.device_decode import decode_batch
+    from pipelines.stages.device_decode import decode_batch
 
     device = torch.device(device_name)
     spec = PreprocessSpec(224, 256, "bilinear", (0.5,) * 3, (0.5,) * 3)

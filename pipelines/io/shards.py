@@ -1,0 +1,383 @@
+"""Webdataset shards: glob expansion, robust reading, and `sing shards make`.
+
+A shard is an uncompressed tar; members are grouped into samples by webdataset key (the
+member path up to the first dot of its basename; consecutive members with one key form one
+sample). Reading never raises on bad data: per-sample problems become SampleError rows and a
+truncated/corrupt tar ends with one SampleError(key="<shard>#truncated", stage="read").
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # preference order when a sample has several
+
+
+@dataclass
+class Sample:
+    key: str
+    shard: str
+    image: bytes
+    ext: str
+    label: int | None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleError:
+    key: str
+    shard: str
+    stage: str  # read | decode | label | model
+    reason: str
+
+
+class NoShardsError(ValueError):
+    """A shard pattern matched no file."""
+
+
+# ----------------------------------------------------------------------------- expansion
+
+_BRACE_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def _brace_expand(p: str) -> list[str]:
+    """{000..009} zero-padded numeric ranges and {a,b} lists, nested left to right."""
+    m = _BRACE_RE.search(p)
+    if not m:
+        return [p]
+    inner = m.group(1)
+    r = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", inner)
+    if r:
+        lo, hi = r.group(1), r.group(2)
+        width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
+        a, b = int(lo), int(hi)
+        step = 1 if b >= a else -1
+        items = [str(i).zfill(width) for i in range(a, b + step, step)]
+    elif "," in inner:
+        items = inner.split(",")
+    else:
+        return [p]  # literal braces (no range, no list): leave the rest unexpanded
+    out = []
+    for it in items:
+        out.extend(_brace_expand(p[: m.start()] + it + p[m.end():]))
+    return out
+
+
+def _is_url(p: str) -> bool:
+    return "://" in p and not p.startswith("file://")
+
+
+def _has_magic(p: str) -> bool:
+    return any(c in p for c in "*?[")
+
+
+def expand_shards(patterns: str | list[str]) -> list[str]:
+    """Expand shard patterns to a sorted, de-duplicated list of tar paths/URLs.
+
+    Each pattern may be a local path, a directory (means DIR/*.tar), a glob, a brace range
+    (shard-{000000..000009}.tar), or an fsspec URL (s3://bucket/x/*.tar, gs://...). Every
+    pattern (and every literal brace-expanded name) must match something, else
+    NoShardsError names it: a typo never silently shrinks a run.
+    """
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [patterns]
+    patterns = [os.fspath(p) for p in patterns]
+    if not patterns:
+        raise NoShardsError("no shard pattern given")
+    found: set[str] = set()
+    for pat in patterns:
+        hits: list[str] = []
+        for p in _brace_expand(pat.strip()):
+            if _is_url(p):
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(p)
+                if _has_magic(path):
+                    got = [fs.unstrip_protocol(x) for x in fs.glob(path)]
+                elif fs.isdir(path):
+                    got = [fs.unstrip_protocol(x) for x in fs.glob(path.rstrip("/") + "/*.tar")]
+                elif fs.exists(path):
+                    got = [fs.unstrip_protocol(path)]
+                else:
+                    got = []
+            else:
+                lp = os.path.expanduser(p[len("file://"):] if p.startswith("file://") else p)
+                if os.path.isdir(lp):
+                    got = glob.glob(os.path.join(glob.escape(lp), "*.tar"))
+                elif _has_magic(lp):
+                    got = [x for x in glob.glob(lp) if os.path.isfile(x)]
+                else:
+                    got = [lp] if os.path.isfile(lp) else []
+                got = [os.path.abspath(x) for x in got]
+            if not got and not _has_magic(p) and p != pat.strip():
+                raise NoShardsError(f'no shard matched "{p}" (from pattern "{pat}")')
+            hits.extend(got)
+        if not hits:
+            raise NoShardsError(f'no shard matched "{pat}"')
+        found.update(hits)
+    return sorted(found)
+
+
+def shard_name(path: str) -> str:
+    """File stem without .tar: '/x/shard-000001.tar' -> 'shard-000001'."""
+    base = os.path.basename(str(path).rstrip("/"))
+    return base[:-4] if base.endswith(".tar") else base
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """webdataset convention: key = dir + basename up to the first dot, ext = the rest."""
+    d, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{d}/{stem}" if d else stem
+    return key, ext.lower() if dot else ""
+
+
+def _make_sample(key: str, shard: str, parts: dict[str, bytes], require_label: bool):
+    ext = next((e for e in IMAGE_EXTS if e in parts), None)
+    if ext is None:
+        return SampleError(key, shard, "read",
+                           f"no image member (.{'/.'.join(IMAGE_EXTS)}); members: {sorted(parts) or 'none'}")
+    meta: dict = {}
+    label = None
+    label_err = None
+    if "json" in parts:
+        try:
+            j = json.loads(parts["json"].decode("utf-8"))
+            if isinstance(j, dict):
+                meta = j
+            else:
+                meta = {"json": j}
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            label_err = f"invalid json member: {e}"
+    if "cls" in parts:
+        txt = parts["cls"].decode("utf-8", "replace").strip()
+        try:
+            label = int(txt)
+        except ValueError:
+            return SampleError(key, shard, "label", f"cls is not an integer: {txt[:50]!r}")
+    elif "label" in meta:
+        try:
+            label = int(meta["label"])
+            if label != meta["label"]:
+                raise ValueError
+        except (TypeError, ValueError):
+            return SampleError(key, shard, "label", f"json label is not an integer: {meta['label']!r}")
+    if label is None and require_label:
+        why = label_err or "no cls member and no json 'label'"
+        return SampleError(key, shard, "label", why)
+    return Sample(key=key, shard=shard, image=parts[ext], ext=ext, label=label, meta=meta)
+
+
+def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | SampleError]:
+    """Yield Samples and SampleErrors of one tar shard (local path or fsspec URL); never raises
+    on bad data. A damaged tar yields every sample before the damage and then one
+    SampleError(key='<shard>#truncated', stage='read'): a sample whose member data is cut is
+    dropped (named in the reason); when the damage is a header (or a missing end of archive),
+    the last sample read is still yielded, since all of its members read so far are intact."""
+    shard = shard_name(path)
+
+    def damage(reason: str, pending: str | None):
+        extra = f"; sample {pending!r} was being read and is dropped" if pending else ""
+        return SampleError(f"{shard}#truncated", shard, "read", reason + extra)
+
+    try:
+        import fsspec
+
+        fh = fsspec.open(path, "rb").open()
+    except Exception as e:  # noqa: BLE001
+        yield SampleError(f"{shard}#truncated", shard, "read", f"cannot open {path}: {type(e).__name__}: {e}")
+        return
+    try:
+        try:
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(0)
+            tf = tarfile.open(fileobj=fh, mode="r:")
+        except Exception as e:  # noqa: BLE001
+            yield damage(f"not a readable tar: {type(e).__name__}: {e}", None)
+            return
+        seen: set[str] = set()
+        cur_key: str | None = None
+        parts: dict[str, bytes] = {}
+        it = iter(tf)
+        while True:
+            try:
+                m = next(it)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001
+                if cur_key is not None:
+                    yield _make_sample(cur_key, shard, parts, require_label)
+                yield damage(f"corrupt tar header after offset {tf.offset}: {e}", None)
+                return
+            if not m.isfile():
+                continue
+            key, ext = _split_key(m.name)
+            if key != cur_key:
+                if cur_key is not None:
+                    yield _make_sample(cur_key, shard, parts, require_label)
+                if key in seen:
+                    # members of one key must be contiguous (webdataset semantics)
+                    cur_key, parts = None, {}
+                    yield SampleError(key, shard, "read", "duplicate key: its members are not contiguous")
+                    continue
+                seen.add(key)
+                cur_key, parts = key, {}
+            try:
+                data = tf.extractfile(m).read()
+            except Exception as e:  # noqa: BLE001
+                yield damage(f"member {m.name!r} ({m.size} bytes at offset {m.offset_data}) "
+                             f"is cut short: {e}", cur_key)
+                return
+            if len(data) != m.size:
+                yield damage(f"member {m.name!r} is cut short ({len(data)} of {m.size} bytes)", cur_key)
+                return
+            if ext in parts:
+                log.warning("%s: key %s has two %r members; keeping the first", shard, key, ext)
+            else:
+                parts[ext] = data
+        # tarfile stops silently on a missing/invalid header: require the end-of-archive block
+        end = tf.offset
+        fh.seek(end)
+        tail = fh.read(512)
+        if cur_key is not None:
+            yield _make_sample(cur_key, shard, parts, require_label)
+        if len(tail) < 512 or tail.strip(b"\0"):
+            why = ("file ends without the end-of-archive marker" if len(tail) < 512
+                   else "invalid tar header")
+            yield damage(f"{why} at offset {end} of {size} bytes", None)
+    finally:
+        fh.close()
+
+
+# ----------------------------------------------------------------------------- writing
+
+_SYNSET_RE = re.compile(r"^n\d{8}$")
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _class_index(classes: list[str], class_index) -> tuple[dict[str, int], bool]:
+    """-> ({class folder: index}, is_imagenet)."""
+    if class_index is not None:
+        if isinstance(class_index, (str, os.PathLike)):
+            with open(class_index) as fh:
+                class_index = json.load(fh)
+        if not isinstance(class_index, dict):
+            raise ValueError("class_index must be a JSON object {class_name: index}")
+        missing = [c for c in classes if c not in class_index]
+        if missing:
+            raise ValueError(f"class_index has no entry for {len(missing)} folders, e.g. {missing[:5]}")
+        return {c: int(class_index[c]) for c in classes}, False
+    from pipelines.models.imagenet_classes import synset_to_index
+
+    s2i = synset_to_index()
+    if all(c in s2i for c in classes):
+        return {c: s2i[c] for c in classes}, True
+    looks = [c for c in classes if _SYNSET_RE.match(c) and c not in s2i]
+    if looks:
+        log.warning("folders look like synsets but are not ImageNet-1k (%s); using sorted order", looks[:3])
+    return {c: i for i, c in enumerate(classes)}, False
+
+
+def _write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for name, data in members:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                ti.mtime = 0
+                ti.mode = 0o644
+                ti.uname = ti.gname = ""
+                tf.addfile(ti, io.BytesIO(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def make_shards(src: str, out: str, per_shard: int = 1000, class_index=None, prefix: str = "shard",
+                overwrite: bool = False) -> list[str]:
+    """ImageFolder (SRC/<class>/<image>) -> webdataset tars OUT/<prefix>-000000.tar ...
+
+    Each sample: <key>.<ext> (original bytes, lower-case original extension), <key>.cls
+    (index as text), <key>.json {"class_name", "synset", "source_path" (relative to SRC)}.
+    key = <class folder>/<file stem> with chars outside [A-Za-z0-9_-] -> '_' (suffix -1, -2
+    on a clash). Class index: ImageNet-1k synset folders (n01440764 ...) get their standard
+    index, any other set of folders gets sorted order, or class_index ({name: idx} dict or
+    JSON file) decides. Order is deterministic: classes sorted, files sorted within a class
+    (not interleaved: shards are class-contiguous; Ray reads shards in parallel anyway).
+    Tars are byte-reproducible (mtime 0, no owner). Writes OUT/class_index.json.
+    """
+    if per_shard < 1:
+        raise ValueError("per_shard must be >= 1")
+    src = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isdir(src):
+        raise ValueError(f"source {src} is not a directory (expected SRC/<class>/<image files>)")
+    classes = sorted(e.name for e in os.scandir(src) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"source {src} has no class folders (expected SRC/<class>/<image files>)")
+    idx, is_imagenet = _class_index(classes, class_index)
+    if is_imagenet:
+        from pipelines.models.imagenet_classes import imagenet_class_names
+
+        names = imagenet_class_names()
+    skipped = sum(1 for e in os.scandir(src) if e.is_file())
+    samples: list[tuple[str, str, str, str]] = []  # key, class, abs path, ext
+    used: set[str] = set()
+    for c in classes:
+        cdir = os.path.join(src, c)
+        for fn in sorted(os.listdir(cdir)):
+            fp = os.path.join(cdir, fn)
+            stem, dot, ext = fn.rpartition(".")
+            if not os.path.isfile(fp) or not dot or ext.lower() not in IMAGE_EXTS or fn.startswith("."):
+                skipped += 1
+                continue
+            key = f"{_KEY_BAD.sub('_', c)}/{_KEY_BAD.sub('_', stem)}"
+            k, n = key, 0
+            while k in used:
+                n += 1
+                k = f"{key}-{n}"
+            used.add(k)
+            samples.append((k, c, fp, ext.lower()))
+    if skipped:
+        log.warning("make_shards: skipped %d non-image files (accepted: %s)", skipped, ", ".join(IMAGE_EXTS))
+    if not samples:
+        raise ValueError(f"source {src} has class folders but no images ({', '.join(IMAGE_EXTS)})")
+    os.makedirs(out, exist_ok=True)
+    old = sorted(glob.glob(os.path.join(glob.escape(out), f"{glob.escape(prefix)}-*.tar")))
+    if old and not overwrite:
+        raise FileExistsError(f"{out} already has {len(old)} {prefix}-*.tar shards; use overwrite=True")
+    for p in old:
+        os.remove(p)
+    paths = []
+    for s in range(0, len(samples), per_shard):
+        members = []
+        for key, c, fp, ext in samples[s: s + per_shard]:
+            with open(fp, "rb") as fh:
+                data = fh.read()
+            meta = {"class_name": names[idx[c]] if is_imagenet else c,
+                    "synset": c if is_imagenet else None,
+                    "source_path": os.path.relpath(fp, src)}
+            members += [(f"{key}.{ext}", data), (f"{key}.cls", str(idx[c]).encode()),
+                        (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+        path = os.path.join(out, f"{prefix}-{s // per_shard:06d}.tar")
+        _write_tar(path, members)
+        paths.append(path)
+    tmp = os.path.join(out, ".class_index.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(idx, fh, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(out, "class_index.json"))
+    log.info("make_shards: %d images, %d classes -> %d shards in %s", len(samples), len(classes), len(paths), out)
+    return paths

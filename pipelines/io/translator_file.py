@@ -1,0 +1,73 @@
+"""Translator files: safetensors with the metadata as JSON in the header (sing_ops stays I/O-free).
+
+save_translator   atomic write (temp name, rename) plus a readable `<path>.json` sidecar; to a
+                  local path or an fsspec URL (written locally, then uploaded).
+load_translator   refuses anything that is not a sing translator, and any mismatch with what
+                  the caller will use it with (dims, source model, CLIP model).
+Safetensors holds tensors only, so loading never executes code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sing_ops.translator import FORMAT, Translator, TranslatorMismatch
+
+from pipelines.io.remote import is_url, local_path, upload, upload_written, url_fs
+
+
+def save_translator(tr: Translator, path) -> Path | str:
+    """Write `tr` to a local path (returned as a Path) or a URL (returned as given)."""
+    from safetensors.torch import save_file
+
+    if is_url(path):
+        url_fs(path)  # a missing fsspec backend is a clear error before anything is written
+
+        def write(tmp: str) -> None:
+            save_translator(tr, tmp)
+            # sidecar first: whoever sees the translator (remote.local_copy) finds its sidecar too
+            upload(f"{tmp}.json", f"{path}.json")
+
+        upload_written(path, write)
+        return path
+    path = Path(local_path(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**tr.metadata, "format": FORMAT, "in_dim": tr.in_dim, "out_dim": tr.out_dim, "id": tr.id}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"weight": tr.weight.detach().cpu().contiguous(), "bias": tr.bias.detach().cpu().contiguous()},
+              str(tmp), metadata={"sing": json.dumps(meta, sort_keys=True)})
+    os.replace(tmp, path)
+    Path(f"{path}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_translator(path, *, in_dim: int | None = None, out_dim: int | None = None,
+                    source_model: str | None = None, clip_model: str | None = None) -> Translator:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"translator file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("sing")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TranslatorMismatch(f"{path} is not a readable safetensors translator: {exc}") from exc
+    if raw is None or set(tensors) != {"weight", "bias"}:
+        raise TranslatorMismatch(f"{path} is not a sing translator (no 'sing' metadata or wrong tensors)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise TranslatorMismatch(f"{path}: unsupported translator format {meta.get('format')!r}, expected {FORMAT}")
+    t = Translator(tensors["weight"], tensors["bias"], meta)
+    if (meta.get("in_dim"), meta.get("out_dim")) != (t.in_dim, t.out_dim):
+        raise TranslatorMismatch(f"{path}: metadata dims {meta.get('in_dim')}->{meta.get('out_dim')} "
+                                 f"disagree with tensors {t.in_dim}->{t.out_dim}")
+    checks = [("input dim", in_dim, t.in_dim), ("output dim", out_dim, t.out_dim),
+              ("source model", source_model, meta.get("source_model")),
+              ("CLIP model", clip_model, meta.get("clip_model"))]
+    for what, expected, actual in checks:
+        if expected is not None and expected != actual:
+            raise TranslatorMismatch(f"translator {path} was fitted for {what} {actual!r}, but is used with {expected!r}")
+    return t

@@ -1,0 +1,404 @@
+"""`sing nightly --config nightly.yaml`: audit every new checkpoint of a training run in one
+decode pass, compare each with its baseline (`queries.checkpoint_diff`), alarm on regressions.
+
+Idempotent by construction:
+- a checkpoint is keyed by the sha256 of its file; `OUT/nightly/<name>/state.json` records
+  those already judged, so a second run finds nothing new and does no work;
+- the night's audit run id is a hash of the picked checkpoints and the options, so a run
+  killed half-way and started again picks the same checkpoints, gets the same run id and
+  skips the shards already written (see pipelines.jobs.audit);
+- state.json is updated only after the audit finished and every verdict is written, so a
+  failed night leaves its checkpoints `new` for the next one.
+
+Exit codes (documented in cluster/nightly.example.yaml and README): 0 ok or nothing new,
+1 the run failed (rerun resumes), 2 bad config or input before any work, 3 ALARM.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipelines.io.layout import derive_run_id, write_json_atomic
+from pipelines.io.manifest import code_version, file_sha256, load_manifest, utc_now
+from pipelines.jobs.nightly_config import NightlyConfig, NightlyConfigError, load_nightly_config
+from pipelines.io.remote import is_url, local_copy, local_path
+from pipelines.io.translator_file import load_translator
+
+SCHEDULING_ONLY = ("num_actors", "actors_per_gpu", "actor_threads", "buffer_gb", "stall_timeout_s")
+
+log = logging.getLogger("sing.nightly")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_ALARM = 0, 1, 2, 3
+CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+STATE_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    uri: str  # as listed (local path or fsspec URL)
+    name: str  # basename
+    mtime: float
+    size: int
+    sha256: str | None = None
+    local: str | None = None  # local copy (the file itself when local)
+
+    def order_key(self, order: str):
+        return (self.name,) if order == "name" else (self.mtime, self.name)
+
+
+def nightly_dir(cfg: NightlyConfig) -> Path:
+    return Path(cfg.out) / "nightly" / cfg.name
+
+
+# ------------------------------------------------------------------------ listing
+
+def _mtime(info: dict) -> float:
+    """fsspec backends name the modification time differently (local: mtime; s3: LastModified)."""
+    for k in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        v = info.get(k)
+        if v is None:
+            continue
+        if hasattr(v, "timestamp"):
+            return float(v.timestamp())
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            import datetime as dt
+
+            try:
+                return dt.datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
+
+
+def list_checkpoints(cfg: NightlyConfig) -> list[Checkpoint]:
+    """Every checkpoint file the config names, with size and mtime (no content read yet)."""
+    import fsspec
+
+    src = cfg.checkpoints.source
+    found: list[Checkpoint] = []
+    if isinstance(src, str):
+        fs, root = fsspec.core.url_to_fs(local_path(os.path.expanduser(src)))
+        if not fs.isdir(root):
+            raise NightlyConfigError(f"checkpoints.source {src!r} is not a directory (or give a list of files)")
+        pattern = cfg.checkpoints.pattern
+        for info in fs.ls(root, detail=True):
+            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            if info.get("type") == "directory" or name.startswith("."):
+                continue
+            if pattern and not fnmatch.fnmatch(name, pattern):
+                continue
+            if not pattern and not name.lower().endswith(CHECKPOINT_EXTS):
+                continue
+            uri = fs.unstrip_protocol(info["name"]) if is_url(src) else info["name"]
+            found.append(Checkpoint(uri, name, _mtime(info), int(info.get("size") or 0)))
+        if not found:
+            raise NightlyConfigError(f"checkpoints.source {src!r} holds no file matching "
+                                     f"{pattern or ', '.join(CHECKPOINT_EXTS)}")
+    else:
+        for item in src:
+            fs, path = fsspec.core.url_to_fs(local_path(os.path.expanduser(item)))
+            if not fs.isfile(path):
+                raise NightlyConfigError(f"checkpoint not found: {item}")
+            info = fs.info(path)
+            uri = item if is_url(item) else os.path.abspath(path)
+            found.append(Checkpoint(uri, os.path.basename(path), _mtime(info), int(info.get("size") or 0)))
+    for ck in found:
+        if not ck.name.lower().endswith(CHECKPOINT_EXTS):
+            raise NightlyConfigError(f"checkpoint {ck.uri} must end with one of {', '.join(CHECKPOINT_EXTS)}")
+    return found
+
+
+def hash_checkpoints(cks: list[Checkpoint], state: dict) -> None:
+    """sha256 of each file; reuses the hash recorded for an unchanged (uri, size, mtime)."""
+    seen = state.setdefault("files", {})
+    for ck in cks:
+        rec = seen.get(ck.uri)
+        if rec and rec.get("size") == ck.size and rec.get("mtime") == ck.mtime:
+            ck.sha256 = rec["sha256"]
+            continue
+        ck.local = local_copy(ck.uri)
+        ck.sha256 = file_sha256(ck.local)
+        seen[ck.uri] = {"size": ck.size, "mtime": ck.mtime, "sha256": ck.sha256}
+
+
+def pick(cfg: NightlyConfig, cks: list[Checkpoint], state: dict) -> list[Checkpoint]:
+    """The checkpoints to audit tonight, oldest first (so each can be the next one's baseline)."""
+    order = cfg.checkpoints.order
+    by_sha: dict[str, Checkpoint] = {}
+    for ck in sorted(cks, key=lambda c: c.order_key(order)):
+        by_sha.setdefault(ck.sha256, ck)  # the same weights under two names: audit once
+    newest_first = sorted(by_sha.values(), key=lambda c: c.order_key(order), reverse=True)
+    judged = state.get("checkpoints", {})
+    if cfg.checkpoints.select == "latest":
+        newest_first = newest_first[:1]
+    todo = [c for c in newest_first if c.sha256 not in judged]
+    if cfg.checkpoints.max_per_run:
+        todo = todo[: cfg.checkpoints.max_per_run]
+    return sorted(todo, key=lambda c: c.order_key(order))
+
+
+# -------------------------------------------------------------------------- state
+
+def load_state(cfg: NightlyConfig) -> dict:
+    import json
+
+    p = nightly_dir(cfg) / "state.json"
+    if not p.is_file():
+        return {"version": STATE_VERSION, "name": cfg.name, "checkpoints": {}, "files": {}}
+    state = json.loads(p.read_text())
+    if state.get("version") != STATE_VERSION:
+        raise NightlyConfigError(f"{p}: state version {state.get('version')!r} is not {STATE_VERSION}")
+    return state
+
+
+def _loadable(cfg: NightlyConfig, picked: list[Checkpoint]) -> tuple[list[Checkpoint], list[dict]]:
+    """Split off checkpoints that do not load (a file still being written, a pickle with code,
+    the wrong architecture): each is reported, the others are still audited, and since state
+    records only judged checkpoints, a fixed file is picked up again the next night."""
+    from pipelines.models.classifiers import load_classifier
+
+    ok, bad = [], []
+    for ck in picked:
+        try:
+            load_classifier(f"{cfg.checkpoints.arch}@{ck.local or ck.uri}")
+            ok.append(ck)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            log.error("checkpoint %s does not load: %s", ck.name, exc)
+            bad.append({"name": ck.name, "uri": ck.uri, "sha256": ck.sha256,
+                        "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"})
+    return ok, bad
+
+
+# ------------------------------------------------------------------- translators
+
+def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str]) -> tuple[list[str], str]:
+    """One translator path per checkpoint and the audit's translator_match mode."""
+    if cfg.reuse:
+        path = local_copy(cfg.reuse)
+        if not Path(path).is_file():
+            raise NightlyConfigError(f"translator.reuse: translator not found: {cfg.reuse}")
+        return [path] * len(picked), "arch"
+    from pipelines.jobs.fit import FitConfig, run_fit
+
+    out_dir = Path(cfg.refit.out) if cfg.refit.out else nightly_dir(cfg) / "translators"
+    paths = []
+    for ck, spec in zip(picked, specs):
+        path = out_dir / f"{ck.sha256[:16]}.safetensors"
+        try:  # fitted on an earlier (killed) night: reuse it
+            load_translator(path)
+            log.info("translator for %s exists: %s", ck.name, path)
+        except (FileNotFoundError, ValueError):
+            log.info("fitting a translator for %s", ck.name)
+            run_fit(FitConfig(model=spec, clip=cfg.refit.clip, shards=cfg.refit.shards, out=str(path),
+                              heldout_shards=cfg.refit.heldout_shards, templates=cfg.refit.templates,
+                              batch_size=cfg.audit.batch_size, device=cfg.audit.device,
+                              precision=cfg.audit.precision))
+        paths.append(str(path))
+    return paths, "exact"
+
+
+# ----------------------------------------------------------------------- verdicts
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def evaluate(cfg: NightlyConfig, diff: dict | None, counts: dict) -> list[dict]:
+    """One dict per configured check: value, limit, passed (None when undefined, e.g. no
+    baseline or a ratio over a head without null space)."""
+    th, checks = cfg.thresholds, []
+    if th.max_median_abs_as_increase_deg is not None:
+        s = (diff or {}).get("stats", {}).get("median_abs_as", {})
+        v = s.get("delta")
+        checks.append({"check": "median_abs_as_increase_deg", "limit": th.max_median_abs_as_increase_deg,
+                       "baseline": s.get("baseline"), "candidate": s.get("candidate"), "value": v,
+                       "passed": (v <= th.max_median_abs_as_increase_deg) if _finite(v) else None})
+    if th.max_is_as_ratio_drop_rel is not None:
+        s = (diff or {}).get("stats", {}).get(th.is_as_ratio, {})
+        b, c = s.get("baseline"), s.get("candidate")
+        v = (b - c) / abs(b) if _finite(b) and _finite(c) and b != 0 else None
+        checks.append({"check": f"{th.is_as_ratio}_drop_rel", "limit": th.max_is_as_ratio_drop_rel,
+                       "baseline": b, "candidate": c, "value": v,
+                       "passed": (v <= th.max_is_as_ratio_drop_rel) if v is not None else None})
+    if th.max_error_rate is not None:
+        n = counts.get("images", 0) + counts.get("errors", 0)
+        v = counts.get("errors", 0) / n if n else None
+        checks.append({"check": "error_rate", "limit": th.max_error_rate, "baseline": None,
+                       "candidate": v, "value": v, "passed": (v <= th.max_error_rate) if v is not None else None})
+    return checks
+
+
+def _previous(state: dict, ck: Checkpoint, order: str) -> dict | None:
+    """The newest earlier judged checkpoint that did not alarm."""
+    earlier = [r for r in state.get("checkpoints", {}).values()
+               if r["verdict"] != "alarm" and tuple(r["order_key"][order]) < ck.order_key(order)]
+    return max(earlier, key=lambda r: tuple(r["order_key"][order]), default=None)
+
+
+def _fixed_baseline(cfg: NightlyConfig) -> dict:
+    run, model = cfg.baseline["run"], cfg.baseline.get("model")
+    man = load_manifest(cfg.out, run)
+    if man is None:
+        raise NightlyConfigError(f"baseline run {run!r} not found under {cfg.out}/runs/")
+    slugs = [m["slug"] for m in man.get("models", [])]
+    if model is None:
+        if len(slugs) != 1:
+            raise NightlyConfigError(f"baseline run {run!r} audited {len(slugs)} models {slugs}: add baseline.model")
+        model = slugs[0]
+    elif model not in slugs:
+        raise NightlyConfigError(f"baseline.model {model!r} is not in run {run!r} (models: {slugs})")
+    return {"run": run, "slug": model, "name": f"run {run}"}
+
+
+# ---------------------------------------------------------------------------- run
+
+def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True) -> dict:
+    """Returns the night's summary (also written to OUT/nightly/<name>/<run_id>.json unless
+    nothing was new); summary['exit_code'] is what the CLI exits with."""
+    from pipelines.jobs.audit import AuditConfig, run_audit
+    from pipelines.models.classifiers import check_arch
+    from pipelines.io.shards import expand_shards
+
+    started, t0 = utc_now(), time.perf_counter()
+    check_arch(cfg.checkpoints.arch)  # unknown source/name: exit 2 before listing anything
+    fixed = _fixed_baseline(cfg) if isinstance(cfg.baseline, dict) else None
+    expand_shards(cfg.audit.shards)  # an empty glob is a config error, found before any download
+    state = load_state(cfg)
+    cks = list_checkpoints(cfg)
+    hash_checkpoints(cks, state)
+    picked = pick(cfg, cks, state)
+    base = {"name": cfg.name, "config": cfg.path, "started_at": started, "code_version": code_version(),
+            "checkpoints_listed": len(cks), "alarm": False}
+    if not picked:
+        log.info("nothing new: %d checkpoints listed, all audited before", len(cks))
+        return {**base, "status": "nothing-new", "run_id": None, "checkpoints": [], "exit_code": EXIT_OK}
+    picked, unloadable = _loadable(cfg, picked)
+    base["unloadable"] = unloadable
+    if dry_run:
+        return {**base, "status": "dry-run", "run_id": None, "exit_code": EXIT_OK,
+                "checkpoints": [{"uri": c.uri, "sha256": c.sha256} for c in picked]}
+    if not picked:
+        raise NightlyConfigError("no new checkpoint loads: " + "; ".join(f"{u['name']}: {u['error']}"
+                                                                      for u in unloadable))
+
+    specs = [f"{cfg.checkpoints.arch}@{c.local or c.uri}" for c in picked]
+    translators, match = _translators(cfg, picked, specs)
+    a = cfg.audit
+    # scheduling knobs change how fast, not what is computed: retuning them keeps the night's
+    # run id, so a rerun still resumes
+    what = {k: v for k, v in asdict(a).items() if k not in SCHEDULING_ONLY}
+    run_id = derive_run_id("nightly", {"name": cfg.name, "sha": [c.sha256 for c in picked],
+                                       "translators": [file_sha256(t) for t in translators],
+                                       "audit": what, "arch": cfg.checkpoints.arch})
+    man = run_audit(AuditConfig(
+        models=specs, translators=translators, shards=a.shards, out=cfg.out, concepts=a.concepts,
+        run_id=run_id, templates=a.templates, class_text=a.class_text, batch_size=a.batch_size,
+        num_actors=a.num_actors, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol, device=a.device,
+        decode=a.decode, host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
+        actor_threads=a.actor_threads, buffer_gb=a.buffer_gb, stall_timeout_s=a.stall_timeout_s,
+        precision=a.precision, progress=progress, translator_match=match, extra={"nightly": cfg.name}))
+    slugs = [m["slug"] for m in man["models"]]
+
+    from queries.runner import QueryError, checkpoint_diff
+
+    results, judged = [], dict(state.get("checkpoints", {}))
+    for ck, slug, tpath in zip(picked, slugs, translators):
+        counts = man["counts"][slug]
+        if fixed:
+            baseline = fixed
+        else:
+            prev = _previous({"checkpoints": judged}, ck, cfg.checkpoints.order)
+            baseline = prev and {"run": prev["run_id"], "slug": prev["slug"], "name": prev["name"],
+                                 "sha256": prev["sha256"]}
+        diff = None
+        if baseline:
+            try:
+                diff = checkpoint_diff(cfg.out, baseline_run=baseline["run"], candidate_run=run_id,
+                                       baseline_model=baseline["slug"], candidate_model=slug)
+            except QueryError as exc:  # e.g. the baseline's results were deleted
+                raise RuntimeError(f"comparing {ck.name} with {baseline['name']}: {exc}") from exc
+        checks = evaluate(cfg, diff, counts)
+        verdict = "alarm" if any(c["passed"] is False for c in checks) else ("ok" if baseline else "no-baseline")
+        rec = {"name": ck.name, "uri": ck.uri, "sha256": ck.sha256, "slug": slug, "run_id": run_id,
+               "translator": tpath, "verdict": verdict, "audited_at": utc_now(),
+               "order_key": {"mtime": list(ck.order_key("mtime")), "name": list(ck.order_key("name"))}}
+        results.append({**rec, "baseline": baseline, "counts": counts, "checks": checks,
+                        "stats": diff and diff["stats"],
+                        "top_classes": diff["top_classes"].to_dicts() if diff else []})
+        judged[ck.sha256] = rec
+        log.info("%s: %s", ck.name, verdict.upper())
+
+    alarm = any(r["verdict"] == "alarm" for r in results)
+    ndir = nightly_dir(cfg)
+    summary = {**base, "status": "complete", "run_id": run_id, "alarm": alarm, "finished_at": utc_now(),
+               "wall_seconds": round(time.perf_counter() - t0, 3), "checkpoints": results,
+               "thresholds": asdict(cfg.thresholds), "exit_code": EXIT_ALARM if alarm else EXIT_OK}
+    if cfg.report:
+        summary["report"] = _report(cfg, run_id, slugs + [r["baseline"]["slug"] for r in results if r["baseline"]])
+    write_json_atomic(summary, ndir / f"{run_id}.json")
+    # state last: a night killed before this point is redone (and resumes) next time
+    write_json_atomic({**state, "checkpoints": judged, "updated_at": utc_now()}, ndir / "state.json")
+    return summary
+
+
+def _report(cfg: NightlyConfig, run_id: str, slugs: list[str]) -> str | None:
+    from queries.report import build_report
+
+    out = nightly_dir(cfg) / "reports" / run_id
+    try:
+        build_report(cfg.out, str(out), models=sorted(set(slugs)))
+    except Exception as exc:  # noqa: BLE001 - a failed picture must not hide the verdict
+        log.warning("report failed (verdicts unaffected): %s", exc)
+        return None
+    return str(out / "index.html")
+
+
+def format_summary(s: dict) -> str:
+    if s["status"] == "nothing-new":
+        return f"nightly {s['name']}: nothing new ({s['checkpoints_listed']} checkpoints listed, all audited before)"
+    bad = [f"  UNLOADABLE {u['name']}: {u['error']}" for u in s.get("unloadable", [])]
+    if s["status"] == "dry-run":
+        return "\n".join([f"nightly {s['name']}: would audit {len(s['checkpoints'])} checkpoint(s):"]
+                         + [f"  {c['uri']}  sha256 {c['sha256'][:12]}" for c in s["checkpoints"]] + bad)
+    lines = [f"nightly {s['name']}: run {s['run_id']}, {len(s['checkpoints'])} checkpoint(s)"
+             + ("  ** ALARM **" if s["alarm"] else "")]
+    for r in s["checkpoints"]:
+        b = r["baseline"]["name"] if r["baseline"] else "no baseline"
+        lines.append(f"  {r['name']}: {r['verdict'].upper()} (vs {b}; {r['counts']['images']} images, "
+                     f"{r['counts']['errors']} errors)")
+        for c in r["checks"]:
+            mark = {True: "ok", False: "FAIL", None: "n/a"}[c["passed"]]
+            val = "undefined" if c["value"] is None else f"{c['value']:.4g}"
+            lines.append(f"    {mark:4} {c['check']} = {val} (limit {c['limit']})")
+    if s.get("report"):
+        lines.append(f"report: {s['report']}")
+    return "\n".join(lines + bad)
+
+
+def cli_nightly(config: str, dry_run: bool = False, progress: bool = True) -> int:
+    """Run one night; map failures onto the documented exit codes."""
+    import sys
+
+    try:
+        cfg = load_nightly_config(config)
+        summary = run_nightly(cfg, dry_run=dry_run, progress=progress)
+    except (NightlyConfigError, FileNotFoundError, KeyError) as exc:
+        print(f"sing nightly: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except ValueError as exc:  # bad model/translator/shards: found by run_audit before work
+        print(f"sing nightly: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except Exception as exc:  # noqa: BLE001 - the scheduler only sees the code; rerunning resumes
+        log.exception("nightly run failed")
+        print(f"sing nightly: failed: {type(exc).__name__}: {exc}; rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(format_summary(summary))
+    return summary["exit_code"]

@@ -1,0 +1,502 @@
+"""`sing reproduce`: the paper's two headline experiments beside the paper's numbers.
+
+    sing reproduce --shards '/data/in1k/val/*.tar' --out repro/ --translators official/translators \
+        --class-text text/in1k_official.parquet --prompt-embeddings text/jellyfish.parquet
+
+(a) the IS/|AS| sweep: one audit per model (or --models-per-pass models per decode pass),
+    summarised by the `model_summary` query (both ratio definitions), beside Fig. 4;
+(b) Table 1: images of class "sports car" steered through the null space toward "an image
+    of a jellyfish" to IS = 40 deg (`sing steer`), |AS| toward the prompt from the
+    `steer_summary` query, beside Table 1.
+
+Models: `paper` (all 13 zoo entries), zoo names (`resnet`, or the paper's label `ResNet50`),
+or NAME=MODEL to run another MODEL under a name (tests run random tiny models under the
+paper's names; a name outside the zoo has no paper value). Translators: --translators DIR in
+the official layout (DIR/<name>/linear/best.pt + metadata.yaml, imported on the fly into
+OUT/translators/) or project translator files DIR/<name>.safetensors. A model without a
+usable translator, or whose run fails, is reported with the reason; the others go on.
+
+Writes OUT/reproduction.md, OUT/reproduction.html (self-contained, inline figure) and
+OUT/reproduction.json (the same rows); results under OUT/results (rerunning resumes: run ids
+are derived from the inputs), imported translators under OUT/translators.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("sing.reproduce")
+
+PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
+
+
+class ReproduceError(ValueError):
+    """Bad `sing reproduce` input (exit 2)."""
+
+
+@functools.lru_cache(maxsize=1)
+def paper_numbers() -> dict:
+    import yaml
+
+    return yaml.safe_load(PAPER_NUMBERS.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # zoo name (or the user's name for a model outside the zoo)
+    model: str  # the MODEL string that is run
+    label: str  # how the paper names it
+    in_zoo: bool
+    overridden: bool  # MODEL differs from the zoo's exact MODEL string
+
+
+def parse_models(items: list[str]) -> list[Entry]:
+    """`paper` | NAME | paper label | NAME=MODEL, in the order given (duplicates refused)."""
+    from pipelines.models.spec import parse_model_spec
+    from pipelines.models.zoo import BY_NAME, PAPER_MODELS
+
+    by_label = {m.paper_label.lower(): m for m in PAPER_MODELS}
+    out: list[Entry] = []
+    for item in items or ["paper"]:
+        item = item.strip()
+        if item.lower() == "paper":
+            out += [Entry(m.name, m.model, m.paper_label, True, False) for m in PAPER_MODELS]
+            continue
+        name, eq, model = item.partition("=")
+        name, model = name.strip(), model.strip()
+        z = BY_NAME.get(name.lower()) or by_label.get(name.lower())
+        if eq:
+            if not name or not model:
+                raise ReproduceError(f"--models {item!r}: expected NAME=MODEL")
+            parse_model_spec(model)  # a bad MODEL string is an input error now, not a skipped row later
+            out.append(Entry(z.name, model, z.paper_label, True, model != z.model) if z
+                       else Entry(name, model, name, False, True))
+        elif z is None:
+            raise ReproduceError(f"--models: no paper model {name!r}; one of {', '.join(BY_NAME)} "
+                                 "(or NAME=MODEL for another model)")
+        else:
+            out.append(Entry(z.name, z.model, z.paper_label, True, False))
+    names = [e.name for e in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ReproduceError(f"--models names {dup} more than once")
+    return out
+
+
+# ----------------------------------------------------------------------------- translators
+
+
+def find_translator(e: Entry, tdir: str | None, import_dir: Path) -> tuple[str | None, str | None, dict]:
+    """(translator path, None, info) or (None, reason it is skipped, info)."""
+    from pipelines.models.spec import parse_model_spec
+    from pipelines.io.official import import_translator
+    from pipelines.io.translator_file import load_translator
+
+    if not tdir:
+        return None, "no translator (give --translators DIR)", {}
+    root = Path(tdir)
+    official = root / e.name / "linear" / "best.pt"
+    project = root / f"{e.name}.safetensors"
+    if official.is_file():
+        try:
+            info = import_translator(official, e.model, import_dir / f"{e.name}.safetensors", expect_name=e.name)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            return None, f"official translator not imported: {exc}", {"source": str(official)}
+        return info["path"], None, {"source": str(official), "kind": "official (imported)",
+                                    "sha256": info["source_sha256"], "id": info["id"]}
+    if project.is_file():
+        try:
+            tr = load_translator(project, source_model=parse_model_spec(e.model).model_id)
+        except (ValueError, FileNotFoundError) as exc:
+            return None, f"translator not usable: {exc}", {"source": str(project)}
+        return str(project), None, {"source": str(project), "kind": "project", "id": tr.id}
+    others = sorted(p.name for p in (root / e.name).iterdir() if p.is_dir()) if (root / e.name).is_dir() else []
+    if others:
+        return None, (f"only non-linear official translators ({', '.join(others)}) in {root / e.name}: not "
+                      "affine maps"), {}
+    return None, f"no translator in {root} (looked for {e.name}/linear/best.pt and {e.name}.safetensors)", {}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ReproduceConfig:
+    shards: list[str]
+    out: str
+    models: list[str] = field(default_factory=lambda: ["paper"])
+    translators: str | None = None
+    class_text: str | None = None  # class prompt embeddings, one row per class (default: CLIP prompts)
+    templates: str = "single"  # CLIP prompt templates when class_text is not given
+    steer_shards: list[str] | None = None  # images for Table 1 (default: shards)
+    prompt: str | None = None  # default: Table 1's "an image of a jellyfish"
+    prompt_embeddings: str | None = None  # the target from an embeddings Parquet row named `prompt`
+    models_per_pass: int = 1
+    batch_size: int = 64
+    rank_atol: float | None = 1e-5
+    rank_rtol: float | None = None
+    device: str | None = None
+    progress: bool = True
+    precision: str = "fp32"  # of every forward (pipelines.models.precision)
+
+
+@dataclass
+class ModelResult:
+    entry: Entry
+    translator: str | None = None
+    translator_info: dict = field(default_factory=dict)
+    skipped: str | None = None  # before any work: no translator, ...
+    audit: dict | None = None  # model_summary row + run id
+    audit_error: str | None = None
+    steer: dict | None = None  # steer_summary row + run id
+    steer_error: str | None = None
+    steer_skipped: str | None = None
+
+
+def _check(cfg: ReproduceConfig) -> None:
+    from pipelines.io.shards import expand_shards
+
+    if cfg.models_per_pass < 1:
+        raise ReproduceError(f"--models-per-pass must be >= 1, got {cfg.models_per_pass}")
+    expand_shards(cfg.shards)  # missing shards: exit 2 before any work
+    if cfg.steer_shards:
+        expand_shards(cfg.steer_shards)
+    for what, p in (("--class-text", cfg.class_text), ("--prompt-embeddings", cfg.prompt_embeddings)):
+        if p and not Path(p).is_file():
+            raise FileNotFoundError(f"{what} file not found: {p}")
+    if cfg.prompt_embeddings:  # a missing row would otherwise skip every model's Table 1 run
+        from pipelines.jobs.steer import pick_row
+        from pipelines.models.text import load_embeddings
+
+        pick_row(load_embeddings(cfg.prompt_embeddings)[0], (cfg.prompt or paper_numbers()["table1"]["protocol"]
+                                                             ["prompt"]).strip(), cfg.prompt_embeddings)
+    if cfg.translators and not Path(cfg.translators).is_dir():
+        raise FileNotFoundError(f"--translators directory not found: {cfg.translators}")
+
+
+def _first_row(df) -> dict | None:
+    return df.row(0, named=True) if df.height else None
+
+
+def run_reproduce(cfg: ReproduceConfig) -> dict:
+    from queries.runner import model_summary, steer_summary
+
+    from pipelines.jobs.audit import AuditConfig, run_audit
+    from pipelines.io.manifest import code_version, utc_now
+    from pipelines.jobs.steer import SteerConfig, SteerConfigError, run_steer
+
+    entries = parse_models(cfg.models)
+    _check(cfg)
+    protocol = paper_numbers()["table1"]["protocol"]
+    prompt = (cfg.prompt or protocol["prompt"]).strip()
+    out = Path(cfg.out)
+    results = out / "results"
+    started = utc_now()
+    res = [ModelResult(e) for e in entries]
+    for r in res:
+        r.translator, r.skipped, r.translator_info = find_translator(r.entry, cfg.translators, out / "translators")
+        if r.skipped:
+            log.warning("%s: skipped: %s", r.entry.name, r.skipped)
+    runnable = [r for r in res if not r.skipped]
+
+    # (a) the sweep: audits, models_per_pass models per decode pass
+    for i in range(0, len(runnable), cfg.models_per_pass):
+        group = runnable[i:i + cfg.models_per_pass]
+        try:
+            man = run_audit(AuditConfig(
+                models=[r.entry.model for r in group], translators=[r.translator for r in group],
+                shards=cfg.shards, out=str(results), class_text=cfg.class_text, templates=cfg.templates,
+                batch_size=cfg.batch_size, rank_atol=cfg.rank_atol, rank_rtol=cfg.rank_rtol, device=cfg.device,
+                precision=cfg.precision, progress=cfg.progress, extra={"reproduce": [r.entry.name for r in group]}))
+            summaries = [_first_row(model_summary(str(results), model=m["slug"], run=man["run_id"]))
+                         if man["counts"][m["slug"]]["images"] else None  # the query refuses an empty filter
+                         for m in man["models"]]
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
+            log.error("audit of %s failed: %s", [r.entry.name for r in group], exc)
+            for r in group:
+                r.audit_error = f"{type(exc).__name__}: {exc}"
+            continue
+        for r, m, row in zip(group, man["models"], summaries):
+            r.audit = {**(row or {}), "run": man["run_id"], "slug": m["slug"], "model_id": m["model_id"],
+                       "null_dim": m["null_dim"], "class_text": _class_text_note(m.get("class_text") or {})}
+
+    # (b) Table 1: steering one class toward the prompt at IS = 40 deg
+    for r in runnable:
+        try:
+            man = run_steer(SteerConfig(
+                model=r.entry.model, translator=r.translator, shards=cfg.steer_shards or cfg.shards,
+                out=str(results), target_class=protocol["class"], prompt=prompt,
+                prompt_embeddings=cfg.prompt_embeddings, is_deg=float(protocol["is_deg"]),
+                batch_size=cfg.batch_size, rank_atol=cfg.rank_atol, rank_rtol=cfg.rank_rtol, device=cfg.device,
+                precision=cfg.precision, progress=cfg.progress))
+            slug = man["models"][0]["slug"]
+            row = _first_row(steer_summary(str(results), model=slug, run=man["run_id"])) \
+                if man["counts"]["images"] else None
+        except SteerConfigError as exc:  # e.g. no null space: steering is undefined, not a failure
+            r.steer_skipped = str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001
+            log.error("steering %s failed: %s", r.entry.name, exc)
+            r.steer_error = f"{type(exc).__name__}: {exc}"
+            continue
+        r.steer = {**(row or {"n": 0, "n_reachable": 0}), "run": man["run_id"], "slug": slug,
+                   "class_index": man["target"]["class_index"], "target_text": man.get("target_text")}
+
+    report = build_tables(res, cfg, prompt, protocol)
+    report.update({"started_at": started, "finished_at": utc_now(), "code_version": code_version(),
+                   "config": {k: v for k, v in asdict(cfg).items()}, "results": str(results)})
+    write_reports(out, report)
+    return report
+
+
+def _class_text_note(info: dict) -> str:
+    if "computed_with" in info:
+        return f"CLIP {info['computed_with']}, templates {info.get('templates')}"
+    prov = info.get("provenance") or {}
+    what = f"official npz, prompt {prov['prompt']!r}" if prov.get("prompt") else (info.get("templates") or "file")
+    return f"{info.get('path')} ({what}; matched by index, {info.get('names_differ', 0)} names spelled differently)"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+RATIO_COLUMNS = [  # (key, header)
+    ("model", "model"), ("name", "name"), ("status", "status"), ("null_dim", "null_dim"),
+    ("n_images", "n images"), ("n_scored", "n scored"), ("mean_is", "mean IS"), ("mean_abs_as", "mean |AS|"),
+    ("ratio_of_means", "IS/|AS| ratio_of_means"), ("median_ratio", "IS/|AS| median_ratio"),
+    ("paper", "paper IS/|AS|"), ("diff_ratio_of_means", "diff (ratio_of_means - paper)"),
+    ("diff_median_ratio", "diff (median_ratio - paper)"), ("paper_source", "paper source"),
+]
+TABLE1_COLUMNS = [
+    ("model", "model"), ("name", "name"), ("status", "status"), ("n", "n steered"),
+    ("n_reachable", "reachable"), ("mean_abs_as", "|AS| mean"), ("std_abs_as", "|AS| std"),
+    ("sem_abs_as", "|AS| sem"), ("mean_is", "IS mean"), ("paper", "paper |AS| mean +- std"),
+    ("diff", "diff (mean - paper mean)"), ("paper_source", "paper source"),
+]
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _diff(ours, paper):
+    return None if ours is None or paper is None else ours - paper
+
+
+def build_tables(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, protocol: dict) -> dict:
+    nums = paper_numbers()
+    ratios, t1 = nums["is_as_ratio"]["values"], nums["table1"]["values"]
+    ratio_rows, t1_rows = [], []
+    for r in res:
+        e = r.entry
+        p = ratios.get(e.name) if e.in_zoo else None
+        a = r.audit or {}
+        if r.skipped:
+            status = f"skipped: {r.skipped}"
+        elif r.audit_error:
+            status = f"failed: {r.audit_error}"
+        elif a.get("null_dim") == 0:
+            status = "no null space (AS/IS undefined)"
+        else:
+            status = "ok"
+        rom, med = _num(a.get("ratio_of_means")), _num(a.get("median_ratio"))
+        ratio_rows.append({
+            "model": e.label, "name": e.name, "MODEL": e.model, "status": status, "null_dim": a.get("null_dim"),
+            "n_images": a.get("n_images"), "n_scored": a.get("n_scored"), "mean_is": _num(a.get("mean_is")),
+            "mean_abs_as": _num(a.get("mean_abs_as")), "ratio_of_means": rom, "median_ratio": med,
+            "paper": p["value"] if p else None, "diff_ratio_of_means": _diff(rom, p["value"] if p else None),
+            "diff_median_ratio": _diff(med, p["value"] if p else None),
+            "paper_source": p["source"] if p else None, "run": a.get("run"), "slug": a.get("slug")})
+        q = t1.get(e.name) if e.in_zoo else None
+        s = r.steer or {}
+        if r.skipped:
+            status = f"skipped: {r.skipped}"
+        elif r.steer_skipped:
+            status = f"skipped: {r.steer_skipped}"
+        elif r.steer_error:
+            status = f"failed: {r.steer_error}"
+        elif not s.get("n"):
+            status = f"no image of class {protocol['class']!r} in the shards"
+        elif not s.get("n_reachable"):
+            status = f"IS = {protocol['is_deg']} deg reached by no image"
+        else:
+            status = "ok"
+        mean = _num(s.get("mean_abs_as"))
+        t1_rows.append({
+            "model": e.label, "name": e.name, "MODEL": e.model, "status": status, "n": s.get("n"),
+            "n_reachable": s.get("n_reachable"), "mean_abs_as": mean, "std_abs_as": _num(s.get("std_abs_as")),
+            "sem_abs_as": _num(s.get("sem_abs_as")), "mean_is": _num(s.get("mean_is")),
+            "paper": f"{q['mean']:.2f} +- {q['std']:.2f}" if q else None,
+            "paper_mean": q["mean"] if q else None, "paper_std": q["std"] if q else None,
+            "diff": _diff(mean, q["mean"] if q else None), "paper_source": q["source"] if q else None,
+            "run": s.get("run"), "slug": s.get("slug")})
+    # the paper's orders: Fig. 4 by ratio, Table 1 as printed; other models after, as given
+    fig_order = list(ratios)
+    ratio_rows.sort(key=lambda row: fig_order.index(row["name"]) if row["name"] in fig_order else len(fig_order))
+    t1_order = list(t1)
+    t1_rows.sort(key=lambda row: t1_order.index(row["name"]) if row["name"] in t1_order else len(t1_order))
+    return {"paper": nums["paper"], "protocol": {**protocol, "prompt_used": prompt},
+            "is_as_ratio": ratio_rows, "table1": t1_rows, "notes": _notes(res, cfg, prompt, protocol)}
+
+
+def _notes(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, protocol: dict) -> list[str]:
+    notes = []
+    audited = [r for r in res if r.audit]
+    if audited:
+        n = max(r.audit.get("n_images") or 0 for r in audited)
+        notes.append(f"Sweep images: {n} from {', '.join(cfg.shards)} (paper: 10,000 ImageNet images over all "
+                     "1000 classes).")
+    ct = next((r.audit["class_text"] for r in audited if r.audit.get("class_text")), None)
+    if ct:
+        notes.append(f"Class text for AS: {ct} (paper: the official class embeddings, mean of five prompts).")
+    steered = [r for r in res if r.steer]
+    if steered:
+        src = steered[0].steer.get("target_text") or {}
+        how = (f"row {src.get('name')!r} of {src.get('path')}" if src.get("source") == "embeddings"
+               else f"{prompt!r} embedded with {src.get('clip_model')} (no template)")
+        notes.append(f"Table 1 target: {how}; images of class {protocol['class']!r} from "
+                     f"{', '.join(cfg.steer_shards or cfg.shards)}; the step is solved per image so that IS is "
+                     f"exactly {protocol['is_deg']} deg (unreachable images are counted, not averaged).")
+    notes.append("IS/|AS|: ratio_of_means = mean(IS) / mean(|AS|); median_ratio = median over images of IS/|AS|. "
+                 "The paper does not say which it plots; its values are read off a plot (approximate).")
+    notes.append("Table 1 +-: the paper does not say whether it is a standard deviation over images or an error of "
+                 "the mean; std here is over images (sample, n - 1) and sem = std / sqrt(n).")
+    over = [r.entry for r in res if r.entry.overridden]
+    if over:
+        notes.append("Not the paper's weights: " + ", ".join(f"{e.name} = {e.model}" for e in over)
+                     + (". Random weights: these numbers test the machinery and mean nothing about the paper."
+                        if any("@random" in e.model for e in over) else "."))
+    kinds = sorted({r.translator_info.get("kind") for r in res if r.translator_info.get("kind")})
+    if kinds:
+        notes.append(f"Translators: {', '.join(kinds)} (paper: the official linear translators).")
+    return notes
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _cell(v, key: str = "") -> str:
+    if v is None:
+        return "-"
+    if key == "paper" and isinstance(v, (int, float)):  # read off a plot: as printed, marked approximate
+        return f"~{v:g}"
+    if isinstance(v, float):
+        return f"{v:+.2f}" if key.startswith("diff") else f"{v:.2f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], columns) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(esc(_cell(r.get(k), k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(rep: dict) -> str:
+    p = rep["protocol"]
+    parts = [
+        "# SING reproduction", "", f"Paper: {rep['paper']}.", "",
+        "## IS/|AS| per model (paper Fig. 4 sweep)", "",
+        markdown_table(rep["is_as_ratio"], RATIO_COLUMNS), "",
+        f"## Table 1: class {p['class']!r} steered toward {p['prompt']!r} at IS = {p['is_deg']} deg", "",
+        markdown_table(rep["table1"], TABLE1_COLUMNS), "",
+        "## How this run differs from the paper's protocol", "",
+        *[f"- {n}" for n in rep["notes"]], "",
+        f"Results: `{rep['results']}` (query them with `sing query model_summary --results {rep['results']}` and "
+        f"`sing query steer_summary --results {rep['results']}`); code {rep['code_version']}, "
+        f"{rep['started_at']} - {rep['finished_at']}.", "",
+    ]
+    return "\n".join(parts)
+
+
+def _figure_png(rep: dict) -> bytes | None:
+    """Ours vs paper, both experiments, as one PNG (None when there is nothing to plot)."""
+    ratio = [r for r in rep["is_as_ratio"] if r["ratio_of_means"] is not None or r["paper"] is not None]
+    t1 = [r for r in rep["table1"] if r["mean_abs_as"] is not None or r["paper_mean"] is not None]
+    if not ratio and not t1:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    nan = lambda v: np.nan if v is None else v  # noqa: E731
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    for ax, rows, series, title in (
+            (axes[0], ratio, [("ratio_of_means", "ours: ratio of means"), ("median_ratio", "ours: median ratio"),
+                              ("paper", "paper (Fig. 4, approx.)")], "IS/|AS| (higher is better)"),
+            (axes[1], t1, [("mean_abs_as", "ours"), ("paper_mean", "paper (Table 1)")],
+             "Table 1: |AS| toward the prompt at IS = 40 deg")):
+        x = np.arange(len(rows))
+        w = 0.8 / len(series)
+        for j, (k, lab) in enumerate(series):
+            ax.bar(x + (j - (len(series) - 1) / 2) * w, [nan(r[k]) for r in rows], w, label=lab)
+        ax.set_xticks(x, [r["model"] for r in rows], rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def html_table(rows: list[dict], columns) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(k), k))}</td>" for k, _ in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(rep: dict, png: bytes | None) -> str:
+    p = rep["protocol"]
+    fig = (f'<img alt="ours vs paper" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+           if png else "")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in rep["notes"])
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>SING reproduction</title><style>"
+            "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} td:nth-child(-n+3){text-align:left}"
+            "img{max-width:100%}</style></head><body>"
+            f"<h1>SING reproduction</h1><p>Paper: {html.escape(rep['paper'])}.</p>"
+            "<h2>IS/|AS| per model (paper Fig. 4 sweep)</h2>" + html_table(rep["is_as_ratio"], RATIO_COLUMNS)
+            + f"<h2>Table 1: class {html.escape(repr(p['class']))} steered toward {html.escape(repr(p['prompt']))}"
+            f" at IS = {p['is_deg']} deg</h2>" + html_table(rep["table1"], TABLE1_COLUMNS) + fig
+            + f"<h2>How this run differs from the paper's protocol</h2><ul>{notes}</ul>"
+            f"<p>Results: <code>{html.escape(rep['results'])}</code>; code {html.escape(rep['code_version'])}.</p>"
+            "</body></html>")
+
+
+def write_reports(out: Path, rep: dict) -> dict[str, Path]:
+    from pipelines.io.layout import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"md": out / "reproduction.md", "html": out / "reproduction.html", "json": out / "reproduction.json"}
+    for key, text in (("md", render_markdown(rep)), ("html", render_html(rep, _figure_png(rep)))):
+        tmp = files[key].with_name(f".{files[key].name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(files[key])
+    write_json_atomic(json.loads(json.dumps(rep, default=str)), files["json"])
+    return files
+
+
+def exit_code(rep: dict) -> int:
+    """0: every model with a translator ran; 1: some run failed (rerun resumes); 2: nothing could run."""
+    rows = rep["is_as_ratio"] + rep["table1"]
+    if any(r["status"].startswith("failed") for r in rows):
+        return 1
+    if all(r["status"].startswith("skipped") for r in rep["is_as_ratio"]):
+        return 2
+    return 0

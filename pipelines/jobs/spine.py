@@ -1,0 +1,178 @@
+"""The spine every shard job runs on: plan -> stream -> drain -> finish.
+
+    plan     expand the shards (clashing names refused), the run id from ONE function over
+             the job's options (every option that changes results, none that only schedules)
+             plus what the job resolved (model ids, checkpoint hashes, translator ids, text
+             files), the shards already done, the manifest written as "running"
+    stream   the read tasks and the chain of model actors, sized by one ActorPlan
+    drain    the results regrouped per shard and handed to the job's writer, stall-guarded;
+             a stream that ends with a shard incomplete is a failed run (a rerun resumes)
+    finish   the manifest, complete
+
+A job (audit, steer, index, fit) is its options, its actors and its writer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from pipelines.errors import BadInput, RunFailed
+from pipelines.io.layout import check_run_id, derive_run_id
+from pipelines.io.manifest import code_version, load_manifest, utc_now, write_manifest
+from pipelines.options import identity
+from pipelines.stages.actor_pool import DEFAULT_GPU_ACTOR_THREADS, actor_pool
+
+log = logging.getLogger("sing.spine")
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Plan:
+    kind: str
+    run_id: str
+    out: str
+    shards: list[str]  # every shard of the run, as paths/URLs
+    names: list[str]  # their names (file stems), which key the output files
+    done: set[str]  # names of the shards finished by an earlier attempt
+    manifest: dict
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def todo(self) -> list[str]:
+        return [s for s, n in zip(self.shards, self.names) if n not in self.done]
+
+
+def run_id_for(kind: str, opts, resolved: dict) -> str:
+    """THE run id: a hash of the options that change results (options.identity) with what the
+    job resolved from them in their place (e.g. shard names for shard globs, model ids and
+    checkpoint hashes for MODEL strings). A given --run-id wins."""
+    if getattr(opts, "run_id", None):
+        return check_run_id(opts.run_id)
+    return derive_run_id(kind, {**identity(opts), **resolved})
+
+
+def expand(shard_globs) -> tuple[list[str], list[str]]:
+    from pipelines.io.shards import expand_shards, shard_name
+
+    shards = expand_shards(shard_globs)
+    names = [shard_name(s) for s in shards]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise BadInput(f"two shards share a file name ({', '.join(dup[:3])}); shard names key the output files")
+    return shards, names
+
+
+def plan(kind: str, opts, resolved: dict, is_done: Callable[[str, str], bool], manifest: dict,
+         shards: tuple[list[str], list[str]] | None = None) -> Plan:
+    """is_done(run_id, shard_name): whether an earlier attempt finished that shard."""
+    shards, names = shards or expand(opts.shards)
+    run_id = run_id_for(kind, opts, {**resolved, "shards": names})
+    done = {n for n in names if is_done(run_id, n)}
+    config = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    man = {"kind": kind, "status": "running", "started_at": utc_now(), "code_version": code_version(),
+           **manifest, "config": {**config, "argv": sys.argv},
+           "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(shards) - len(done)}}
+    previous = load_manifest(opts.out, run_id)
+    if previous:
+        man["resumed_from"] = {k: previous.get(k) for k in ("started_at", "status", "stage_seconds")}
+    write_manifest(opts.out, run_id, man)
+    log.info("%s run %s: %d shards, %d already done, %d to do", kind, run_id, len(shards), len(done),
+             len(shards) - len(done))
+    return Plan(kind, run_id, opts.out, shards, names, done, man)
+
+
+# ----------------------------------------------------------------------------- stream
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How the model actors of one stream are sized (one rule for every job).
+
+    GPUs: actors_per_gpu processes per GPU per model (time-sliced), each running
+    actor_threads batches at once on its own CUDA streams; the GPU is shared by the models
+    of the chain. CPUs: one actor per model at half a CPU (two 1-CPU actors on a 2-core
+    machine starve the read tasks forever), using every core for the forward."""
+
+    n_actors: int
+    threads: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    torch_threads: int | None
+
+    @classmethod
+    def resolve(cls, opts, n_models: int = 1) -> "ActorPlan":
+        from pipelines.stages.ray_session import actor_gpus, cluster_cpus
+
+        gpus = actor_gpus(opts.device)
+        per_gpu = opts.actors_per_gpu if gpus else 1
+        n = opts.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
+        threads = opts.actor_threads or (DEFAULT_GPU_ACTOR_THREADS if gpus else 1)
+        share = min(1.0, gpus / n) / n_models if gpus else 0.0
+        torch_threads = opts.threads or (None if gpus else max(1, int(cluster_cpus())))
+        return cls(n, threads, share, 1.0 if gpus else 0.5, torch_threads)
+
+    def as_manifest(self) -> dict:
+        return {"actors_per_model": self.n_actors, "threads_per_actor": self.threads,
+                "gpus_per_actor": self.gpus_per_actor}
+
+
+@dataclass
+class ActorSpec:
+    cls: type  # a stages.actors class
+    kwargs: dict  # its constructor arguments (device, threads and precision are added)
+
+
+def stream(plan: Plan, opts, views, actors: list[ActorSpec], ap: ActorPlan, drop: list[str],
+           read_kwargs: dict | None = None):
+    """The Ray Data stream over the shards still to do: read tasks, then each actor in turn
+    (the last one drops the image columns). Returns the Dataset."""
+    from pipelines.stages.ray_session import configure_data_context, ensure_ray
+    from pipelines.stages.read import read_decode
+
+    ray = ensure_ray()
+    configure_data_context(opts.progress, opts.buffer_gb)
+    todo = plan.todo
+    ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
+                        fn_kwargs={"views": views, "max_pixels": opts.max_pixels, **(read_kwargs or {})})
+    for i, spec in enumerate(actors):
+        kwargs = {"device": opts.device, "threads": ap.torch_threads, **spec.kwargs}
+        if i == len(actors) - 1:
+            kwargs["drop_views"] = drop
+        ds = ds.map_batches(spec.cls, batch_size=opts.batch_size, compute=actor_pool(ap.n_actors, ap.threads),
+                            num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs)
+    return ds
+
+
+def drain(ds, opts, what: str, writer: Callable[[str, dict, float], None],
+          on_batch: Callable[[dict], None] | None = None) -> None:
+    """Regroup the stream per shard and call writer(shard, columns, read_seconds) for each
+    shard once all its rows are in. Stall-guarded (opts.stall_timeout)."""
+    from pipelines.stages.regroup import ShardGrouper
+    from pipelines.stages.watchdog import with_stall_timeout
+
+    grouper = ShardGrouper()
+    for batch in with_stall_timeout(batches(ds), opts.stall_timeout, what):
+        if on_batch:
+            on_batch(batch)
+        for shard, cols, t_read in grouper.add(batch):
+            writer(shard, cols, t_read)
+    if grouper.unfinished():
+        raise RunFailed(f"{what} ended with incomplete shards {grouper.unfinished()}; rerun to retry them")
+
+
+def batches(ds) -> Iterator[dict]:
+    return ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def finish(plan: Plan, **updates) -> dict:
+    plan.manifest.update({"status": "complete", "finished_at": utc_now(),
+                          "wall_seconds": round(time.perf_counter() - plan.t0, 3), **updates, "run_id": plan.run_id})
+    write_manifest(plan.out, plan.run_id, plan.manifest)
+    return plan.manifest

@@ -1,0 +1,254 @@
+"""Ray Data stage 2: actors that hold a model and turn decoded images into numbers.
+
+`ScoreActor`   classifier forward + SING ops -> per-image score columns (audit).
+`FeatureActor` classifier (or CLIP image tower) forward -> raw embedding column (fit).
+Several actors can be chained on one decoded stream (one decode, many models): each
+writes columns under its own prefix `<prefix>/...` and passes the rest through.
+Rows that are not "ok" pass through untouched; a row a model cannot score (NaN feature,
+label outside the head) gets `<prefix>/error` instead of failing the batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import numpy as np
+import torch
+
+from pipelines.models.precision import DEFAULT_PRECISION, autocast, model_inputs
+from pipelines.models.precision import configure as configure_precision
+from pipelines.models.precision import features_and_logits as forward
+from pipelines.stages.read import ENC_COLUMN, decode_error_column, u8_column, view_column
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _set_threads(threads: int | None):
+    # Ray pins OMP_NUM_THREADS to the actor's logical CPUs; on a small CPU-only box we
+    # want the forward to use the cores the read stage leaves idle.
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class _ModelActor:
+    """decode: "host"   the read stage decoded (img:<view> column);
+               "device" decode the JPEGs here (pipelines.stages.device_decode); with share_decoded,
+                        hand the decoded views on (img:<view> and decode_error:<view>) to
+                        the later models of this view, so each image is decoded once;
+               "shared" use what an earlier "device" actor of this view decoded."""
+
+    def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
+                 max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
+        _set_threads(threads)
+        configure_precision(precision)  # this actor process runs one precision
+        self.precision = precision
+        self.prefix, self.view, self.col = prefix, view, view_column(view)
+        self.drop = set(drop_views)
+        self.device = pick_device(device)
+        self.cuda = self.device.type == "cuda"
+        if decode not in ("host", "device", "shared"):
+            raise ValueError(f"unknown decode mode {decode!r}; choose host or device")
+        self.decode, self.max_pixels = decode, max_pixels
+        self.share_decoded = bool(share_decoded) and decode == "device"
+        self._local = threading.local()
+
+    def _on_stream(self):
+        """Each calling thread works on its own CUDA stream (Ray runs several batches of one
+        actor at once with --actor-threads), so one batch's decode overlaps another's forward."""
+        if not self.cuda:
+            return contextlib.nullcontext()
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(stream)
+
+    def _inputs(self, batch, ok):
+        return model_inputs(batch[self.col][ok], self.view, self.precision, self.device)
+
+    def _model_inputs(self, batch, ok, run, out) -> tuple[torch.Tensor, np.ndarray, dict[int, str], float]:
+        """Normalised inputs of the `run` rows that decoded, their row indices, {row: reason} of
+        `run` rows that failed to decode (device and shared modes), seconds spent decoding."""
+        if self.decode == "host":
+            return self._inputs(batch, run), np.flatnonzero(run), {}, 0.0
+        if self.decode == "shared":
+            reasons = batch[decode_error_column(self.view)]
+            keep = run & (reasons == "")
+            failed = {int(i): str(reasons[i]) for i in np.flatnonzero(run & ~keep)}
+            return self._inputs(batch, keep), np.flatnonzero(keep), failed, 0.0
+        from pipelines.stages.device_decode import decode_batch
+
+        t0 = time.perf_counter()
+        # every ok row, not only this model's: a later model of this view may score rows
+        # this one cannot (a label outside its head)
+        rows = np.flatnonzero(ok if self.share_decoded else run)
+        host = batch.get(u8_column(self.view))
+        u8, bad = decode_batch(batch[ENC_COLUMN][rows], self.view, self.device, self.max_pixels,
+                               decoded=None if host is None else host[rows], checked=True)
+        decoded = np.delete(rows, sorted(bad))
+        failed = {int(rows[j]): reason for j, reason in bad.items()}
+        if self.share_decoded:
+            n = len(batch["key"])
+            full = np.zeros((n, *self.view.crop_hw, 3), dtype=np.uint8)
+            full[decoded] = u8.cpu().numpy()
+            reasons = np.full(n, "", dtype=object)
+            for i, reason in failed.items():
+                reasons[i] = reason
+            out[self.col], out[decode_error_column(self.view)] = full, reasons
+            mine = run[decoded]
+            if not mine.all():
+                u8, decoded = u8[torch.from_numpy(mine).to(u8.device)], decoded[mine]
+            failed = {i: r for i, r in failed.items() if run[i]}
+        x = model_inputs(u8, self.view, self.precision, self.device)
+        self._sync()
+        return x, decoded, failed, time.perf_counter() - t0
+
+    def _autocast(self):
+        return autocast(self.precision, self.device)
+
+    def _passthrough(self, batch):
+        return {k: v for k, v in batch.items() if k not in self.drop}
+
+    def _sync(self):
+        # this thread's stream only: a device-wide sync would also wait on the other threads
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+
+
+class ScoreActor(_ModelActor):
+    """Holds one classifier, its head decomposition, the translator and text embeddings."""
+
+    def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
+                 rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
+                 decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
+        from sing_ops import AuditScorer, HeadDecomposition
+
+        from pipelines.jobs.audit import load_translator_for
+
+        from pipelines.models.classifiers import load_classifier
+
+        clf = load_classifier(model_spec)
+        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels,
+                         share_decoded, precision)
+        self.clf = clf.to(self.device, channels_last=self.cuda)
+        dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
+        tr = load_translator_for(translator_path, model_spec, clf, translator_match)
+        self.scorer = AuditScorer(clf.head_weight, dec, tr, class_text, concept_text, device=self.device)
+        self.num_classes = clf.num_classes
+
+    def __call__(self, batch: dict) -> dict:
+        with self._on_stream():
+            return self._score(batch)
+
+    def _score(self, batch: dict) -> dict:
+        out = self._passthrough(batch)
+        n = len(batch["key"])
+        p = self.prefix
+        ok = batch["status"] == "ok"
+        labels = batch["label"]
+        bad_label = ok & ((labels < 0) | (labels >= self.num_classes))
+        run = ok & ~bad_label
+        err = np.full(n, "", dtype=object)
+        err[bad_label] = [f"label {int(v)} outside the head's {self.num_classes} classes" for v in labels[bad_label]]
+        cols = {k: np.full(n, np.nan, dtype=np.float32) for k in
+                ("as_deg", "is_deg", "pred_as_deg", "logit_drift", "null_norm_frac")}
+        cols["pred"] = np.full(n, -1, dtype=np.int64)
+        k = 0 if self.scorer.concept_text is None else self.scorer.concept_text.shape[0]
+        before = np.full((n, k), np.nan, dtype=np.float32)
+        after = np.full((n, k), np.nan, dtype=np.float32)
+        t_fwd = t_ops = t_dec = 0.0
+        idx = np.flatnonzero(run)
+        if len(idx) or self.share_decoded:  # a sharing decoder always hands its columns on
+            x, idx, failed, t_dec = self._model_inputs(batch, ok, run, out)
+            for i, reason in failed.items():
+                err[i] = reason
+        t0 = time.perf_counter()
+        if len(idx):
+            f, logits = forward(self.clf, x, self.precision)
+            self._sync()
+            t_fwd = time.perf_counter() - t0
+            finite = torch.isfinite(f).all(-1).cpu().numpy()
+            if not finite.all():
+                err[idx[~finite]] = "non-finite (NaN/Inf) classifier features"
+                idx, f, logits = idx[finite], f[torch.from_numpy(finite).to(f.device)], logits[
+                    torch.from_numpy(finite).to(f.device)]
+            if len(idx):  # rows filtered above: finite features, labels inside the head
+                res = self.scorer.score(f, torch.from_numpy(labels[idx]), logits, checked=True)
+                # one device-to-host copy for every column (each .cpu() is a sync, and syncs
+                # wait on the other actors sharing the GPU); pred rides along as float32,
+                # exact below 2**24 classes
+                names = list(cols)
+                parts = [res[name].to(torch.float32).reshape(len(idx), 1) for name in names]
+                if k:
+                    parts += [res["concept_before"].to(torch.float32), res["concept_after"].to(torch.float32)]
+                host = torch.cat(parts, 1).cpu().numpy()
+                for j, name in enumerate(names):
+                    cols[name][idx] = host[:, j]
+                if k:
+                    before[idx] = host[:, len(names):len(names) + k]
+                    after[idx] = host[:, len(names) + k:]
+            self._sync()
+            t_ops = time.perf_counter() - t0 - t_fwd
+        for name, arr in cols.items():
+            out[f"{p}/{name}"] = arr
+        if k:
+            out[f"{p}/concept_before"] = before
+            out[f"{p}/concept_after"] = after
+        out[f"{p}/error"] = err
+        out[f"{p}/t_forward"] = _first_only(n, t_fwd)
+        out[f"{p}/t_ops"] = _first_only(n, t_ops)
+        if self.decode == "device":
+            out[f"{p}/t_decode"] = _first_only(n, t_dec)
+        return out
+
+
+class FeatureActor(_ModelActor):
+    """Classifier penultimate features (kind="classifier") or CLIP image embeddings (kind="clip")."""
+
+    def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None,
+                 precision=DEFAULT_PRECISION):
+        if kind == "classifier":
+            from pipelines.models.classifiers import load_classifier
+
+            model = load_classifier(model_spec)
+        elif kind == "clip":
+            from pipelines.models.clip import load_clip
+
+            model = load_clip(model_spec)
+        else:
+            raise ValueError(f"unknown feature kind {kind!r}")
+        super().__init__(prefix, model.preprocess, drop_views, device, threads, precision=precision)
+        self.kind = kind
+        self.dim = model.num_features if kind == "classifier" else model.embed_dim
+        self.model = model.to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        out = self._passthrough(batch)
+        n = len(batch["key"])
+        ok = batch["status"] == "ok"
+        t0 = time.perf_counter()
+        emb = np.zeros((n, self.dim), dtype=np.float32)
+        if ok.any():
+            x = self._inputs(batch, ok)
+            if self.kind == "classifier":
+                e = forward(self.model, x, self.precision)[0]
+            else:
+                with torch.inference_mode(), self._autocast():
+                    e = self.model.encode_image(x)
+            emb[ok] = e.float().cpu().numpy()
+        out[f"{self.prefix}/emb"] = emb
+        out[f"{self.prefix}/t_forward"] = _first_only(n, time.perf_counter() - t0)
+        return out
+
+
+def _first_only(n: int, value: float) -> np.ndarray:
+    """A per-batch number stored on the batch's first row (so sums over rows are exact)."""
+    a = np.zeros(n, dtype=np.float64)
+    if n:
+        a[0] = value
+    return a
+
