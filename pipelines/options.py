@@ -37,12 +37,27 @@ class Decode(str, enum.Enum):
     DEVICE = "device"
 
 
+class ActorDecode(str, enum.Enum):
+    """Where one model actor's images come from (Decode, resolved per actor of a chain).
+    HOST    the read stage decoded them (img:<view> column);
+    DEVICE  the actor decodes the JPEGs itself (pipelines.stages.device_decode); with
+            share_decoded it hands the decoded views on (img:<view>, decode_error:<view>) to
+            the later models of its view, so each image is decoded once;
+    SHARED  it uses what an earlier DEVICE actor of its view decoded."""
+
+    HOST = "host"
+    DEVICE = "device"
+    SHARED = "shared"
+
+
 def opt(default=REQUIRED, help: str = "", *, identity: bool = True, flag: str | None = None, choices=None,
         nargs: str | None = None, metavar: str | None = None, yaml: bool = True, cli: bool = True, append=False,
-        check=None):
-    """A declared option. `check(value, opts)` raises BadInput for a bad value."""
+        check=None, required: bool = False, positional: bool = False):
+    """A declared option. `check(value, opts, flag)` raises BadInput for a bad value;
+    required=True makes the CLI flag required while Python callers may fill it in later."""
     meta = {"help": help, "identity": identity, "flag": flag, "choices": choices, "nargs": nargs,
-            "metavar": metavar, "yaml": yaml, "cli": cli, "append": append, "check": check}
+            "metavar": metavar, "yaml": yaml, "cli": cli, "append": append, "check": check, "required": required,
+            "positional": positional}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,7 +74,8 @@ def _share(v, o, name):
     if not 0.0 <= v <= 1.0:
         raise BadInput(f"{name} must be within [0, 1], got {v}")
     if v and o.decode != Decode.DEVICE:
-        raise BadInput(f"{name} applies to --decode device (host mode decodes everything on the host)")
+        raise BadInput(f"{name} applies to `decode: device` (--decode device); host mode decodes everything on "
+                       "the host")
 
 
 def _positive(v, _o, name):
@@ -108,12 +124,6 @@ class StreamOptions:
     num_actors: int | None = opt(None, "model actors per model (default: actors-per-gpu x GPUs, or 1 on CPUs)",
                                  identity=False, check=_at_least(1))
     device: str | None = opt(None, "cpu or cuda (default: cuda when the cluster has GPUs)", identity=False)
-    decode: Decode = opt(Decode.HOST, "host: decode in the read tasks (PIL, pixel-exact eval transforms); device: "
-                                      "the model actors decode JPEGs on their device (nvJPEG on GPUs; a few grey "
-                                      "levels off PIL)", choices=[d.value for d in Decode])
-    host_decode_share: float = opt(0.0, "with --decode device: decode this share of the JPEGs in the read tasks "
-                                        "anyway, so idle CPU cores help the GPU's JPEG decoder (0-1)",
-                                   metavar="F", check=_share)
     actors_per_gpu: int = opt(2, "model actor processes sharing each GPU", identity=False, check=_at_least(1))
     actor_threads: int | None = opt(None, "batches each model actor runs at once, each thread on its own CUDA "
                                           "stream (default 4 on GPUs, 1 on CPUs)", identity=False,
@@ -123,12 +133,24 @@ class StreamOptions:
                                   metavar="GB", check=_positive)
     stall_timeout: float | None = opt(1800.0, "end the run (exit 1; rerunning resumes) when no result arrives for "
                                               "this long, e.g. after a node was lost (0: wait forever)",
-                                      identity=False, metavar="SECONDS")
+                                      identity=False, metavar="SECONDS", check=_at_least(0))
     max_pixels: int | None = opt(None, "decompression-bomb guard in pixels (default: PIL's 89.5 M)",
                                  check=_at_least(1))
     threads: int | None = opt(None, "torch threads per CPU actor (default: the cluster's CPUs)", identity=False,
                               cli=False, yaml=False)
     progress: bool = opt(True, "progress bars", identity=False, cli=False, yaml=False)
+
+
+@dataclass
+class DecodeOptions:
+    """Where the images are decoded (the audit; other jobs decode in the read tasks)."""
+
+    decode: Decode = opt(Decode.HOST, "host: decode in the read tasks (PIL, pixel-exact eval transforms); device: "
+                                      "the model actors decode JPEGs on their device (nvJPEG on GPUs; a few grey "
+                                      "levels off PIL)", choices=[d.value for d in Decode])
+    host_decode_share: float = opt(0.0, "with --decode device: decode this share of the JPEGs in the read tasks "
+                                        "anyway, so idle CPU cores help the GPU's JPEG decoder (0-1)",
+                                   metavar="F", check=_share)
 
 
 # ----------------------------------------------------------------------------- derivation
@@ -183,7 +205,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
                 kw["nargs"] = m["nargs"] or "+"
             if m["metavar"]:
                 kw["metavar"] = m["metavar"]
-        if f.default is REQUIRED:
+        if m["positional"]:
+            kw.pop("dest")
+            parser.add_argument(f.name, **kw)
+            continue
+        if f.default is REQUIRED or m["required"]:
             kw["required"] = True
         else:
             kw["default"] = argparse.SUPPRESS  # the dataclass default stays the one source
@@ -224,14 +250,19 @@ def _coerce_one(base, v, where, f):
     return out
 
 
-def check(opts):
-    """Run every declared check (each value checked once, in one place)."""
+def check(opts, skip: tuple = (), where: str | None = None):
+    """Run every declared check (each value checked once, in one place). skip: fields a caller
+    fills in later (nightly's models and output); where: name fields as YAML keys under it
+    (nightly's `audit.host_decode_share`) instead of as flags."""
     for f in declared(type(opts)):
+        if f.name in skip:
+            continue
+        name = f"{where}.{f.name}" if where else _flag(f)
         if getattr(opts, f.name) is REQUIRED:
-            raise BadInput(f"{_flag(f)} is required")
+            raise BadInput(f"{name} is required")
         c = f.metadata["check"]
         if c is not None:
-            c(getattr(opts, f.name), opts, _flag(f))
+            c(getattr(opts, f.name), opts, name)
     return opts
 
 
@@ -259,7 +290,7 @@ def from_mapping(cls, doc: dict, where: str, skip: tuple = (), **extra):
     missing = [n for n, f in known.items() if f.default is REQUIRED and n not in kw and n not in extra]
     if missing:
         raise BadInput(f"{where}: missing required key(s) {missing}")
-    return check(cls(**{**kw, **extra}))
+    return check(cls(**{**kw, **extra}), skip, where)
 
 
 def yaml_keys(cls, skip: tuple = ()) -> list[str]:

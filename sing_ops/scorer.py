@@ -63,8 +63,9 @@ class AuditScorer:
 
     @torch.inference_mode()
     def score(self, f: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None = None,
-              checked: bool = False) -> dict[str, torch.Tensor]:
+              checked: bool = False, embeddings: bool = False) -> dict[str, torch.Tensor]:
         """Per-image columns (see docs/ARCHITECTURE.md 'images'). Undefined scores are NaN.
+        embeddings: also return z = T(f) and z_eq = T(f~) (single-image explanations use them).
 
         checked: the caller has made sure the features are finite and the labels in range;
         the checks here and in the angle functions read values back from the device (a sync
@@ -99,6 +100,8 @@ class AuditScorer:
             out.update(as_deg=attribute_score(z, z_eq, self.class_text[labels], check),
                        is_deg=image_score(z, z_eq, check),
                        pred_as_deg=attribute_score(z, z_eq, self.class_text[pred], check))
+        if embeddings:
+            out.update(z=z, z_eq=z_eq)
         if self.concept_text is not None:
             before = concept_angles(z, self.concept_text, check)
             after = concept_angles(z_eq, self.concept_text, check) if self.null_dim else torch.full_like(before, math.nan)

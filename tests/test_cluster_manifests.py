@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import copy
 import fnmatch
-import math
 import re
 import shlex
 import subprocess
@@ -521,9 +520,9 @@ def test_cronjob_fallback():
 # ------------------------------------------------------------------------- sing commands
 
 def _subcommands() -> set[str]:
-    from pipelines.cli import _parser
+    from pipelines.cli import parser
 
-    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (sub,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return set(sub.choices) | {"query", "report", "bench-ops"}
 
 
@@ -603,10 +602,10 @@ def test_sing_command_is_real(argv):
             raise SystemExit(rc)
         assert exc.value.code in (0, None)
         return
-    from pipelines.cli import _parser
+    from pipelines.cli import parser
 
     try:
-        ns = _parser().parse_args(argv)
+        ns = parser(argv[0]).parse_args(argv)
     except SystemExit as exc:
         pytest.fail(f"`sing {shlex.join(argv)}` is rejected by the real parser (exit {exc.code})")
     assert ns.command == argv[0]

@@ -15,12 +15,12 @@ def _batch(n: int, end: bool = False) -> dict:
 
 
 def test_stream_rate_counts_samples_after_the_first_batch(monkeypatch, tmp_path):
-    clock = iter([10.0, 11.0, 13.0])
+    clock = iter([0.0, 10.0, 11.0, 13.0])  # construction, then one reading per batch
     monkeypatch.setattr(collect.time, "perf_counter", lambda: next(clock))
     c = collect.ShardCollector(str(tmp_path), "r", [])
-    c.add(_batch(4))
+    c.timings(_batch(4))
     assert c.stream_rate() is None  # one batch: no span yet
-    c.add(_batch(6, end=True))  # the shard's end marker is not a sample
-    c.add(_batch(10))
+    c.timings(_batch(6, end=True))  # the shard's end marker is not a sample
+    c.timings(_batch(10))
     naive = sum(len(b) for b in ([0] * 6, [0] * 10)) / (13.0 - 10.0)
     assert c.stream_rate() == pytest.approx(naive)

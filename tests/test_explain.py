@@ -106,7 +106,7 @@ def test_no_null_space_reports_undefined_scores():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ray_session):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     root = tmp_path_factory.mktemp("explain")
     make_shards(str(photo_folder(root / "photos", per_class=4)), str(root / "shards"), per_shard=5)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _batches(tmp_path, encoded: bool):
     from pipelines.models.classifiers import load_classifier
     from pipelines.stages.read import read_decode
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     if not (tmp_path / "shards").exists():
         make_shards(str(photo_folder(tmp_path / "photos", per_class=6)), str(tmp_path / "shards"), per_shard=18)

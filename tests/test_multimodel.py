@@ -29,7 +29,7 @@ def random_translator(model: str, path, clip="openclip:tiny@random"):
 
 
 def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     make_shards(str(photo_folder(tmp_path / "photos", per_class=4)), str(tmp_path / "shards"), per_shard=5)
     trs = [str(random_translator(m, tmp_path / f"t{i}.safetensors")) for i, m in enumerate(MODELS)]
@@ -71,7 +71,7 @@ def test_device_decode_is_shared_by_models_of_one_view(tmp_path, ray_session):
     including rows the first model cannot score (label outside its head) and a JPEG that
     only fails when decoded (the error is reported for both models)."""
     from pipelines.jobs.audit import decode_modes
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     assert decode_modes(["a", "a", "b", "a"], "device") == [("device", True), ("shared", False), ("device", False),
                                                             ("shared", False)]

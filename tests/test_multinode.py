@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_node_cluster_and_node_loss(tmp_path):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     make_shards(str(photo_folder(tmp_path / "photos", per_class=8)), str(tmp_path / "shards"), per_shard=4)
     tr = random_translator(CLASSIFIER, tmp_path / "t.safetensors")

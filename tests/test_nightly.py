@@ -79,7 +79,7 @@ def _config(tmp: Path, **over) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     tmp = tmp_path_factory.mktemp("nightly")
     make_shards(str(photo_folder(tmp / "photos", per_class=4)), str(tmp / "shards"), per_shard=6)
@@ -261,7 +261,7 @@ def test_nightly_passes_the_gpu_audit_options_on(tmp_path, monkeypatch):
         cfg = _config(tmp_path, audit={"shards": shards, **audit})
         assert _sing(["nightly", "--config", str(cfg)]) == 1  # the (captured) audit failed: a rerun resumes
     a, retuned, host = seen
-    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.actor_threads, a.buffer_gb, a.stall_timeout_s) == (
+    assert (a.decode, a.host_decode_share, a.actors_per_gpu, a.actor_threads, a.buffer_gb, a.stall_timeout) == (
         "device", 0.25, 6, 3, 2.5, 600)
     assert (retuned.actors_per_gpu, retuned.actor_threads) == (1, None)
     assert retuned.run_id == a.run_id and host.run_id != a.run_id

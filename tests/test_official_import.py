@@ -41,7 +41,7 @@ def _import(src, out, model=MODEL, *extra):
 
 
 def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audit(tmp_path):
-    from pipelines.jobs.audit import load_translator_for
+    from pipelines.io.translator_file import load_translator_for
     from pipelines.models.classifiers import load_classifier
     from pipelines.io.translator_file import load_translator
 
@@ -234,10 +234,10 @@ def imported(tmp_path_factory):
 
 
 def test_class_text_of_1000_rows_is_matched_by_index_whatever_the_spelling(imported, tmp_path):
-    from pipelines.jobs.audit import AuditConfig, prepare_models
+    from pipelines.jobs.audit import AuditOptions, prepare_models
 
     d = imported
-    cfg = AuditConfig(models=[d["model"]], translators=[str(d["tr"])], shards=[], out=str(tmp_path),
+    cfg = AuditOptions(models=[d["model"]], translators=[str(d["tr"])], shards=[], out=str(tmp_path),
                       class_text=str(d["root"] / "classes.parquet"), concepts=str(d["root"] / "concepts.parquet"))
     (p,) = prepare_models(cfg, d["concepts"])
     assert np.array_equal(p.class_text, d["emb"][:, 5].astype(np.float32))  # row i = class i
@@ -251,13 +251,13 @@ def test_class_text_of_1000_rows_is_matched_by_index_whatever_the_spelling(impor
 
 
 def test_class_text_of_another_size_or_clip_is_a_clear_error(imported, tmp_path):
-    from pipelines.jobs.audit import AuditConfig, prepare_models
+    from pipelines.jobs.audit import AuditOptions, prepare_models
     from pipelines.io.official import import_embeddings
 
     d = imported
     official_npz(tmp_path / "999.npz", d["names"][:999])
     import_embeddings(tmp_path / "999.npz", tmp_path / "999.parquet")
-    cfg = AuditConfig(models=[d["model"]], translators=[str(d["tr"])], shards=[], out=str(tmp_path),
+    cfg = AuditOptions(models=[d["model"]], translators=[str(d["tr"])], shards=[], out=str(tmp_path),
                       class_text=str(tmp_path / "999.parquet"))
     with pytest.raises(ValueError, match="999 rows but the classifier has 1000 classes"):
         prepare_models(cfg, None)
@@ -269,14 +269,13 @@ def test_class_text_of_another_size_or_clip_is_a_clear_error(imported, tmp_path)
 
 def test_explain_with_imported_class_text_and_concepts_needs_no_clip(imported, tmp_path, chelsea):
     """The true-class AS uses row `label` of the file: checked against numpy float64."""
-    from pipelines.jobs.explain import ExplainConfig, run_explain
+    from pipelines.jobs.explain import ExplainOptions as ExplainOptions, run_explain
     from pipelines.io.images import decode_image, normalise, to_uint8_view
     from pipelines.models.classifiers import load_classifier
-    from pipelines.io.translator_file import load_translator
 
     d = imported
     chelsea.save(tmp_path / "cat.jpg", quality=92)
-    res = run_explain(ExplainConfig(images=[str(tmp_path / "cat.jpg")], model=d["model"], translator=str(d["tr"]),
+    res = run_explain(ExplainOptions(images=[str(tmp_path / "cat.jpg")], model=d["model"], translator=str(d["tr"]),
                                     class_text=str(d["root"] / "classes.parquet"),
                                     concepts=str(d["root"] / "concepts.parquet"), label="281", top=4))
     (row,) = res["images"]
@@ -288,7 +287,7 @@ def test_explain_with_imported_class_text_and_concepts_needs_no_clip(imported, t
     assert _import(src, tmp_path / "t10.safetensors", model) == 0
     emb = official_npz(tmp_path / "c10.npz", [f"Class {i}" for i in range(10)], seed=6)
     assert sing(["-q", "import", "embeddings", str(tmp_path / "c10.npz"), "--out", str(tmp_path / "c10.parquet")]) == 0
-    res = run_explain(ExplainConfig(images=[str(tmp_path / "cat.jpg")], model=model,
+    res = run_explain(ExplainOptions(images=[str(tmp_path / "cat.jpg")], model=model,
                                     translator=str(tmp_path / "t10.safetensors"),
                                     class_text=str(tmp_path / "c10.parquet"),
                                     concepts=str(d["root"] / "concepts.parquet"), label="3", top=4))

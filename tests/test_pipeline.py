@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_session):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     root = tmp_path_factory.mktemp("pipe")
     make_shards(str(photo_folder(root / "photos", per_class=8)), str(root / "shards"), per_shard=6)
@@ -177,10 +177,13 @@ def test_rerun_of_finished_run_does_no_work_and_duplicates_nothing(data, transla
 def test_kill_mid_run_then_rerun_gives_every_key_exactly_once(data, translator, tmp_path):
     root, _ = data
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", CLASSIFIER, "--translator",
-           str(translator), "--shards", str(root / "shards" / "shard-*.tar"), "--out", str(out)]
-    env = {**os.environ, "SING_FAULT_KILL_AFTER_SHARDS": "2"}
-    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    args = ["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
+            str(root / "shards" / "shard-*.tar"), "--out", str(out)]
+    kill = Path(__file__).parent / "scripts" / "kill_after.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, str(kill), "2", *args], env=env, capture_output=True, text=True,
+                            timeout=300)
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILLed mid-run
     done_before = list(out.glob("images/**/*.parquet"))
     assert 2 <= len(done_before) < 4

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from pipelines.cli import main as sing
 from pipelines.models.precision import check_precision
@@ -51,7 +50,7 @@ def test_fp32_matches_float64_and_bf16_does_not():
 @pytest.fixture(scope="module")
 def lite0_shards(tmp_path_factory, ray_session):
     from pipelines.jobs.demo import build_photo_folder
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     root = tmp_path_factory.mktemp("precision")
     make_shards(str(build_photo_folder(root / "photos", per_photo=2)), str(root / "shards"), per_shard=6)

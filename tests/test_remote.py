@@ -80,7 +80,7 @@ def _translator(d=6, m=8, source="timm:test_resnet@random"):
 def test_translator_from_a_url(mem, tmp_path):
     from sing_ops.translator import TranslatorMismatch
 
-    from pipelines.jobs.audit import load_translator_for
+    from pipelines.io.translator_file import load_translator_for
 
     tr = _translator()
     local = save_translator(tr, tmp_path / "t.safetensors")
@@ -155,7 +155,8 @@ def job_inputs(tmp_path_factory):
     """Local shards (6 images of classes 0-2 in 2 shards) and a translator of the right dims."""
     from pipelines.models.clip import load_clip
     from pipelines.models.classifiers import load_classifier
-    from pipelines.io.shards import iter_shard, make_shards
+    from pipelines.io.shards import iter_shard
+    from pipelines.jobs.make_shards import make_shards
     from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 
     root = tmp_path_factory.mktemp("remote_job")
@@ -178,11 +179,11 @@ def _keys(mem, pattern: str) -> tuple[int, list[str]]:
 @pytest.mark.slow
 def test_audit_writes_results_to_a_url(mem, job_inputs, ray_session):
     """The driver writes every file, so an in-process memory:// OUT sees the whole run."""
-    from pipelines.jobs.audit import AuditConfig, run_audit
+    from pipelines.jobs.audit import AuditOptions, run_audit
     from tests.pipeline_data import CLASSIFIER
 
     shards, samples, slug, tr = job_inputs
-    cfg = AuditConfig(models=[CLASSIFIER], translators=[f"file://{tr}"], shards=[str(p) for p in shards],
+    cfg = AuditOptions(models=[CLASSIFIER], translators=[f"file://{tr}"], shards=[str(p) for p in shards],
                       out="memory://results", run_id="u1", progress=False, batch_size=8)
     man = run_audit(cfg)
     n = len(samples)
@@ -198,11 +199,11 @@ def test_audit_writes_results_to_a_url(mem, job_inputs, ray_session):
 
 @pytest.mark.slow
 def test_steer_writes_results_to_a_url(mem, job_inputs, ray_session):
-    from pipelines.jobs.steer import SteerConfig, run_steer
+    from pipelines.jobs.steer import SteerOptions, run_steer
     from tests.pipeline_data import CLASSIFIER
 
     shards, samples, slug, tr = job_inputs
-    cfg = SteerConfig(model=CLASSIFIER, translator=str(tr), shards=[str(p) for p in shards], out="memory://st",
+    cfg = SteerOptions(model=CLASSIFIER, translator=str(tr), shards=[str(p) for p in shards], out="memory://st",
                       target_class="1", prompt="an image of a jellyfish", is_deg=40.0, run_id="s1", progress=False)
     man = run_steer(cfg)
     of_class = sorted(k for k, y in samples.items() if y == 1)

@@ -47,7 +47,7 @@ T1_HEADER = ["model", "name", "status", "n steered", "reachable", "|AS| mean", "
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory, ray_session):
     from pipelines.models.imagenet_classes import imagenet_class_names
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     root = tmp_path_factory.mktemp("repro")
     make_shards(str(photo_folder(root / "photos", per_class=3, synsets=[SPORTS_CAR, TENCH, JELLYFISH])),

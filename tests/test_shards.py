@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
-from pipelines.io.shards import (NoShardsError, Sample, SampleError, expand_shards, iter_shard,
-                              make_shards, shard_name)
+from pipelines.io.shards import NoShardsError, Sample, SampleError, expand_shards, iter_shard, shard_name
+from pipelines.jobs.make_shards import make_shards
 
 
 def _tar(path, members):

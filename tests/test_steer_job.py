@@ -49,7 +49,7 @@ def test_leaky_head_hides_more_of_another_class_at_the_same_image_score(target_i
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ray_session):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     root = tmp_path_factory.mktemp("steer")
     make_shards(str(photo_folder(root / "photos", per_class=4)), str(root / "shards"), per_shard=5)
@@ -156,7 +156,8 @@ def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
     from pipelines.models.classifiers import load_classifier
     from pipelines.stages.read import read_decode
     from pipelines.stages.regroup import ShardGrouper
-    from pipelines.jobs.steer import SteerActor, steer_table
+    from pipelines.jobs.steer import steer_table
+    from pipelines.stages.steer_actor import SteerActor
 
     root, tr = setup
     clf = load_classifier(CLASSIFIER)
@@ -184,7 +185,7 @@ def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
 
 
 def test_resolve_class_names_aliases_indices_and_suggestions():
-    from pipelines.jobs.explain import imagenet_aliases, resolve_class
+    from pipelines.models.class_names import imagenet_aliases, resolve_class
     from pipelines.models.imagenet_classes import imagenet_class_names
 
     names = imagenet_class_names()

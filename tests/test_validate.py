@@ -32,7 +32,7 @@ def test_drifts_on_the_synthetic_world():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     root = tmp_path_factory.mktemp("validate")
     make_shards(str(photo_folder(root / "photos", per_class=4)), str(root / "shards"), per_shard=5)

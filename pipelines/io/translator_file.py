@@ -71,3 +71,28 @@ def load_translator(path, *, in_dim: int | None = None, out_dim: int | None = No
         if expected is not None and expected != actual:
             raise TranslatorMismatch(f"translator {path} was fitted for {what} {actual!r}, but is used with {expected!r}")
     return t
+
+
+def load_translator_for(path, spec: str, clf, match: str = "exact") -> Translator:
+    """Load a translator (local path or fsspec URL) and check it fits `clf`: "exact", fitted
+    on this very model id; "arch", on any checkpoint of the same architecture and feature dim.
+    Runs on the driver and in every actor: a URL is fetched into the cache of its node."""
+    from pipelines.io.remote import local_copy
+    from pipelines.models.spec import parse_model_spec
+
+    if match not in ("exact", "arch"):
+        raise ValueError(f"unknown translator match {match!r}; choose exact or arch")
+    local = local_copy(path)
+    if match == "exact":
+        return load_translator(local, in_dim=clf.num_features, source_model=clf.model_id)
+    tr = load_translator(local, in_dim=clf.num_features)
+    fitted_on = tr.metadata.get("source_model") or ""
+    try:
+        fitted_arch = parse_model_spec(fitted_on).arch_ref
+    except ValueError:
+        fitted_arch = fitted_on
+    arch = parse_model_spec(spec).arch_ref
+    if fitted_arch != arch:
+        raise TranslatorMismatch(f"translator {path} was fitted on {fitted_on!r} (architecture {fitted_arch}), "
+                                 f"but is used with {clf.model_id!r} (architecture {arch})")
+    return tr

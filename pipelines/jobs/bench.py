@@ -197,7 +197,7 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
     import torch
 
     from pipelines.models.classifiers import load_classifier
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.make_shards import make_shards
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -282,7 +282,24 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
     return report
 
 
-def run_bench_cli(args) -> int:
+def cli_args(p) -> None:
+    from pipelines.models.precision import HELP, PRECISIONS
+
+    p.add_argument("--model", default="torchvision:resnet50@random", help="classifier MODEL string")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=HELP)
+    p.add_argument("--images", type=int, help="images of the 1x run (default: 192 on CPU, 4096 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model batch")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--decode", choices=["host", "device"], help="default: device on CUDA, host on CPU")
+    p.add_argument("--host-decode-share", type=float, default=0.0, metavar="F",
+                   help="passed to the audit (--decode device only)")
+    p.add_argument("--actors-per-gpu", type=int, help="passed to the audit (default: the audit's)")
+    p.add_argument("--actor-threads", type=int, help="passed to the audit (default: the audit's)")
+    p.add_argument("--buffer-gb", type=float, help="passed to the audit (default: Ray's budget)")
+    p.add_argument("--out", help="keep the benchmark's shards and results here")
+
+
+def cli_run(args) -> int:
     run_bench(args.model, args.images, args.batch_size, args.out, args.device, args.decode,
               args.host_decode_share, args.actors_per_gpu, args.actor_threads,
               args.buffer_gb, args.precision)

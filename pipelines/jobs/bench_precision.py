@@ -181,7 +181,17 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_precision_cli(args) -> int:
+def cli_args(p) -> None:
+    p.add_argument("--model", default="lite0", help="classifier (default: the real EfficientNet-Lite0)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--per-photo", type=int, default=16, help="augmented images per shipped photo (6 photos)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward batch")
+    p.add_argument("--translator", help="a real translator for MODEL (default: seeded random, 768-d)")
+    p.add_argument("--class-text", help="real class text embeddings (default: seeded random)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cli_run(args) -> int:
     r = measure(args.model, args.device, args.per_photo, args.batch_size, args.translator, args.class_text)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0

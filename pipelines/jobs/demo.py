@@ -99,9 +99,9 @@ def pick_models(offline: bool) -> tuple[str, str, bool]:
 
 
 def run_demo(out: str, per_photo: int = 12, offline: bool = False) -> dict:
-    from pipelines.jobs.audit import AuditConfig, run_audit
-    from pipelines.jobs.fit import FitConfig, run_fit
-    from pipelines.io.shards import make_shards
+    from pipelines.jobs.audit import AuditOptions, run_audit
+    from pipelines.jobs.fit import FitOptions, run_fit
+    from pipelines.jobs.make_shards import make_shards
 
     out_p = Path(out)
     clf_spec, clip_spec, real = pick_models(offline or os.environ.get("HF_HUB_OFFLINE") == "1")
@@ -118,12 +118,12 @@ def run_demo(out: str, per_photo: int = 12, offline: bool = False) -> dict:
     shards = [str(shard_dir / "*.tar")]
     translator = out_p / "translator.safetensors"
     if not translator.is_file():
-        fit = run_fit(FitConfig(model=clf_spec, clip=clip_spec, shards=shards, out=str(translator)))
+        fit = run_fit(FitOptions(model=clf_spec, clip=clip_spec, shards=shards, out=str(translator)))
         print(f"translator: held-out cosine {fit['heldout']['mean_cosine']:.3f}, R^2 {fit['heldout']['r2']:.3f}; "
               f"zero-shot top-1 T(f) {fit['zero_shot_top1']['translated']:.2f} vs CLIP "
               f"{fit['zero_shot_top1']['clip']:.2f}")
     vocab = Path(__file__).resolve().parents[1] / "vocab" / "concepts.txt"
-    man = run_audit(AuditConfig(models=[clf_spec], translators=[str(translator)], shards=shards,
+    man = run_audit(AuditOptions(models=[clf_spec], translators=[str(translator)], shards=shards,
                                 out=str(out_p / "results"), concepts=str(vocab)))
     print_summary(out_p / "results", man)
     return man
@@ -146,6 +146,12 @@ def print_summary(results: Path, manifest: dict) -> None:
           f"results in {results} (run {manifest['run_id']})")
 
 
-def run_demo_cli(args) -> int:
+def cli_args(p) -> None:
+    p.add_argument("--out", default="sing_demo_out", help="working directory (photos, shards, translator, results)")
+    p.add_argument("--images-per-photo", type=int, default=12, help="augmented images made from each photo")
+    p.add_argument("--offline", action="store_true", help="do not try to download pretrained weights")
+
+
+def cli_run(args) -> int:
     run_demo(args.out, per_photo=args.images_per_photo, offline=args.offline)
     return 0

@@ -18,11 +18,6 @@ into an index with close-match suggestions (shared with `sing steer`).
 """
 from __future__ import annotations
 
-import difflib
-import functools
-import html
-import io
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -31,71 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.errors import BadInput
 from pipelines.io.translator_file import load_translator
+from pipelines.models.class_names import resolve_class
+from pipelines.options import PrecisionOptions, RankOptions, add_arguments, from_namespace, opt
 
 log = logging.getLogger("sing.explain")
 
-VOCAB_DIR = Path(__file__).resolve().parents[1] / "vocab"
-DEFAULT_CONCEPTS = VOCAB_DIR / "concepts.txt"
-IMAGENET_ALIASES = VOCAB_DIR / "imagenet_aliases.txt"
+DEFAULT_CONCEPTS = Path(__file__).resolve().parents[1] / "vocab" / "concepts.txt"
 
 
-class ExplainError(ValueError):
-    """Bad input to `sing explain` (user-facing, exit 2)."""
-
-
-# ----------------------------------------------------------------------------- class names
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_aliases() -> dict[int, tuple[str, list[str]]]:
-    """{index: (name, [aliases])} from pipelines/vocab/imagenet_aliases.txt
-    (index<TAB>name<TAB>aliases separated by '; ')."""
-    out: dict[int, tuple[str, list[str]]] = {}
-    for line in IMAGENET_ALIASES.read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        idx, name, *rest = line.split("\t")
-        aliases = [a.strip() for a in (rest[0] if rest else "").split(";") if a.strip()]
-        out[int(idx)] = (name, aliases)
-    return out
-
-
-def resolve_class(value, class_names) -> int:
-    """A class index from an index ("817"), a class name ("sports car", case-insensitive) or,
-    for 1000-class ImageNet heads, an alias ("sport car"). Unknown or ambiguous names raise
-    ValueError with close matches."""
-    names = list(class_names)
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        i = int(text)
-        if not 0 <= i < len(names):
-            raise ValueError(f"class index {i} is outside the head's {len(names)} classes (0..{len(names) - 1})")
-        return i
-    low = text.lower()
-    exact = [i for i, n in enumerate(names) if n.lower() == low]
-    if len(exact) == 1:
-        return exact[0]
-    table: dict[str, set[int]] = {}
-    for i, n in enumerate(names):
-        table.setdefault(n.lower(), set()).add(i)
-    if len(names) == 1000:
-        from pipelines.models.imagenet_classes import imagenet_class_names
-
-        if tuple(names) == imagenet_class_names():
-            for i, (_, aliases) in imagenet_aliases().items():
-                for a in aliases:
-                    table.setdefault(a.lower(), set()).add(i)
-    hits = sorted(table.get(low, ()))
-    if len(hits) == 1:
-        return hits[0]
-    if len(hits) > 1:
-        raise ValueError(f"class name {text!r} is ambiguous: it names "
-                         + ", ".join(f"{i} ({names[i]})" for i in hits) + "; give the index or the full name")
-    close = difflib.get_close_matches(low, list(table), n=5, cutoff=0.6)
-    hint = (" Did you mean: " + ", ".join(f"{c!r} ({', '.join(str(i) for i in sorted(table[c]))})"
-                                          for c in close) + "?") if close else ""
-    raise ValueError(f"unknown class {text!r} for a head with {len(names)} classes.{hint}")
+class ExplainError(BadInput):
+    """Bad input to `sing explain` (exit 2)."""
 
 
 # ----------------------------------------------------------------------------- the core
@@ -143,76 +85,75 @@ def _num(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def explain_features(f, weight, decomposition, translator, class_text, concept_text=None, concept_names=None,
-                     labels=None, class_names=None, bias=None, top: int = 5,
-                     min_shift_deg: float = 1e-6, logits=None) -> list[Explanation]:
-    """Every single-image number for a batch of features (B, m), in float64.
-
-    class_text (c, d) one prompt embedding per class; concept_text (K, d) with concept_names;
-    labels: per-image true class or None/-1 (unknown: only the predicted-class AS).
-    A concept is listed as moving toward/away only when |shift| > min_shift_deg (rounding noise
-    on concepts the null part does not touch is not a movement).
-    """
-    from sing_ops import attribute_score, concept_angles, image_score, logit_drift
-
-    f = torch.as_tensor(f).to(torch.float64)
-    if f.dim() == 1:
-        f = f[None]
-    w = torch.as_tensor(weight).to(torch.float64)
-    w = w.flatten(1) if w.dim() == 4 else w
+def _check_inputs(f, w, tr, class_text, labels, concept_text, concept_names):
     if w.shape[1] != f.shape[1]:
         raise ExplainError(f"features have {f.shape[1]} dims but the head expects {w.shape[1]}")
-    dec = decomposition.to(dtype=torch.float64)
-    tr = translator.to(dtype=torch.float64)
-    class_text = torch.as_tensor(class_text).to(torch.float64)
-    if class_text.shape != (w.shape[0], tr.out_dim):
+    if tuple(class_text.shape) != (w.shape[0], tr.out_dim):
         raise ExplainError(f"class text must be ({w.shape[0]}, {tr.out_dim}), got {tuple(class_text.shape)}")
-    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(w.shape[0])]
-    n = f.shape[0]
-    labels = [None] * n if labels is None else [None if (v is None or int(v) < 0) else int(v) for v in labels]
     for v in labels:
         if v is not None and v >= w.shape[0]:
             raise ExplainError(f"label {v} is outside the head's {w.shape[0]} classes")
+    if concept_text is not None and len(concept_names) != concept_text.shape[0]:
+        raise ExplainError(f"{len(concept_names)} concept names for {concept_text.shape[0]} embeddings")
+
+
+def _moved(before, after, names, top: int, min_shift_deg: float) -> tuple[list[dict], list[dict]]:
+    """The concepts whose angle moved most toward (positive shift) and away (negative)."""
+    delta = before - after
+    order = torch.argsort(delta, descending=True).tolist()
+    row = lambda k: {"concept": names[k], "as_deg": float(delta[k]),  # noqa: E731
+                     "angle_before_deg": float(before[k]), "angle_after_deg": float(after[k])}
+    return ([row(k) for k in order[:top] if delta[k] > min_shift_deg],
+            [row(k) for k in reversed(order[-top:]) if delta[k] < -min_shift_deg])
+
+
+def explain_features(f, weight, decomposition, translator, class_text, concept_text=None, concept_names=None,
+                     labels=None, class_names=None, bias=None, top: int = 5,
+                     min_shift_deg: float = 1e-6, logits=None) -> list[Explanation]:
+    """Every single-image number for a batch of features (B, m): the audit's own scorer
+    (sing_ops.AuditScorer) run in float64.
+
+    class_text (c, d) one prompt embedding per class; concept_text (K, d) with concept_names;
+    labels: per-image true class or None/-1 (unknown: only the predicted-class AS).
+    logits: the model's own (as the audit takes its prediction; at bf16 a near tie can fall
+    the other way in a recomputation), else f W^T + bias.
+    A concept is listed as moving toward/away only when |shift| > min_shift_deg (rounding noise
+    on concepts the null part does not touch is not a movement).
+    """
+    from sing_ops import AuditScorer
+
+    f64 = torch.float64
+    f = torch.as_tensor(f).to(f64)
+    f = f[None] if f.dim() == 1 else f
+    w = torch.as_tensor(weight).to(f64)
+    w = w.flatten(1) if w.dim() == 4 else w
+    n = f.shape[0]
+    labels = [None] * n if labels is None else [None if (v is None or int(v) < 0) else int(v) for v in labels]
+    concept_text = None if concept_text is None else torch.as_tensor(concept_text).to(f64)
+    if concept_text is not None and concept_names is None:
+        concept_names = [f"concept_{k}" for k in range(len(concept_text))]
+    class_text = torch.as_tensor(class_text).to(f64)
+    _check_inputs(f, w, translator, class_text, labels, concept_text, concept_names)
     if logits is None:
-        logits = f @ w.T + (torch.as_tensor(bias).to(torch.float64) if bias is not None else 0.0)
-    # given: the model's own logits, as the audit takes its prediction (at bf16 a near tie can
-    # fall the other way in a float64 recomputation)
-    pred = torch.as_tensor(logits).argmax(-1)
-    f_eq = dec.remove_null(f)
-    z, z_eq = tr(f), tr(f_eq)
-    drift = logit_drift(w, f, f_eq)
-    frac = torch.linalg.vector_norm(f - f_eq, dim=-1) / torch.linalg.vector_norm(f, dim=-1)
-    has_null = dec.null_dim > 0
-    nan = torch.full((n,), math.nan, dtype=torch.float64)
-    is_deg = image_score(z, z_eq) if has_null else nan
-    pred_as = attribute_score(z, z_eq, class_text[pred]) if has_null else nan
-    if concept_text is not None:
-        concept_text = torch.as_tensor(concept_text).to(torch.float64)
-        concept_names = list(concept_names) if concept_names is not None else [f"concept_{k}" for k in
-                                                                                 range(len(concept_text))]
-        if len(concept_names) != concept_text.shape[0]:
-            raise ExplainError(f"{len(concept_names)} concept names for {concept_text.shape[0]} embeddings")
-        before, after = concept_angles(z, concept_text), concept_angles(z_eq, concept_text)
+        logits = f @ w.T + (torch.as_tensor(bias).to(f64) if bias is not None else 0.0)
+    scorer = AuditScorer(w, decomposition, translator, class_text, concept_text, dtype=f64)
+    res = scorer.score(f, torch.tensor([0 if y is None else y for y in labels]), torch.as_tensor(logits).to(f64),
+                       embeddings=True)
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(w.shape[0])]
+    has_null = decomposition.null_dim > 0
     out = []
-    for i in range(n):
-        y = labels[i]
-        as_true = None
-        if y is not None and has_null:
-            as_true = float(attribute_score(z[i:i + 1], z_eq[i:i + 1], class_text[y])[0])
+    for i, y in enumerate(labels):
         toward, away = [], []
         if concept_text is not None and has_null:
-            delta = before[i] - after[i]
-            order = torch.argsort(delta, descending=True).tolist()
-            row = lambda k: {"concept": concept_names[k], "as_deg": float(delta[k]),  # noqa: E731
-                             "angle_before_deg": float(before[i, k]), "angle_after_deg": float(after[i, k])}
-            toward = [row(k) for k in order[:top] if delta[k] > min_shift_deg]
-            away = [row(k) for k in reversed(order[-top:]) if delta[k] < -min_shift_deg]
-        p = int(pred[i])
+            toward, away = _moved(res["concept_before"][i], res["concept_after"][i], concept_names, top,
+                                  min_shift_deg)
+        p = int(res["pred"][i])
         out.append(Explanation(
             pred=p, pred_name=names[p], label=y, class_name=names[y] if y is not None else None,
-            as_deg=as_true, pred_as_deg=_num(pred_as[i]), is_deg=_num(is_deg[i]), null_dim=dec.null_dim,
-            logit_drift=float(drift[i]), null_norm_frac=float(frac[i]), toward=toward, away=away,
-            z=z[i], z_eq=z_eq[i]))
+            as_deg=_num(res["as_deg"][i]) if y is not None else None, pred_as_deg=_num(res["pred_as_deg"][i]),
+            is_deg=_num(res["is_deg"][i]), null_dim=decomposition.null_dim, logit_drift=float(res["logit_drift"][i]),
+            null_norm_frac=float(res["null_norm_frac"][i]), toward=toward, away=away, z=res["z"][i],
+            z_eq=res["z_eq"][i]))
     return out
 
 
@@ -259,44 +200,31 @@ def load_query_image(spec: str, max_pixels=None) -> QueryImage:
     return QueryImage(spec, img, None, None, p.name)
 
 
-def thumbnail_jpeg(img, size: int = 128, quality: int = 85) -> bytes:
-    """Square centre-cropped JPEG thumbnail of a PIL image."""
-    from pipelines.io.images import to_uint8_view
-    from pipelines.models.preprocess import PreprocessSpec
-
-    spec = PreprocessSpec(size=size, resize=size, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8_view(img, spec)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------- the command
 
 
 @dataclass
-class ExplainConfig:
-    images: list[str]
-    model: str
-    translator: str
-    concepts: str | None = None  # vocabulary file or text-embedding Parquet; default: the shipped vocabulary
-    label: str | None = None  # class index or name, for every image (overrides a shard's cls)
-    top: int = 5
-    json_out: str | None = None
-    index: str | None = None
-    k: int = 5
-    sheet: str | None = None
-    templates: str | None = None  # default: the translator's (metadata), else "single"
-    rank_atol: float | None = 1e-5
-    rank_rtol: float | None = None
-    device: str | None = None
-    max_pixels: int | None = None
-    precision: str = "fp32"  # of the forward; scores as `sing audit` at the same precision
-    class_text: str | None = None  # class prompt embeddings (Parquet), one row per class, matched by index
+class ExplainOptions(PrecisionOptions, RankOptions):
+    images: list[str] = opt(help="image file, or SHARD.tar#KEY (its cls is the label)", positional=True, nargs="+",
+                            metavar="IMAGE")
+    model: str = opt(help="classifier MODEL string")
+    translator: str = opt(help="translator file (local or URL)")
+    concepts: str | None = opt(None, "concepts: a text file, one per line, or a text-embedding Parquet (default: "
+                                     "pipelines/vocab/concepts.txt)")
+    class_text: str | None = opt(None, "class prompt embeddings (Parquet), one row per class, matched by index "
+                                       "(default: computed with the translator's CLIP)")
+    label: str | None = opt(None, "true class (index or name) for every image; default: the shard's cls, if any")
+    top: int = opt(5, "concepts listed per direction")
+    json_out: str | None = opt(None, "write the explanations as JSON (a path or URL)", flag="--json", metavar="OUT")
+    index: str | None = opt(None, "image index from `sing index`: show the nearest real images")
+    k: int = opt(5, "nearest images per query (with --index)")
+    sheet: str | None = opt(None, "contact sheet OUT.html or OUT.png (with --index)")
+    templates: str | None = opt(None, "class prompt templates (default: the translator's)")
+    device: str | None = opt(None, "cpu or cuda (default: cuda when available)")
+    max_pixels: int | None = opt(None, "decompression-bomb guard in pixels (default: PIL's)")
 
 
-def _check_config(cfg: ExplainConfig):
+def _check_config(cfg: ExplainOptions):
     if not cfg.images:
         raise ExplainError("give at least one image")
     if cfg.top < 1:
@@ -309,21 +237,20 @@ def _check_config(cfg: ExplainConfig):
         raise ExplainError(f"--sheet must end in .html or .png, got {cfg.sheet}")
 
 
-def run_explain(cfg: ExplainConfig) -> dict:
+def run_explain(cfg: ExplainOptions) -> dict:
     """Explain each image; returns {"meta": ..., "images": [...]} (what --json writes)."""
     from sing_ops import HeadDecomposition
 
     from pipelines.models.clip import TEMPLATES, load_clip
     from pipelines.io.images import to_uint8_view
     from pipelines.models.classifiers import load_classifier
-    from pipelines.models.precision import check_precision, configure, features_and_logits, model_inputs
+    from pipelines.models.precision import configure, features_and_logits, model_inputs
     from pipelines.stages.actors import pick_device
     from pipelines.io.remote import local_copy
     from pipelines.models.text import (CONCEPT_TEMPLATES, concept_names, embed_texts, is_embeddings_file, load_class_text,
                        load_concept_embeddings)
 
     _check_config(cfg)
-    check_precision(cfg.precision)
     # Cheap checks first: image files, vocabulary, translator file, index.
     queries = [load_query_image(s, cfg.max_pixels) for s in cfg.images]
     concepts = concept_names(cfg.concepts or DEFAULT_CONCEPTS)
@@ -400,122 +327,25 @@ def run_explain(cfg: ExplainConfig) -> dict:
 
         write_json_atomic(result, cfg.json_out)  # a local path or a URL
     if cfg.sheet:
+        from pipelines.jobs.explain_render import write_sheet
+
         write_sheet(cfg.sheet, queries, rows, index)
     return result
 
 
-# ----------------------------------------------------------------------------- output
+def cli_args(p) -> None:
+    from pipelines.models.spec import MODEL_EPILOG
+
+    add_arguments(p, ExplainOptions)
+    p.epilog = MODEL_EPILOG
 
 
-def _fmt(v, spec=".2f") -> str:
-    return "-" if v is None else format(v, spec)
+def cli_run(a) -> int:
+    from pipelines.jobs.explain_render import format_explanations
 
-
-def format_explanations(result: dict) -> str:
-    """The printed table: one block per image."""
-    meta = result["meta"]
-    lines = [f"model {meta['model']}  null_dim {meta['null_dim']}  translator {meta['translator_id']} "
-             f"({meta['clip_model']})  {meta['n_concepts']} concepts"]
-    for r in result["images"]:
-        truth = f"{r['label']} {r['class_name']}" if r["label"] is not None else "unknown"
-        lines += [
-            "",
-            f"{r['image']}",
-            f"  predicted   {r['pred']} {r['pred_name']}    true class: {truth}",
-            f"  AS true     {_fmt(r['as_deg'], '+.3f')} deg    AS pred {_fmt(r['pred_as_deg'], '+.3f')} deg    "
-            f"IS {_fmt(r['is_deg'], '.3f')} deg",
-            f"  null_dim    {r['null_dim']}    |P_n f|/|f| {r['null_norm_frac']:.3f}    "
-            f"logit drift {r['logit_drift']:.2e}",
-        ]
-        if r["toward"] or r["away"]:
-            lines.append(f"  {'removing the null part moves toward':<40s}  {'... and away from':<40s}")
-            for i in range(max(len(r["toward"]), len(r["away"]))):
-                cell = lambda lst: (f"{lst[i]['concept'][:30]:<30s} {lst[i]['as_deg']:+7.3f}"  # noqa: E731
-                                    if i < len(lst) else "")
-                lines.append(f"  {cell(r['toward']):<40s}  {cell(r['away']):<40s}")
-        lines.append(f"  => {r['description']}")
-        for which, title in (("f", "nearest to T(f) "), ("f_eq", "nearest to T(f~)")):
-            hits = (r.get("nearest") or {}).get(which)
-            if hits:
-                lines.append(f"  {title}  " + ", ".join(f"{h['shard']}/{h['key']} ({h['cosine']:.3f})"
-                                                        for h in hits))
-    return "\n".join(lines)
-
-
-def write_sheet(path, queries, rows, index) -> Path:
-    """Contact sheet: query image | k nearest to T(f) | k nearest to T(f~), one row per image.
-    .html: self-contained page with base64 JPEG thumbnails; .png: a matplotlib figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cells = []  # per row: (query jpeg, caption), [(jpeg, caption)], [(jpeg, caption)]
-    for q, r in zip(queries, rows):
-        def hits(which):
-            got = r["nearest"][which]
-            thumbs = index.thumbnails([(h["shard"], h["key"]) for h in got])
-            return [(t, f"{h['key']}\nlabel {h['label']}, cos {h['cosine']:.3f}") for t, h in zip(thumbs, got)]
-        head = f"{Path(q.spec).name if not q.shard else q.key}\npred {r['pred_name']}"
-        cells.append(((thumbnail_jpeg(q.image), head), hits("f"), hits("f_eq"), r))
-    if path.suffix.lower() == ".png":
-        _sheet_png(path, cells)
-    else:
-        _sheet_html(path, cells)
-    return path
-
-
-def _sheet_html(path: Path, cells) -> None:
-    import base64
-
-    def img(jpeg, caption):
-        b64 = base64.b64encode(jpeg).decode() if jpeg else ""
-        tag = f'<img src="data:image/jpeg;base64,{b64}" alt="{html.escape(caption)}">' if jpeg else "(no thumbnail)"
-        cap = "<br>".join(html.escape(line) for line in caption.split("\n"))
-        return f"<figure>{tag}<figcaption>{cap}</figcaption></figure>"
-
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sing explain</title><style>",
-             "body{font-family:sans-serif} table{border-collapse:collapse} td{vertical-align:top;padding:6px;"
-             "border-top:1px solid #ccc} figure{display:inline-block;margin:2px;width:132px;font-size:11px}"
-             "img{width:128px;height:128px} .q{background:#f4f4f4}</style></head><body>",
-             "<h1>SING: nearest real images to T(f) and to its null-free equivalent T(f~)</h1>",
-             "<table><tr><th>query</th><th>nearest to T(f)</th><th>nearest to T(f~)</th></tr>"]
-    for (qj, qc), near_f, near_eq, r in cells:
-        info = (f"AS {_fmt(r['as_deg'], '+.2f')} / pred AS {_fmt(r['pred_as_deg'], '+.2f')} / "
-                f"IS {_fmt(r['is_deg'], '.2f')} deg; {r['description']}")
-        parts.append(f"<tr><td class='q'>{img(qj, qc)}<div style='width:260px;font-size:11px'>"
-                     f"{html.escape(info)}</div></td>"
-                     f"<td>{''.join(img(j, c) for j, c in near_f)}</td>"
-                     f"<td>{''.join(img(j, c) for j, c in near_eq)}</td></tr>")
-    parts.append("</table></body></html>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _sheet_png(path: Path, cells) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    k = max(max(len(c[1]), len(c[2])) for c in cells)
-    ncol = 1 + 2 * k
-    fig, axes = plt.subplots(len(cells), ncol, figsize=(1.6 * ncol, 2.2 * len(cells) + 0.4), squeeze=False)
-    for row, ((qj, qc), near_f, near_eq, _r) in enumerate(cells):
-        items = [(qj, qc)] + near_f + [(None, "")] * (k - len(near_f)) + near_eq + [(None, "")] * (k - len(near_eq))
-        for col, (jpeg, cap) in enumerate(items):
-            ax = axes[row, col]
-            ax.axis("off")
-            if jpeg:
-                ax.imshow(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-            ax.set_title("\n".join(line[-26:] for line in cap.split("\n")), fontsize=6)
-    fig.suptitle(f"query  |  {k} nearest real images to T(f)  |  {k} nearest to T(f~) (null part removed)",
-                 fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def dump_json(result: dict) -> str:
-    return json.dumps(result, indent=2, default=str)
+    opts = from_namespace(ExplainOptions, a)
+    print(format_explanations(run_explain(opts)))
+    for what, path in (("json", opts.json_out), ("contact sheet", opts.sheet)):
+        if path:
+            print(f"{what}: {path}")
+    return 0

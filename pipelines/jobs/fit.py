@@ -15,32 +15,29 @@ import torch
 
 from pipelines.io.layout import write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
-from pipelines.models.precision import DEFAULT_PRECISION, check_precision
 from pipelines.io.remote import is_url, url_fs
 from pipelines.io.translator_file import save_translator
-from pipelines.stages.watchdog import DEFAULT_STALL_S, with_stall_timeout
+from pipelines.errors import BadInput
+from pipelines.jobs import spine
+from pipelines.options import PrecisionOptions, StreamOptions, _templates, add_arguments, check, from_namespace, opt
 
 log = logging.getLogger("sing.fit")
 
 
 @dataclass
-class FitConfig:
-    model: str
-    clip: str
-    shards: list[str]
-    out: str
-    heldout_shards: list[str] | None = None
-    heldout_fraction: float = 0.1
-    lambdas: list[float] | None = None  # absolute values; default: a grid relative to the data
-    templates: str = "single"
-    batch_size: int = 64
-    device: str | None = None
-    threads: int | None = None
-    progress: bool = True
-    precision: str = DEFAULT_PRECISION  # of both forwards (classifier and CLIP image tower)
+class FitOptions(PrecisionOptions, StreamOptions):
+    model: str = opt(help="classifier MODEL string")
+    clip: str = opt(help="CLIP model whose image embeddings are the targets (openclip:ARCH@TAG)")
+    out: str = opt(help="translator .safetensors path or URL (report goes to OUT.report.json)")
+    heldout_shards: list[str] | None = opt(None, "shards held out to choose lambda (default: 10%% of the shards, "
+                                                 "evenly spaced)")
+    heldout_fraction: float = opt(0.1, "share of the shards held out when --heldout-shards is not given", cli=False)
+    lambdas: list[float] | None = opt(None, "ridge penalties to try (default: a grid relative to the data)")
+    templates: str = opt("single", "class prompt templates for the zero-shot check: single | ensemble",
+                         check=_templates)
 
 
-class FitError(ValueError):
+class FitError(BadInput):
     pass
 
 
@@ -75,7 +72,7 @@ def _ridge_aggregation(m: int, d: int):
     return RidgeAggregation()
 
 
-def split_shards(cfg: FitConfig):
+def split_shards(cfg: FitOptions):
     from pipelines.io.shards import expand_shards
 
     train = expand_shards(cfg.shards)
@@ -97,25 +94,16 @@ def split_shards(cfg: FitConfig):
     return train, held
 
 
-def _feature_stream(ray, shards, clf, clip, cfg):
-    from pipelines.stages.actor_pool import actor_pool
+def _feature_stream(shards, clf, clip, cfg: FitOptions):
+    """Classifier features (f/emb) and CLIP image embeddings (z/emb) of every sample, from
+    one decode: the spine's stream with two feature actors."""
     from pipelines.stages.actors import FeatureActor
-    from pipelines.stages.read import read_decode, unique_views, view_column
-    from pipelines.stages.ray_session import actor_gpus, cluster_cpus
+    from pipelines.stages.read import unique_views, view_column
 
     views = unique_views([clf.preprocess, clip.preprocess])
-    gpus = actor_gpus(cfg.device)
-    n = max(1, int(gpus))  # one classifier and one CLIP actor per GPU, sharing it
-    threads = cfg.threads or (None if gpus else max(1, int(cluster_cpus())))
-    ds = ray.data.from_items([{"path": s} for s in shards], override_num_blocks=len(shards))
-    ds = ds.map_batches(read_decode, batch_size=1, fn_kwargs={"views": views}, num_cpus=1)
-    for prefix, kind, spec, last in (("f", "classifier", cfg.model, False), ("z", "clip", cfg.clip, True)):
-        ds = ds.map_batches(FeatureActor, batch_size=cfg.batch_size, compute=actor_pool(n),
-                            num_cpus=0.5 if not gpus else 1, num_gpus=0.5 if gpus else 0,
-                            fn_constructor_kwargs=dict(prefix=prefix, kind=kind, model_spec=spec, device=cfg.device,
-                                                       threads=threads, precision=cfg.precision,
-                                                       drop_views=[view_column(v) for v in views] if last else ()))
-    return ds
+    actors = [spine.ActorSpec(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision))
+              for prefix, kind, spec in (("f", "classifier", cfg.model), ("z", "clip", cfg.clip))]
+    return spine.stream(shards, cfg, views, actors, spine.ActorPlan.resolve(cfg, 2), [view_column(v) for v in views])
 
 
 def zero_shot_top1(emb: np.ndarray, class_text: np.ndarray, labels: np.ndarray) -> float:
@@ -129,28 +117,23 @@ def _logits(clf, f: np.ndarray) -> np.ndarray:
     return out + clf.head_bias.numpy() if clf.head_bias is not None else out
 
 
-def run_fit(cfg: FitConfig) -> dict:
+def run_fit(cfg: FitOptions) -> dict:
     from sing_ops import select_lambda
 
-    from pipelines.models.clip import TEMPLATES, load_clip
-    from pipelines.models.classifiers import load_classifier
-    from pipelines.stages.ray_session import configure_data_context, ensure_ray
     from pipelines.io.shards import shard_name
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.models.clip import TEMPLATES, load_clip
     from pipelines.models.text import embed_texts
 
+    check(cfg)
     started = utc_now()
-    if cfg.templates not in TEMPLATES:
-        raise FitError(f"unknown prompt templates {cfg.templates!r}; choose from {sorted(TEMPLATES)}")
-    check_precision(cfg.precision)
     clf, clip = load_classifier(cfg.model), load_clip(cfg.clip)  # unknown names fail first
     if is_url(cfg.out):
         url_fs(cfg.out)  # an --out URL without its fsspec backend fails now, not after the pass
     train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
-    ray = ensure_ray()
-    configure_data_context(cfg.progress)
     t0 = time.perf_counter()
-    agg = _feature_stream(ray, train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d))
+    agg = _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d))
     from sing_ops import RidgeStats
 
     stats = RidgeStats.from_state_dict(agg["ridge"])
@@ -160,8 +143,10 @@ def run_fit(cfg: FitConfig) -> dict:
         raise FitError(f"only {stats.n} usable training images in {len(train)} shards")
 
     fh, zh, yh, n_err = [], [], [], 0
-    held_stream = _feature_stream(ray, held, clf, clip, cfg).iter_batches(batch_size=None, batch_format="numpy")
-    for b in with_stall_timeout(held_stream, DEFAULT_STALL_S, "the held-out stream"):
+    from pipelines.stages.watchdog import with_stall_timeout
+
+    held_stream = spine.batches(_feature_stream(held, clf, clip, cfg))
+    for b in with_stall_timeout(held_stream, cfg.stall_timeout, "the held-out stream"):
         ok = b["status"] == "ok"
         n_err += int((b["status"] == "error").sum())
         fh.append(b["f/emb"][ok]), zh.append(b["z/emb"][ok]), yh.append(b["label"][ok])
@@ -195,3 +180,20 @@ def run_fit(cfg: FitConfig) -> dict:
     report["translator_id"] = tr.id
     write_json_atomic(report, f"{cfg.out}.report.json")  # a str: Path() would mangle a URL
     return report
+
+
+def cli_args(p) -> None:
+    from pipelines.models.spec import MODEL_EPILOG
+
+    add_arguments(p, FitOptions)
+    p.epilog = MODEL_EPILOG
+
+
+def cli_run(a) -> int:
+    rep = run_fit(from_namespace(FitOptions, a, progress=not a.quiet))
+    h, zs = rep["heldout"], rep["zero_shot_top1"]
+    print(f"translator {rep['translator_path']} (id {rep['translator_id']}): {rep['n_train']} train / "
+          f"{rep['n_heldout']} held-out images, lambda={rep['lambda']:.4g}")
+    print(f"held-out MSE {h['mse']:.4g}  R^2 {h['r2']:.3f}  mean cosine {h['mean_cosine']:.3f}")
+    print(f"zero-shot top-1: T(f) {zs['translated']:.3f}  CLIP {zs['clip']:.3f}  (classifier {zs['classifier']:.3f})")
+    return 0

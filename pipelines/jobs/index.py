@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,8 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.errors import BadInput
+from pipelines.options import PrecisionOptions, StreamOptions, add_arguments, check, from_namespace, opt
 from pipelines.stages.actors import FeatureActor
-from pipelines.stages.watchdog import DEFAULT_STALL_S, with_stall_timeout
 
 log = logging.getLogger("sing.index")
 
@@ -34,8 +33,8 @@ FORMAT = "sing-index/1"
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
-class ImageIndexError(ValueError):
-    """Bad index input (user-facing, exit 2)."""
+class ImageIndexError(BadInput):
+    """Bad index input (exit 2)."""
 
 
 def thumb_spec(size: int):
@@ -55,7 +54,9 @@ def _schema(dim: int, dtype: str) -> pa.Schema:
 class IndexActor(FeatureActor):
     """CLIP image embeddings (FeatureActor kind="clip") plus a JPEG thumbnail per image."""
 
-    def __init__(self, prefix, model_spec, thumb_col, quality=85, device=None, threads=None, precision="fp32"):
+    def __init__(self, prefix, model_spec, thumb_col, quality=85, device=None, threads=None, precision="fp32",
+                 drop_views=()):
+        # the image columns go after this actor's own __call__ (it needs the thumbnail view)
         super().__init__(prefix, "clip", model_spec, drop_views=(), device=device, threads=threads,
                          precision=precision)
         self.thumb_col, self.quality = thumb_col, quality
@@ -79,18 +80,11 @@ class IndexActor(FeatureActor):
 
 
 @dataclass
-class IndexConfig:
-    clip: str
-    shards: list[str]
-    out: str
-    thumb_size: int = 96
-    dtype: str = "float16"
-    batch_size: int = 64
-    device: str | None = None
-    threads: int | None = None
-    max_pixels: int | None = None
-    progress: bool = True
-    precision: str = "fp32"  # of the CLIP image tower (pipelines.models.precision)
+class IndexOptions(PrecisionOptions, StreamOptions):
+    clip: str = opt(help="CLIP model (openclip:ARCH@TAG)")
+    out: str = opt(help="index directory (local)", identity=False)
+    thumb_size: int = opt(96, "thumbnail side in pixels (16-512)")
+    dtype: str = opt("float16", "embedding storage type", choices=tuple(DTYPES))
 
 
 def _meta_path(out) -> Path:
@@ -101,94 +95,72 @@ def part_file(out, shard: str) -> Path:
     return Path(out) / "parts" / f"{shard}.parquet"
 
 
-def build_index(cfg: IndexConfig) -> dict:
-    from pipelines.models.clip import load_clip
-    from pipelines.stages.collect import ERRORS_SCHEMA
-    from pipelines.io.layout import write_json_atomic, write_table_atomic
-    from pipelines.io.manifest import code_version, utc_now
-    from pipelines.stages.ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
-    from pipelines.stages.read import read_decode, unique_views, view_column
-    from pipelines.io.shards import expand_shards, shard_name
-    from pipelines.models.precision import check_precision
-    from pipelines.stages.regroup import ShardGrouper
+def _writer(cfg: IndexOptions, dim: int):
+    from pipelines.io.layout import write_table_atomic
+    from pipelines.stages.collect import error_table
 
-    if cfg.dtype not in DTYPES:
-        raise ImageIndexError(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    schema = _schema(dim, cfg.dtype)
+    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
+
+    def write(shard: str, cols: dict, _t_read: float) -> None:
+        ok = cols["status"] == "ok"
+        write_table_atomic(error_table(cols, shard), Path(cfg.out) / "errors" / f"{shard}.parquet")
+        emb = np.asarray(cols["z/emb"][ok], dtype=np.float32).reshape(-1, dim).astype(np_dtype)
+        table = pa.table({
+            "key": pa.array(cols["key"][ok].tolist(), pa.string()),
+            "shard": pa.array([shard] * int(ok.sum()), pa.string()),
+            "label": pa.array(cols["label"][ok].astype(np.int32), pa.int32()),
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), DTYPES[cfg.dtype]), dim),
+            "thumb": pa.array(list(cols["z/thumb"][ok]), pa.binary())}, schema=schema)
+        write_table_atomic(table, part_file(cfg.out, shard))  # last: marks the shard done
+        log.info("index: shard %s (%d images, %d errors)", shard, table.num_rows, int((~ok).sum()))
+    return write
+
+
+def build_index(cfg: IndexOptions) -> dict:
+    from pipelines.jobs import spine
+    from pipelines.models.clip import load_clip
+    from pipelines.stages.read import unique_views, view_column
+
+    check(cfg)
     if not 16 <= cfg.thumb_size <= 512:
         raise ImageIndexError(f"--thumb-size must be in [16, 512], got {cfg.thumb_size}")
-    started = utc_now()
-    shards = expand_shards(cfg.shards)
-    names = [shard_name(s) for s in shards]
-    if len(set(names)) != len(names):
-        raise ImageIndexError("two shards share a file name; shard names key the index parts")
+    shards = spine.expand(cfg.shards)
     clip = load_clip(cfg.clip)
     meta = {"format": FORMAT, "clip_model": clip.model_id, "dim": clip.embed_dim, "dtype": cfg.dtype,
-            "thumb_size": cfg.thumb_size, "precision": check_precision(cfg.precision)}
+            "thumb_size": cfg.thumb_size, "precision": cfg.precision}
     old = _meta_path(cfg.out)
-    if old.is_file():
+    if old.is_file():  # one index per directory: refuse to mix two builds
         prev = json.loads(old.read_text())
         diff = {k: (prev.get(k), v) for k, v in meta.items() if prev.get(k) != v}
         if diff:
             raise ImageIndexError(f"{cfg.out} already holds an index built differently ("
                                   + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
                                   + "); use another --out")
-    todo = [s for s, n in zip(shards, names) if not part_file(cfg.out, n).is_file()]
-    manifest = {**meta, "status": "running", "started_at": started, "code_version": code_version(),
-                "clip_sha256": clip.weights_sha256(), "preprocess": asdict(clip.preprocess),
-                "config": {**asdict(cfg), "argv": sys.argv},
-                "shards": {"total": len(shards), "skipped_done": len(shards) - len(todo), "todo": len(todo)}}
-    write_json_atomic(manifest, old)
-    schema = _schema(clip.embed_dim, cfg.dtype)
-    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
-    t0 = time.perf_counter()
-    if todo:
-        ray = ensure_ray()
-        from pipelines.stages.actor_pool import actor_pool
-
-        configure_data_context(cfg.progress)
+    plan = spine.plan("index", cfg, {}, lambda _run, n: part_file(cfg.out, n).is_file(),
+                      {**meta, "clip_sha256": clip.weights_sha256(), "preprocess": asdict(clip.preprocess)},
+                      shards, run_id="index", manifest_file=str(old))
+    if plan.todo:
         tspec = thumb_spec(cfg.thumb_size)
         views = unique_views([clip.preprocess, tspec])
-        gpus = actor_gpus(cfg.device)
-        n = max(1, int(gpus))
-        ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
-                            fn_kwargs={"views": views, "max_pixels": cfg.max_pixels})
-        ds = ds.map_batches(IndexActor, batch_size=cfg.batch_size, compute=actor_pool(n),
-                            num_cpus=0.5 if not gpus else 1, num_gpus=1 if gpus else 0,
-                            fn_constructor_kwargs=dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
-                                                       device=cfg.device, precision=cfg.precision,
-                                                       threads=cfg.threads or (None if gpus else
-                                                                               max(1, int(cluster_cpus())))))
-        grouper = ShardGrouper()
-        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
-        for batch in with_stall_timeout(batches, DEFAULT_STALL_S, "the index stream"):
-            for shard, cols, _t_read in grouper.add(batch):
-                ok = cols["status"] == "ok"
-                bad = cols["status"] == "error"
-                write_table_atomic(pa.table({
-                    "key": pa.array(cols["key"][bad].tolist(), pa.string()),
-                    "shard": pa.array([shard] * int(bad.sum()), pa.string()),
-                    "stage": pa.array(cols["stage"][bad].tolist(), pa.string()),
-                    "reason": pa.array(cols["reason"][bad].tolist(), pa.string())}, schema=ERRORS_SCHEMA),
-                    Path(cfg.out) / "errors" / f"{shard}.parquet")
-                emb = np.asarray(cols["z/emb"][ok], dtype=np.float32).reshape(-1, clip.embed_dim).astype(np_dtype)
-                table = pa.table({
-                    "key": pa.array(cols["key"][ok].tolist(), pa.string()),
-                    "shard": pa.array([shard] * int(ok.sum()), pa.string()),
-                    "label": pa.array(cols["label"][ok].astype(np.int32), pa.int32()),
-                    "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), DTYPES[cfg.dtype]),
-                                                             clip.embed_dim),
-                    "thumb": pa.array(list(cols["z/thumb"][ok]), pa.binary())}, schema=schema)
-                write_table_atomic(table, part_file(cfg.out, shard))  # last: marks the shard done
-                log.info("index: shard %s (%d images, %d errors)", shard, table.num_rows, int(bad.sum()))
-        if grouper.unfinished():
-            raise RuntimeError(f"stream ended with incomplete shards {grouper.unfinished()}; rerun to retry them")
+        actor = spine.ActorSpec(IndexActor, dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
+                                                 precision=cfg.precision))
+        ds = spine.stream(plan.todo, cfg, views, [actor], spine.ActorPlan.resolve(cfg), [view_column(v) for v in views])
+        spine.drain(ds, cfg, "the index stream", _writer(cfg, clip.embed_dim))
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "parts").glob("*.parquet"))
     n_err = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "errors").glob("*.parquet"))
-    manifest.update({"status": "complete", "finished_at": utc_now(), "images": n, "errors": n_err,
-                     "wall_seconds": round(time.perf_counter() - t0, 3)})
-    write_json_atomic(manifest, old)
-    return manifest
+    return spine.finish(plan, images=n, errors=n_err)
+
+
+def cli_args(p) -> None:
+    add_arguments(p, IndexOptions)
+
+
+def cli_run(a) -> int:
+    man = build_index(from_namespace(IndexOptions, a, progress=not a.quiet))
+    print(f"index {a.out}: {man['images']} images ({man['clip_model']}, {man['dim']}-d {man['dtype']}), "
+          f"{man['errors']} errors, {man['shards']['skipped_done']} of {man['shards']['total']} shards already done")
+    return 0
 
 
 # ----------------------------------------------------------------------------- querying

@@ -51,7 +51,13 @@ def format_paper(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_models_cli(args) -> int:
+def cli_args(p) -> None:
+    p.add_argument("--paper", action="store_true", help="list the paper's 13 classifiers (exact weights, dims, "
+                                                        "preprocessing, official translator names)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cli_run(args) -> int:
     if args.paper:
         rows = paper_rows()
         print(json.dumps(rows, indent=2) if args.json else format_paper(rows))

@@ -16,6 +16,7 @@ Exit codes (documented in cluster/nightly.example.yaml and README): 0 ok or noth
 from __future__ import annotations
 
 import fnmatch
+import dataclasses
 import logging
 import math
 import os
@@ -24,16 +25,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipelines.io.layout import derive_run_id, write_json_atomic
+from pipelines.options import identity
 from pipelines.io.manifest import code_version, file_sha256, load_manifest, utc_now
 from pipelines.jobs.nightly_config import NightlyConfig, NightlyConfigError, load_nightly_config
 from pipelines.io.remote import is_url, local_copy, local_path
 from pipelines.io.translator_file import load_translator
 
-SCHEDULING_ONLY = ("num_actors", "actors_per_gpu", "actor_threads", "buffer_gb", "stall_timeout_s")
-
 log = logging.getLogger("sing.nightly")
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_ALARM = 0, 1, 2, 3
+from pipelines.errors import EXIT_ALARM, EXIT_OK, Alarm, BadInput, RunFailed, SingError
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 STATE_VERSION = 1
 
@@ -185,7 +185,7 @@ def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str])
         if not Path(path).is_file():
             raise NightlyConfigError(f"translator.reuse: translator not found: {cfg.reuse}")
         return [path] * len(picked), "arch"
-    from pipelines.jobs.fit import FitConfig, run_fit
+    from pipelines.jobs.fit import FitOptions, run_fit
 
     out_dir = Path(cfg.refit.out) if cfg.refit.out else nightly_dir(cfg) / "translators"
     paths = []
@@ -196,7 +196,7 @@ def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str])
             log.info("translator for %s exists: %s", ck.name, path)
         except (FileNotFoundError, ValueError):
             log.info("fitting a translator for %s", ck.name)
-            run_fit(FitConfig(model=spec, clip=cfg.refit.clip, shards=cfg.refit.shards, out=str(path),
+            run_fit(FitOptions(model=spec, clip=cfg.refit.clip, shards=cfg.refit.shards, out=str(path),
                               heldout_shards=cfg.refit.heldout_shards, templates=cfg.refit.templates,
                               batch_size=cfg.audit.batch_size, device=cfg.audit.device,
                               precision=cfg.audit.precision))
@@ -262,7 +262,7 @@ def _fixed_baseline(cfg: NightlyConfig) -> dict:
 def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True) -> dict:
     """Returns the night's summary (also written to OUT/nightly/<name>/<run_id>.json unless
     nothing was new); summary['exit_code'] is what the CLI exits with."""
-    from pipelines.jobs.audit import AuditConfig, run_audit
+    from pipelines.jobs.audit import run_audit
     from pipelines.models.classifiers import check_arch
     from pipelines.io.shards import expand_shards
 
@@ -290,20 +290,13 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
 
     specs = [f"{cfg.checkpoints.arch}@{c.local or c.uri}" for c in picked]
     translators, match = _translators(cfg, picked, specs)
-    a = cfg.audit
-    # scheduling knobs change how fast, not what is computed: retuning them keeps the night's
-    # run id, so a rerun still resumes
-    what = {k: v for k, v in asdict(a).items() if k not in SCHEDULING_ONLY}
+    # the options that change results key the night (options.identity); scheduling knobs do
+    # not, so a retuned rerun still resumes
     run_id = derive_run_id("nightly", {"name": cfg.name, "sha": [c.sha256 for c in picked],
                                        "translators": [file_sha256(t) for t in translators],
-                                       "audit": what, "arch": cfg.checkpoints.arch})
-    man = run_audit(AuditConfig(
-        models=specs, translators=translators, shards=a.shards, out=cfg.out, concepts=a.concepts,
-        run_id=run_id, templates=a.templates, class_text=a.class_text, batch_size=a.batch_size,
-        num_actors=a.num_actors, rank_atol=a.rank_atol, rank_rtol=a.rank_rtol, device=a.device,
-        decode=a.decode, host_decode_share=a.host_decode_share, actors_per_gpu=a.actors_per_gpu,
-        actor_threads=a.actor_threads, buffer_gb=a.buffer_gb, stall_timeout_s=a.stall_timeout_s,
-        precision=a.precision, progress=progress, translator_match=match, extra={"nightly": cfg.name}))
+                                       "audit": identity(cfg.audit), "arch": cfg.checkpoints.arch})
+    man = run_audit(dataclasses.replace(cfg.audit, models=specs, translators=translators, out=cfg.out, run_id=run_id,
+                                        translator_match=match, progress=progress, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 
     from queries.runner import QueryError, checkpoint_diff
@@ -323,7 +316,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
                 diff = checkpoint_diff(cfg.out, baseline_run=baseline["run"], candidate_run=run_id,
                                        baseline_model=baseline["slug"], candidate_model=slug)
             except QueryError as exc:  # e.g. the baseline's results were deleted
-                raise RuntimeError(f"comparing {ck.name} with {baseline['name']}: {exc}") from exc
+                raise BadInput(f"comparing {ck.name} with {baseline['name']}: {exc}") from exc
         checks = evaluate(cfg, diff, counts)
         verdict = "alarm" if any(c["passed"] is False for c in checks) else ("ok" if baseline else "no-baseline")
         rec = {"name": ck.name, "uri": ck.uri, "sha256": ck.sha256, "slug": slug, "run_id": run_id,
@@ -382,23 +375,27 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines + bad)
 
 
-def cli_nightly(config: str, dry_run: bool = False, progress: bool = True) -> int:
-    """Run one night; map failures onto the documented exit codes."""
-    import sys
+def cli_args(p) -> None:
+    p.description = ("Exit codes: 0 ok or nothing new, 1 the run failed (rerun resumes), 2 bad config or input, "
+                     "3 ALARM (a checkpoint crossed a threshold). Config keys: cluster/nightly.example.yaml.")
+    p.add_argument("--config", required=True, help="nightly YAML (see cluster/nightly.example.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="list the checkpoints that would be audited")
 
+
+def cli_run(a) -> int:
+    """One night; a failure surfaces by type (cli.main: bad config 2, run failure 1), an
+    alarm as exit 3 after the summary is printed. Anything else fails the run (exit 1):
+    the scheduler only sees the code, and rerunning resumes."""
+    cfg = load_nightly_config(a.config)
     try:
-        cfg = load_nightly_config(config)
-        summary = run_nightly(cfg, dry_run=dry_run, progress=progress)
-    except (NightlyConfigError, FileNotFoundError, KeyError) as exc:
-        print(f"sing nightly: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    except ValueError as exc:  # bad model/translator/shards: found by run_audit before work
-        print(f"sing nightly: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    except Exception as exc:  # noqa: BLE001 - the scheduler only sees the code; rerunning resumes
+        summary = run_nightly(cfg, dry_run=a.dry_run, progress=not a.quiet)
+    except (ValueError, FileNotFoundError, KeyError, SingError):
+        raise
+    except Exception as exc:  # noqa: BLE001
         log.exception("nightly run failed")
-        print(f"sing nightly: failed: {type(exc).__name__}: {exc}; rerun the same command to resume",
-              file=sys.stderr)
-        return EXIT_FAILED
+        raise RunFailed(f"{type(exc).__name__}: {exc}; rerun the same command to resume") from exc
     print(format_summary(summary))
-    return summary["exit_code"]
+    if summary["alarm"]:
+        names = [c["name"] for c in summary["checkpoints"] if c["verdict"] == "alarm"]
+        raise Alarm(f"{', '.join(names)} crossed a threshold (summary above)")
+    return 0

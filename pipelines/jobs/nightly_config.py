@@ -6,15 +6,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.models.precision import DEFAULT_PRECISION, PRECISIONS
-from pipelines.stages.actor_pool import DEFAULT_ACTORS_PER_GPU
+from pipelines.errors import BadInput
 from pipelines.io.remote import is_url
+from pipelines.jobs.audit import AuditOptions
+from pipelines.options import from_mapping
+
+# what the night fills in itself: its checkpoints, their translators, where results go
+AUDIT_SET_BY_NIGHTLY = ("models", "translators", "translator_match", "out", "run_id")
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RATIOS = ("median_ratio", "ratio_of_means")
 
 
-class NightlyConfigError(ValueError):
+class NightlyConfigError(BadInput):
     """The config cannot be used; raised before any work starts."""
 
 
@@ -35,26 +39,6 @@ class Refit:
     heldout_shards: list[str] | None = None
     templates: str = "single"
     out: str | None = None
-
-
-@dataclass
-class AuditOptions:
-    shards: list[str]
-    concepts: str | None = None
-    class_text: str | None = None
-    templates: str = "single"
-    batch_size: int = 64
-    num_actors: int | None = None
-    device: str | None = None
-    rank_atol: float | None = 1e-5
-    rank_rtol: float | None = None
-    decode: str = "host"
-    host_decode_share: float = 0.0
-    actors_per_gpu: int = DEFAULT_ACTORS_PER_GPU
-    actor_threads: int | None = None  # None: the audit's default (4 on GPUs, 1 on CPUs)
-    buffer_gb: float | None = None  # None: Ray's in-flight budget (half the object store)
-    stall_timeout_s: float | None = 1800
-    precision: str = DEFAULT_PRECISION  # of the audit's and the refit's forwards
 
 
 @dataclass
@@ -145,27 +129,10 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
                       if r.get("heldout_shards") is not None else None,
                       templates=r.get("templates", "single"), out=r.get("out"))
 
-    a = _take(top["audit"], "audit", ("shards",), ("concepts", "class_text", "templates", "batch_size",
-                                                   "num_actors", "device", "rank_atol", "rank_rtol", "decode",
-                                                   "host_decode_share", "actors_per_gpu", "actor_threads",
-                                                   "buffer_gb", "stall_timeout", "precision"))
-    audit = AuditOptions(
-        shards=_list(a["shards"], "audit.shards"), concepts=a.get("concepts"), class_text=a.get("class_text"),
-        templates=a.get("templates", "single"),
-        batch_size=_num(a.get("batch_size", 64), "audit.batch_size", 1, integer=True),
-        num_actors=_num(a.get("num_actors"), "audit.num_actors", 1, integer=True), device=a.get("device"),
-        rank_atol=_num(a.get("rank_atol", 1e-5), "audit.rank_atol"), rank_rtol=_num(a.get("rank_rtol"), "audit.rank_rtol"),
-        decode=_choice(a.get("decode", "host"), "audit.decode", ("host", "device")),
-        host_decode_share=_num(a.get("host_decode_share", 0.0), "audit.host_decode_share"),
-        actors_per_gpu=_num(a.get("actors_per_gpu", DEFAULT_ACTORS_PER_GPU), "audit.actors_per_gpu", 1, integer=True),
-        actor_threads=_num(a.get("actor_threads"), "audit.actor_threads", 1, integer=True),
-        buffer_gb=_num(a.get("buffer_gb"), "audit.buffer_gb", 1e-3),
-        stall_timeout_s=_num(a.get("stall_timeout", 1800), "audit.stall_timeout"),
-        precision=_choice(a.get("precision", DEFAULT_PRECISION), "audit.precision", PRECISIONS))
-    if audit.host_decode_share > 1:
-        raise NightlyConfigError(f"audit.host_decode_share: expected a share within [0, 1], got {audit.host_decode_share}")
-    if audit.host_decode_share and audit.decode != "device":
-        raise NightlyConfigError("audit.host_decode_share applies to `decode: device`")
+    try:  # the audit section is the audit's own options, declared once (pipelines.options)
+        audit = from_mapping(AuditOptions, top["audit"], "audit", skip=AUDIT_SET_BY_NIGHTLY)
+    except BadInput as exc:
+        raise NightlyConfigError(str(exc)) from None
 
     baseline = top.get("baseline", "previous")
     if isinstance(baseline, dict):

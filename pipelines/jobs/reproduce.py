@@ -22,22 +22,21 @@ are derived from the inputs), imported translators under OUT/translators.
 """
 from __future__ import annotations
 
-import base64
 import functools
-import html
-import io
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pipelines.errors import BadInput
+from pipelines.options import PrecisionOptions, RankOptions, add_arguments, from_namespace, opt
 
 log = logging.getLogger("sing.reproduce")
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 
 
-class ReproduceError(ValueError):
+class ReproduceError(BadInput):
     """Bad `sing reproduce` input (exit 2)."""
 
 
@@ -131,23 +130,28 @@ def find_translator(e: Entry, tdir: str | None, import_dir: Path) -> tuple[str |
 
 
 @dataclass
-class ReproduceConfig:
-    shards: list[str]
-    out: str
-    models: list[str] = field(default_factory=lambda: ["paper"])
-    translators: str | None = None
-    class_text: str | None = None  # class prompt embeddings, one row per class (default: CLIP prompts)
-    templates: str = "single"  # CLIP prompt templates when class_text is not given
-    steer_shards: list[str] | None = None  # images for Table 1 (default: shards)
-    prompt: str | None = None  # default: Table 1's "an image of a jellyfish"
-    prompt_embeddings: str | None = None  # the target from an embeddings Parquet row named `prompt`
-    models_per_pass: int = 1
-    batch_size: int = 64
-    rank_atol: float | None = 1e-5
-    rank_rtol: float | None = None
-    device: str | None = None
-    progress: bool = True
-    precision: str = "fp32"  # of every forward (pipelines.models.precision)
+class ReproduceOptions(PrecisionOptions, RankOptions):
+    shards: list[str] = opt(help="images for the IS/|AS| sweep (glob(s), brace ranges or URLs)")
+    out: str = opt(help="output directory")
+    models: list[str] = opt(["paper"], "paper (all 13, default) | zoo names (resnet, dinovit1, ...) | NAME=MODEL to "
+                                       "run another MODEL under a name (e.g. resnet=timm:test_resnet@random"
+                                       "?num_classes=1000)", metavar="NAME")
+    translators: str | None = opt(None, "official layout DIR/<name>/linear/best.pt (imported on the fly) or sing "
+                                        "translators DIR/<name>.safetensors", metavar="DIR")
+    class_text: str | None = opt(None, "class prompt embeddings (.parquet, e.g. the imported official ImageNet npz), "
+                                       "matched by index (default: CLIP prompts 'an image of a {}.')")
+    templates: str = opt("single", "CLIP prompt templates without --class-text: single | ensemble")
+    steer_shards: list[str] | None = opt(None, "images for Table 1 (default: --shards); only the class 'sports car' "
+                                               "is read")
+    prompt: str | None = opt(None, "Table 1 target text (default 'an image of a jellyfish'); with "
+                                   "--prompt-embeddings the row name")
+    prompt_embeddings: str | None = opt(None, "take the target embedding from this text-embedding Parquet instead "
+                                              "of CLIP", metavar="PARQUET")
+    models_per_pass: int = opt(1, "models audited per decode pass (default 1: each model alone, a failure stays "
+                                  "its own)")
+    batch_size: int = opt(64, "images per model batch")
+    device: str | None = opt(None, "cpu or cuda (default: cuda when available)")
+    progress: bool = opt(True, "progress bars", cli=False)
 
 
 @dataclass
@@ -163,7 +167,7 @@ class ModelResult:
     steer_skipped: str | None = None
 
 
-def _check(cfg: ReproduceConfig) -> None:
+def _check(cfg: ReproduceOptions) -> None:
     from pipelines.io.shards import expand_shards
 
     if cfg.models_per_pass < 1:
@@ -188,12 +192,12 @@ def _first_row(df) -> dict | None:
     return df.row(0, named=True) if df.height else None
 
 
-def run_reproduce(cfg: ReproduceConfig) -> dict:
+def run_reproduce(cfg: ReproduceOptions) -> dict:
     from queries.runner import model_summary, steer_summary
 
-    from pipelines.jobs.audit import AuditConfig, run_audit
+    from pipelines.jobs.audit import AuditOptions, run_audit
     from pipelines.io.manifest import code_version, utc_now
-    from pipelines.jobs.steer import SteerConfig, SteerConfigError, run_steer
+    from pipelines.jobs.steer import SteerOptions, SteerConfigError, run_steer
 
     entries = parse_models(cfg.models)
     _check(cfg)
@@ -213,7 +217,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     for i in range(0, len(runnable), cfg.models_per_pass):
         group = runnable[i:i + cfg.models_per_pass]
         try:
-            man = run_audit(AuditConfig(
+            man = run_audit(AuditOptions(
                 models=[r.entry.model for r in group], translators=[r.translator for r in group],
                 shards=cfg.shards, out=str(results), class_text=cfg.class_text, templates=cfg.templates,
                 batch_size=cfg.batch_size, rank_atol=cfg.rank_atol, rank_rtol=cfg.rank_rtol, device=cfg.device,
@@ -233,7 +237,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     # (b) Table 1: steering one class toward the prompt at IS = 40 deg
     for r in runnable:
         try:
-            man = run_steer(SteerConfig(
+            man = run_steer(SteerOptions(
                 model=r.entry.model, translator=r.translator, shards=cfg.steer_shards or cfg.shards,
                 out=str(results), target_class=protocol["class"], prompt=prompt,
                 prompt_embeddings=cfg.prompt_embeddings, is_deg=float(protocol["is_deg"]),
@@ -255,6 +259,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     report = build_tables(res, cfg, prompt, protocol)
     report.update({"started_at": started, "finished_at": utc_now(), "code_version": code_version(),
                    "config": {k: v for k, v in asdict(cfg).items()}, "results": str(results)})
+    from pipelines.jobs.reproduce_report import write_reports
+
     write_reports(out, report)
     return report
 
@@ -293,7 +299,7 @@ def _diff(ours, paper):
     return None if ours is None or paper is None else ours - paper
 
 
-def build_tables(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, protocol: dict) -> dict:
+def build_tables(res: list[ModelResult], cfg: ReproduceOptions, prompt: str, protocol: dict) -> dict:
     nums = paper_numbers()
     ratios, t1 = nums["is_as_ratio"]["values"], nums["table1"]["values"]
     ratio_rows, t1_rows = [], []
@@ -349,7 +355,7 @@ def build_tables(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, prot
             "is_as_ratio": ratio_rows, "table1": t1_rows, "notes": _notes(res, cfg, prompt, protocol)}
 
 
-def _notes(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, protocol: dict) -> list[str]:
+def _notes(res: list[ModelResult], cfg: ReproduceOptions, prompt: str, protocol: dict) -> list[str]:
     notes = []
     audited = [r for r in res if r.audit]
     if audited:
@@ -382,116 +388,6 @@ def _notes(res: list[ModelResult], cfg: ReproduceConfig, prompt: str, protocol: 
     return notes
 
 
-# ----------------------------------------------------------------------------- output
-
-
-def _cell(v, key: str = "") -> str:
-    if v is None:
-        return "-"
-    if key == "paper" and isinstance(v, (int, float)):  # read off a plot: as printed, marked approximate
-        return f"~{v:g}"
-    if isinstance(v, float):
-        return f"{v:+.2f}" if key.startswith("diff") else f"{v:.2f}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict], columns) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(esc(_cell(r.get(k), k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(rep: dict) -> str:
-    p = rep["protocol"]
-    parts = [
-        "# SING reproduction", "", f"Paper: {rep['paper']}.", "",
-        "## IS/|AS| per model (paper Fig. 4 sweep)", "",
-        markdown_table(rep["is_as_ratio"], RATIO_COLUMNS), "",
-        f"## Table 1: class {p['class']!r} steered toward {p['prompt']!r} at IS = {p['is_deg']} deg", "",
-        markdown_table(rep["table1"], TABLE1_COLUMNS), "",
-        "## How this run differs from the paper's protocol", "",
-        *[f"- {n}" for n in rep["notes"]], "",
-        f"Results: `{rep['results']}` (query them with `sing query model_summary --results {rep['results']}` and "
-        f"`sing query steer_summary --results {rep['results']}`); code {rep['code_version']}, "
-        f"{rep['started_at']} - {rep['finished_at']}.", "",
-    ]
-    return "\n".join(parts)
-
-
-def _figure_png(rep: dict) -> bytes | None:
-    """Ours vs paper, both experiments, as one PNG (None when there is nothing to plot)."""
-    ratio = [r for r in rep["is_as_ratio"] if r["ratio_of_means"] is not None or r["paper"] is not None]
-    t1 = [r for r in rep["table1"] if r["mean_abs_as"] is not None or r["paper_mean"] is not None]
-    if not ratio and not t1:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    nan = lambda v: np.nan if v is None else v  # noqa: E731
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for ax, rows, series, title in (
-            (axes[0], ratio, [("ratio_of_means", "ours: ratio of means"), ("median_ratio", "ours: median ratio"),
-                              ("paper", "paper (Fig. 4, approx.)")], "IS/|AS| (higher is better)"),
-            (axes[1], t1, [("mean_abs_as", "ours"), ("paper_mean", "paper (Table 1)")],
-             "Table 1: |AS| toward the prompt at IS = 40 deg")):
-        x = np.arange(len(rows))
-        w = 0.8 / len(series)
-        for j, (k, lab) in enumerate(series):
-            ax.bar(x + (j - (len(series) - 1) / 2) * w, [nan(r[k]) for r in rows], w, label=lab)
-        ax.set_xticks(x, [r["model"] for r in rows], rotation=45, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def html_table(rows: list[dict], columns) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(k), k))}</td>" for k, _ in columns) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def render_html(rep: dict, png: bytes | None) -> str:
-    p = rep["protocol"]
-    fig = (f'<img alt="ours vs paper" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-           if png else "")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in rep["notes"])
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>SING reproduction</title><style>"
-            "body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} td:nth-child(-n+3){text-align:left}"
-            "img{max-width:100%}</style></head><body>"
-            f"<h1>SING reproduction</h1><p>Paper: {html.escape(rep['paper'])}.</p>"
-            "<h2>IS/|AS| per model (paper Fig. 4 sweep)</h2>" + html_table(rep["is_as_ratio"], RATIO_COLUMNS)
-            + f"<h2>Table 1: class {html.escape(repr(p['class']))} steered toward {html.escape(repr(p['prompt']))}"
-            f" at IS = {p['is_deg']} deg</h2>" + html_table(rep["table1"], TABLE1_COLUMNS) + fig
-            + f"<h2>How this run differs from the paper's protocol</h2><ul>{notes}</ul>"
-            f"<p>Results: <code>{html.escape(rep['results'])}</code>; code {html.escape(rep['code_version'])}.</p>"
-            "</body></html>")
-
-
-def write_reports(out: Path, rep: dict) -> dict[str, Path]:
-    from pipelines.io.layout import write_json_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"md": out / "reproduction.md", "html": out / "reproduction.html", "json": out / "reproduction.json"}
-    for key, text in (("md", render_markdown(rep)), ("html", render_html(rep, _figure_png(rep)))):
-        tmp = files[key].with_name(f".{files[key].name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(files[key])
-    write_json_atomic(json.loads(json.dumps(rep, default=str)), files["json"])
-    return files
-
-
 def exit_code(rep: dict) -> int:
     """0: every model with a translator ran; 1: some run failed (rerun resumes); 2: nothing could run."""
     rows = rep["is_as_ratio"] + rep["table1"]
@@ -500,3 +396,22 @@ def exit_code(rep: dict) -> int:
     if all(r["status"].startswith("skipped") for r in rep["is_as_ratio"]):
         return 2
     return 0
+
+
+def cli_args(p) -> None:
+    p.description = ("Writes OUT/reproduction.md, .html and .json; results under OUT/results. Exit codes: 0 done, "
+                     "1 a model's run failed (rerun resumes), 2 bad input or no model could run.")
+    add_arguments(p, ReproduceOptions)
+
+
+def cli_run(a) -> int:
+    rep = run_reproduce(from_namespace(ReproduceOptions, a, progress=not a.quiet))
+    for title, rows, key in (("IS/|AS|", rep["is_as_ratio"], "ratio_of_means"),
+                             ("Table 1 |AS|", rep["table1"], "mean_abs_as")):
+        print(title)
+        for r in rows:
+            v = r[key]
+            print(f"  {r['model']:<14s} {'-' if v is None else f'{v:.2f}':>8s}  paper "
+                  f"{'-' if r['paper'] is None else r['paper']}  {r['status']}")
+    print(f"report: {a.out.rstrip('/')}/reproduction.md (and .html, .json)")
+    return exit_code(rep)

@@ -41,7 +41,16 @@ class Plan:
     names: list[str]  # their names (file stems), which key the output files
     done: set[str]  # names of the shards finished by an earlier attempt
     manifest: dict
+    manifest_file: str | None = None  # default OUT/runs/<run_id>.json
     t0: float = field(default_factory=time.perf_counter)
+
+    def save(self) -> None:
+        if self.manifest_file:
+            from pipelines.io.layout import write_json_atomic
+
+            write_json_atomic(self.manifest, self.manifest_file)
+        else:
+            write_manifest(self.out, self.run_id, self.manifest)
 
     @property
     def todo(self) -> list[str]:
@@ -69,22 +78,30 @@ def expand(shard_globs) -> tuple[list[str], list[str]]:
 
 
 def plan(kind: str, opts, resolved: dict, is_done: Callable[[str, str], bool], manifest: dict,
-         shards: tuple[list[str], list[str]] | None = None) -> Plan:
-    """is_done(run_id, shard_name): whether an earlier attempt finished that shard."""
+         shards: tuple[list[str], list[str]] | None = None, *, run_id: str | None = None,
+         manifest_file: str | None = None) -> Plan:
+    """is_done(run_id, shard_name): whether an earlier attempt finished that shard. A job with
+    one output per directory (the image index) passes its own run_id and manifest_file."""
     shards, names = shards or expand(opts.shards)
-    run_id = run_id_for(kind, opts, {**resolved, "shards": names})
+    run_id = run_id or run_id_for(kind, opts, {**resolved, "shards": names})
     done = {n for n in names if is_done(run_id, n)}
     config = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
     man = {"kind": kind, "status": "running", "started_at": utc_now(), "code_version": code_version(),
            **manifest, "config": {**config, "argv": sys.argv},
            "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(shards) - len(done)}}
-    previous = load_manifest(opts.out, run_id)
+    if manifest_file:
+        from pipelines.io.layout import read_json
+
+        previous = read_json(manifest_file)
+    else:
+        previous = load_manifest(opts.out, run_id)
     if previous:
         man["resumed_from"] = {k: previous.get(k) for k in ("started_at", "status", "stage_seconds")}
-    write_manifest(opts.out, run_id, man)
+    p = Plan(kind, run_id, opts.out, shards, names, done, man, manifest_file)
+    p.save()
     log.info("%s run %s: %d shards, %d already done, %d to do", kind, run_id, len(shards), len(done),
              len(shards) - len(done))
-    return Plan(kind, run_id, opts.out, shards, names, done, man)
+    return p
 
 
 # ----------------------------------------------------------------------------- stream
@@ -107,8 +124,9 @@ class ActorPlan:
 
     @classmethod
     def resolve(cls, opts, n_models: int = 1) -> "ActorPlan":
-        from pipelines.stages.ray_session import actor_gpus, cluster_cpus
+        from pipelines.stages.ray_session import actor_gpus, cluster_cpus, ensure_ray
 
+        ensure_ray()  # sizing reads the cluster's resources
         gpus = actor_gpus(opts.device)
         per_gpu = opts.actors_per_gpu if gpus else 1
         n = opts.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
@@ -128,16 +146,15 @@ class ActorSpec:
     kwargs: dict  # its constructor arguments (device, threads and precision are added)
 
 
-def stream(plan: Plan, opts, views, actors: list[ActorSpec], ap: ActorPlan, drop: list[str],
+def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan, drop: list[str],
            read_kwargs: dict | None = None):
-    """The Ray Data stream over the shards still to do: read tasks, then each actor in turn
-    (the last one drops the image columns). Returns the Dataset."""
+    """The Ray Data stream over the shards `todo` (usually plan.todo): read tasks, then each
+    actor in turn (the last one drops the image columns). Returns the Dataset."""
     from pipelines.stages.ray_session import configure_data_context, ensure_ray
     from pipelines.stages.read import read_decode
 
     ray = ensure_ray()
     configure_data_context(opts.progress, opts.buffer_gb)
-    todo = plan.todo
     ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
                         fn_kwargs={"views": views, "max_pixels": opts.max_pixels, **(read_kwargs or {})})
@@ -174,5 +191,5 @@ def batches(ds) -> Iterator[dict]:
 def finish(plan: Plan, **updates) -> dict:
     plan.manifest.update({"status": "complete", "finished_at": utc_now(),
                           "wall_seconds": round(time.perf_counter() - plan.t0, 3), **updates, "run_id": plan.run_id})
-    write_manifest(plan.out, plan.run_id, plan.manifest)
+    plan.save()
     return plan.manifest

@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from pipelines.stages.actors import _first_only, _ModelActor
-from pipelines.models.precision import DEFAULT_PRECISION, check_precision
-from pipelines.models.precision import features_and_logits as forward
-from pipelines.stages.read import read_decode
-from pipelines.stages.regroup import ShardGrouper
-from pipelines.io.translator_file import load_translator
-from pipelines.stages.watchdog import DEFAULT_STALL_S, with_stall_timeout
+from pipelines.errors import BadInput
+from pipelines.io.layout import count_rows, is_done, shard_file, write_table_atomic
+from pipelines.jobs import spine
+from pipelines.options import (OutputOptions, PrecisionOptions, RankOptions, StreamOptions, add_arguments, check,
+                               from_namespace, opt)
 
 log = logging.getLogger("sing.steer")
 
@@ -42,104 +38,23 @@ STEER_SCHEMA = pa.schema([
 ])
 
 
-class SteerConfigError(ValueError):
-    """Bad `sing steer` input (user-facing, exit 2)."""
-
-
-# ----------------------------------------------------------------------------- stream helpers
-
-
-# ----------------------------------------------------------------------------- the actor
-
-
-class SteerActor(_ModelActor):
-    """Holds one classifier, its head decomposition, the translator and the target text;
-    steers every "ok" row of the requested class (float64 on the CPU: exact IS calibration)."""
-
-    COLS = ("eps", "is_deg", "as_deg", "logit_drift")
-
-    def __init__(self, prefix, model_spec, translator_path, target_text, class_index, eps=None, is_deg=None,
-                 rank_atol=1e-5, rank_rtol=None, drop_views=(), device=None, threads=None, view=None,
-                 precision="fp32"):
-        from sing_ops import HeadDecomposition
-
-        from pipelines.models.classifiers import load_classifier
-        from pipelines.io.remote import local_copy
-
-        clf = load_classifier(model_spec)
-        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, precision=precision)
-        self.clf = clf.to(self.device, channels_last=self.cuda)
-        self.dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
-        # local_copy here too: the actor may run on another node, whose cache is its own
-        self.tr = load_translator(local_copy(translator_path), in_dim=clf.num_features,
-                                  source_model=clf.model_id).to(dtype=torch.float64)
-        self.w = clf.head_weight.to(torch.float64)
-        self.text = torch.tensor(np.array(target_text, dtype=np.float64)).reshape(-1)
-        self.class_index, self.eps, self.is_deg = int(class_index), eps, is_deg
-
-    def __call__(self, batch: dict) -> dict:
-        from sing_ops import logit_drift, steer
-
-        out = self._passthrough(batch)
-        n, p = len(batch["key"]), self.prefix
-        sel = (batch["status"] == "ok") & (batch["label"] == self.class_index)
-        cols = {k: np.full(n, np.nan, dtype=np.float64) for k in self.COLS}
-        reachable = np.zeros(n, dtype=bool)
-        err = np.full(n, "", dtype=object)
-        t0 = time.perf_counter()
-        t_fwd = t_ops = 0.0
-        if sel.any():
-            idx = np.flatnonzero(sel)
-            f = forward(self.clf, self._inputs(batch, sel), self.precision)[0].cpu().to(torch.float64)
-            t_fwd = time.perf_counter() - t0
-            finite = torch.isfinite(f).all(-1).numpy()
-            err[idx[~finite]] = "non-finite (NaN/Inf) classifier features"
-            idx, f = idx[finite], f[torch.from_numpy(finite)]
-            if len(idx):
-                with torch.inference_mode():
-                    res = steer(f, self.dec, self.tr, self.text, eps=self.eps, is_deg=self.is_deg)
-                    drift = logit_drift(self.w, f, res.f_steered)
-                cols["eps"][idx] = res.eps.numpy()
-                cols["is_deg"][idx] = res.is_deg.numpy()
-                cols["as_deg"][idx] = res.as_deg.numpy()
-                cols["logit_drift"][idx] = drift.numpy()
-                reachable[idx] = res.reachable.numpy()
-            t_ops = time.perf_counter() - t0 - t_fwd
-        for k, v in cols.items():
-            out[f"{p}/{k}"] = v
-        out[f"{p}/reachable"] = reachable
-        out[f"{p}/selected"] = sel
-        out[f"{p}/error"] = err
-        out[f"{p}/t_forward"] = _first_only(n, t_fwd)
-        out[f"{p}/t_ops"] = _first_only(n, t_ops)
-        return out
-
-
-# ----------------------------------------------------------------------------- the job
+class SteerConfigError(BadInput):
+    """Bad `sing steer` input (exit 2)."""
 
 
 @dataclass
-class SteerConfig:
-    model: str
-    translator: str
-    shards: list[str]
-    out: str
-    target_class: str  # class name, alias or index
-    prompt: str  # free text embedded with the translator's CLIP, or a row name of prompt_embeddings
-    is_deg: float | None = None
-    eps: float | None = None
-    run_id: str | None = None
-    batch_size: int = 64
-    rank_atol: float | None = 1e-5
-    rank_rtol: float | None = None
-    device: str | None = None
-    threads: int | None = None
-    max_pixels: int | None = None
-    progress: bool = True
-    precision: str = DEFAULT_PRECISION
-    # a text-embedding Parquet (`sing embed-text`, `sing import embeddings`): the target is its
-    # row named `prompt`, no CLIP model is loaded (offline use of the official embeddings)
-    prompt_embeddings: str | None = None
+class SteerOptions(PrecisionOptions, RankOptions, StreamOptions, OutputOptions):
+    model: str = opt(help="classifier MODEL string")
+    translator: str = opt(help="translator file (local or URL)", identity=False)  # keyed by its content
+    # keyed by the class index it resolves to
+    target_class: str = opt(help="the class whose images are steered: name, alias or index", flag="--class",
+                            metavar="NAME_OR_INDEX", identity=False)
+    prompt: str = opt(help='target text, e.g. "an image of a jellyfish" (embedded raw, no template); with '
+                           "--prompt-embeddings the name of a row")
+    is_deg: float | None = opt(None, "target Image Score in degrees, in (0, 180) (paper: 40)")
+    eps: float | None = opt(None, "fixed step length along the unit null direction instead of --is-deg")
+    prompt_embeddings: str | None = opt(None, "take the target from this text-embedding Parquet (`sing embed-text`, "
+                                              "`sing import embeddings`): no CLIP model is loaded", identity=False)
 
 
 def pick_row(names: list[str], wanted: str, path) -> int:
@@ -219,23 +134,19 @@ def steer_table(cols: dict, prefix: str, shard: str, target: str) -> tuple[pa.Ta
     return table, model_err
 
 
-def prepare(cfg: SteerConfig):
+def prepare(cfg: SteerOptions):
     """Every check that can fail on the user's input, before any work (exit 2)."""
     from sing_ops import HeadDecomposition
 
-    from pipelines.jobs.explain import resolve_class
+    from pipelines.models.class_names import resolve_class
     from pipelines.models.classifiers import load_classifier
     from pipelines.io.remote import local_copy
-    from pipelines.io.shards import expand_shards, shard_name
+    from pipelines.io.translator_file import load_translator
 
     check_step(cfg.is_deg, cfg.eps)
-    check_precision(cfg.precision)
     if not cfg.prompt or not cfg.prompt.strip():
         raise SteerConfigError("--prompt must be a non-empty text, e.g. 'an image of a jellyfish'")
-    shards = expand_shards(cfg.shards)
-    names = [shard_name(s) for s in shards]
-    if len(set(names)) != len(names):
-        raise SteerConfigError("two shards share a file name; shard names key the output files")
+    shards = spine.expand(cfg.shards)
     clf = load_classifier(cfg.model)
     dec = HeadDecomposition.from_weight(clf.head_weight, atol=cfg.rank_atol, rtol=cfg.rank_rtol)
     if dec.null_dim == 0:
@@ -247,102 +158,88 @@ def prepare(cfg: SteerConfig):
     if not clip_id:
         raise SteerConfigError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
     text, text_info = target_embedding(cfg.prompt.strip(), cfg.prompt_embeddings, clip_id, tr.out_dim)
-    return shards, names, clf, dec, class_index, tr, clip_id, text, text_info
+    return shards, clf, dec, class_index, tr, clip_id, text, text_info
 
 
-def run_steer(cfg: SteerConfig) -> dict:
-    from pipelines.stages.collect import ERRORS_SCHEMA
-    from pipelines.io.layout import check_run_id, count_rows, derive_run_id, is_done, shard_file, write_table_atomic
-    from pipelines.io.manifest import code_version, file_sha256, load_manifest, utc_now, write_manifest
-    from pipelines.stages.ray_session import actor_gpus, cluster_cpus, configure_data_context, ensure_ray
+def _writer(out: str, slug: str, run_id: str, target: str, stage: dict):
+    from pipelines.stages.collect import error_table
+
+    def write(shard: str, cols: dict, t_read: float) -> None:
+        tw = time.perf_counter()
+        table, model_err = steer_table(cols, "s", shard, target)
+        errors = error_table(cols, shard, np.where(model_err, cols["s/error"], ""))
+        write_table_atomic(errors, shard_file(out, "errors", slug, run_id, shard))
+        write_table_atomic(table, shard_file(out, "steer", slug, run_id, shard))  # last: marks the shard done
+        stage["read_decode"] += t_read
+        stage["write"] += time.perf_counter() - tw
+        stage["written"] += 1
+        log.info("steer: shard %s written (%d images of the class)", shard, table.num_rows)
+    return write
+
+
+def run_steer(cfg: SteerOptions) -> dict:
+    from pipelines.io.manifest import file_sha256
     from pipelines.io.remote import local_copy
+    from pipelines.stages.steer_actor import SteerActor
 
-    started = utc_now()
-    shards, names, clf, dec, class_index, tr, clip_id, text, text_info = prepare(cfg)
+    check(cfg)
+    shards, clf, dec, class_index, tr, clip_id, text, text_info = prepare(cfg)
     target = cfg.prompt.strip()
-    run_id = check_run_id(cfg.run_id) if cfg.run_id else derive_run_id("steer", {
-        "model": clf.model_id, "sha": clf.checkpoint_sha256, "translator": tr.id, "shards": names,
-        "class": class_index, "prompt": target, "is_deg": cfg.is_deg, "eps": cfg.eps,
-        "rank_atol": cfg.rank_atol, "rank_rtol": cfg.rank_rtol, "precision": cfg.precision,
-        **({"prompt_embeddings": text_info["sha256"]} if cfg.prompt_embeddings else {})})
-    done = {n for n in names if is_done(cfg.out, clf.slug, run_id, n, table="steer")}
-    todo = [s for s, n in zip(shards, names) if n not in done]
-    manifest = {
-        "kind": "steer", "status": "running", "started_at": started, "code_version": code_version(),
-        "precision": cfg.precision,
-        "models": [{"model_id": clf.model_id, "slug": clf.slug, "checkpoint_sha256": clf.checkpoint_sha256,
-                    "num_classes": clf.num_classes, **dec.summary()}],
-        "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(local_copy(cfg.translator)),
-                       "clip_model": clip_id, "lambda": tr.metadata.get("lambda")},
-        "target": {"prompt": target, "class_index": class_index, "class_name": clf.class_names[class_index],
-                   "is_deg": cfg.is_deg, "eps": cfg.eps,
-                   "templates": text_info.get("templates") if cfg.prompt_embeddings else "raw prompt (no template)"},
-        "target_text": text_info,
-        "config": {**asdict(cfg), "argv": sys.argv},
-        "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(todo)},
-    }
-    previous = load_manifest(cfg.out, run_id)
-    if previous:
-        manifest["resumed_from"] = {k: previous.get(k) for k in ("started_at", "status", "stage_seconds")}
-    write_manifest(cfg.out, run_id, manifest)
-    log.info("steer run %s: class %d (%s) -> %r, %d shards, %d already done", run_id, class_index,
-             clf.class_names[class_index], target, len(shards), len(done))
+    resolved = {"model": clf.model_id, "sha": clf.checkpoint_sha256, "translator": tr.id, "class": class_index,
+                **({"prompt_embeddings": text_info["sha256"]} if cfg.prompt_embeddings else {})}
+    man = {"precision": cfg.precision,
+           "models": [{"model_id": clf.model_id, "slug": clf.slug, "checkpoint_sha256": clf.checkpoint_sha256,
+                       "num_classes": clf.num_classes, **dec.summary()}],
+           "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(local_copy(cfg.translator)),
+                          "clip_model": clip_id, "lambda": tr.metadata.get("lambda")},
+           "target": {"prompt": target, "class_index": class_index, "class_name": clf.class_names[class_index],
+                      "is_deg": cfg.is_deg, "eps": cfg.eps, "templates": "raw prompt (no template)"},
+           "target_text": text_info}
+    plan = spine.plan("steer", cfg, resolved, lambda run, n: is_done(cfg.out, clf.slug, run, n, table="steer"),
+                      man, shards)
+    log.info("steer: class %d (%s) -> %r", class_index, clf.class_names[class_index], target)
     stage = defaultdict(float)
-    written = 0
-    t0 = time.perf_counter()
-    if todo:
-        ray = ensure_ray()
-        from ray.data import ActorPoolStrategy
+    if plan.todo:
+        ap = spine.ActorPlan.resolve(cfg)
+        actor = spine.ActorSpec(SteerActor, dict(
+            prefix="s", model_spec=cfg.model, translator_path=str(cfg.translator), target_text=text,
+            class_index=class_index, eps=cfg.eps, is_deg=cfg.is_deg, rank_atol=cfg.rank_atol, rank_rtol=cfg.rank_rtol,
+            view=clf.preprocess, precision=cfg.precision))
+        ds = spine.stream(plan.todo, cfg, [clf.preprocess], [actor], ap, [f"img:{clf.preprocess.view_key}"],
+                          {"only_label": class_index})
 
-        configure_data_context(cfg.progress)
-        gpus = actor_gpus(cfg.device)
-        ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
-                            fn_kwargs={"views": [clf.preprocess], "only_label": class_index,
-                                       "max_pixels": cfg.max_pixels})
-        n_actors = max(1, int(gpus))
-        ds = ds.map_batches(
-            SteerActor, batch_size=cfg.batch_size, compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
-            num_cpus=0.5 if not gpus else 1, num_gpus=1 if gpus else 0,
-            fn_constructor_kwargs=dict(
-                prefix="s", model_spec=cfg.model, translator_path=str(cfg.translator), target_text=text,
-                class_index=class_index, eps=cfg.eps, is_deg=cfg.is_deg, rank_atol=cfg.rank_atol,
-                rank_rtol=cfg.rank_rtol, drop_views=[f"img:{clf.preprocess.view_key}"], device=cfg.device,
-                threads=cfg.threads or (None if gpus else max(1, int(cluster_cpus()))), view=clf.preprocess,
-                precision=cfg.precision))
-        grouper = ShardGrouper()
-        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
-        for batch in with_stall_timeout(batches, DEFAULT_STALL_S, "the steer stream"):
-            for key in ("t_forward", "t_ops"):
-                stage["forward" if key == "t_forward" else "sing_ops"] += float(batch[f"s/{key}"].sum())
-            for shard, cols, t_read in grouper.add(batch):
-                tw = time.perf_counter()
-                table, model_err = steer_table(cols, "s", shard, target)
-                bad = cols["status"] == "error"
-                errors = pa.table({
-                    "key": pa.array(cols["key"][bad].tolist() + cols["key"][model_err].tolist(), pa.string()),
-                    "shard": pa.array([shard] * int(bad.sum() + model_err.sum()), pa.string()),
-                    "stage": pa.array(cols["stage"][bad].tolist() + ["model"] * int(model_err.sum()), pa.string()),
-                    "reason": pa.array(cols["reason"][bad].tolist() + cols["s/error"][model_err].tolist(),
-                                       pa.string())}, schema=ERRORS_SCHEMA)
-                write_table_atomic(errors, shard_file(cfg.out, "errors", clf.slug, run_id, shard))
-                write_table_atomic(table, shard_file(cfg.out, "steer", clf.slug, run_id, shard))  # marks done
-                stage["read_decode"] += t_read
-                stage["write"] += time.perf_counter() - tw
-                written += 1
-                log.info("steer: shard %s written (%d images of the class)", shard, table.num_rows)
-        if grouper.unfinished():
-            raise RuntimeError(f"stream ended with incomplete shards {grouper.unfinished()}; rerun to retry them")
-    n_rows = count_rows(cfg.out, "steer", clf.slug, run_id)
+        def timings(batch):
+            stage["forward"] += float(batch["s/t_forward"].sum())
+            stage["sing_ops"] += float(batch["s/t_ops"].sum())
+
+        spine.drain(ds, cfg, "the steer stream", _writer(cfg.out, clf.slug, plan.run_id, target, stage), timings)
+    n_rows = count_rows(cfg.out, "steer", clf.slug, plan.run_id)
     if n_rows == 0:
         log.warning("no image of class %d (%s) in the shards", class_index, clf.class_names[class_index])
-    manifest.update({
-        "status": "complete", "finished_at": utc_now(), "wall_seconds": round(time.perf_counter() - t0, 3),
-        "stage_seconds": {k: round(v, 3) for k, v in stage.items()},
-        "shards": {**manifest["shards"], "written": written},
-        "counts": {"images": n_rows, "errors": count_rows(cfg.out, "errors", clf.slug, run_id),
-                   "shards_done": len(done) + written, "shards_skipped": len(done)},
-        "run_id": run_id,
-    })
-    write_manifest(cfg.out, run_id, manifest)
-    return manifest
+    written = int(stage.pop("written", 0))
+    return spine.finish(plan, stage_seconds={k: round(v, 3) for k, v in stage.items()},
+                        shards={**plan.manifest["shards"], "written": written},
+                        counts={"images": n_rows, "errors": count_rows(cfg.out, "errors", clf.slug, plan.run_id),
+                                "shards_done": len(plan.done) + written, "shards_skipped": len(plan.done)})
+
+
+def cli_args(p) -> None:
+    from pipelines.models.spec import MODEL_EPILOG
+
+    add_arguments(p, SteerOptions)
+    p.epilog = MODEL_EPILOG
+
+
+def cli_run(a) -> int:
+    from pipelines.io.remote import is_url
+
+    man = run_steer(from_namespace(SteerOptions, a, progress=not a.quiet))
+    t = man["target"]
+    print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
+          f"{man['counts']['images']} images, {man['counts']['errors']} errors")
+    if man["counts"]["images"] and not is_url(a.out):  # the query engine reads local results only
+        from queries.runner import format_frame, steer_summary
+
+        print(format_frame(steer_summary(a.out, run=man["run_id"], model=man["models"][0]["slug"])))
+    print(f"manifest: {a.out.rstrip('/')}/runs/{man['run_id']}.json")
+    return 0

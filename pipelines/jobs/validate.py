@@ -18,11 +18,15 @@ import math
 import random
 import sys
 from dataclasses import asdict, dataclass
+
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+from pipelines.errors import BadInput
+from pipelines.options import PrecisionOptions, RankOptions, add_arguments, from_namespace, opt
 
 log = logging.getLogger("sing.validate")
 
@@ -30,23 +34,20 @@ KINDS = ("null", "random", "principal")
 PLOT_FLOOR = 1e-20  # exact zeros are drawn here on the log axis
 
 
-class ValidateError(ValueError):
-    """Bad `sing validate` input (user-facing, exit 2)."""
+class ValidateError(BadInput):
+    """Bad `sing validate` input (exit 2)."""
 
 
 @dataclass
-class ValidateConfig:
-    model: str
-    shards: list[str]
-    out: str
-    n: int = 64
-    seed: int = 0
-    batch_size: int = 32
-    rank_atol: float | None = 1e-5
-    rank_rtol: float | None = None
-    device: str | None = None
-    max_pixels: int | None = None
-    precision: str = "fp32"  # of the forward (pipelines.models.precision)
+class ValidateOptions(PrecisionOptions, RankOptions):
+    model: str = opt(help="classifier MODEL string")
+    shards: list[str] = opt(help="webdataset shards to sample from (globs, brace ranges)")
+    out: str = opt(help="output directory (local)")
+    n: int = opt(64, "images to sample")
+    seed: int = opt(0, "sampling and perturbation seed")
+    batch_size: int = opt(32, "images per forward batch")
+    device: str | None = opt(None, "cpu or cuda (default: cuda when available)")
+    max_pixels: int | None = opt(None, "decompression-bomb guard in pixels (default: PIL's)")
 
 
 def perturbation_drifts(f, weight, decomposition, bias=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -136,11 +137,11 @@ def sample_images(shards: list[str], n: int, seed: int, max_pixels=None):
     return got, skipped
 
 
-def run_validate(cfg: ValidateConfig) -> dict:
+def run_validate(cfg: ValidateOptions) -> dict:
     from sing_ops import HeadDecomposition
 
     from pipelines.io.images import to_uint8_view
-    from pipelines.models.precision import check_precision, configure, features_and_logits, model_inputs
+    from pipelines.models.precision import configure, features_and_logits, model_inputs
     from pipelines.io.layout import slug, write_json_atomic, write_table_atomic
     from pipelines.io.manifest import code_version, utc_now
     from pipelines.stages.actors import pick_device
@@ -149,7 +150,6 @@ def run_validate(cfg: ValidateConfig) -> dict:
 
     if cfg.n < 1:
         raise ValidateError(f"--n must be >= 1, got {cfg.n}")
-    check_precision(cfg.precision)
     started = utc_now()
     shards = expand_shards(cfg.shards)
     clf = load_classifier(cfg.model)
@@ -240,3 +240,17 @@ def plot_histogram(table: pa.Table, path: Path, title: str) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def cli_args(p) -> None:
+    from pipelines.models.spec import MODEL_EPILOG
+
+    add_arguments(p, ValidateOptions)
+    p.epilog = MODEL_EPILOG
+
+
+def cli_run(a) -> int:
+    rep = run_validate(from_namespace(ValidateOptions, a))
+    print(rep["text"])
+    print(f"table: {rep['files']['parquet']} (and .csv)  histogram: {rep['files']['png']}")
+    return 0

@@ -49,6 +49,11 @@ ACCEPTED_FORMS = (
     "hf:ORG/NAME (transformers, e.g. hf:facebook/dinov2-large-imagenet1k-1-layer)"
 )
 
+# the epilog of every command that takes a MODEL
+MODEL_EPILOG = ("MODEL: timm:NAME[.TAG] | torchvision:NAME[.WEIGHTS] | hf:ORG/NAME | ARCH@random | "
+                "ARCH@/path/ckpt.safetensors|.pt (or a URL) | lite0.  CLIP: openclip:ARCH@TAG | openclip:ARCH@random | "
+                "openclip:tiny@random.  `sing models` lists the sources.")
+
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from pipelines.options import ActorDecode
 from pipelines.models.precision import DEFAULT_PRECISION, autocast, model_inputs
 from pipelines.models.precision import configure as configure_precision
 from pipelines.models.precision import features_and_logits as forward
@@ -36,11 +37,7 @@ def _set_threads(threads: int | None):
 
 
 class _ModelActor:
-    """decode: "host"   the read stage decoded (img:<view> column);
-               "device" decode the JPEGs here (pipelines.stages.device_decode); with share_decoded,
-                        hand the decoded views on (img:<view> and decode_error:<view>) to
-                        the later models of this view, so each image is decoded once;
-               "shared" use what an earlier "device" actor of this view decoded."""
+    """Common to the model actors: device, CUDA stream per thread, precision, inputs."""
 
     def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
                  max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
@@ -51,10 +48,8 @@ class _ModelActor:
         self.drop = set(drop_views)
         self.device = pick_device(device)
         self.cuda = self.device.type == "cuda"
-        if decode not in ("host", "device", "shared"):
-            raise ValueError(f"unknown decode mode {decode!r}; choose host or device")
-        self.decode, self.max_pixels = decode, max_pixels
-        self.share_decoded = bool(share_decoded) and decode == "device"
+        self.decode, self.max_pixels = ActorDecode(decode), max_pixels
+        self.share_decoded = bool(share_decoded) and self.decode == ActorDecode.DEVICE
         self._local = threading.local()
 
     def _on_stream(self):
@@ -73,9 +68,9 @@ class _ModelActor:
     def _model_inputs(self, batch, ok, run, out) -> tuple[torch.Tensor, np.ndarray, dict[int, str], float]:
         """Normalised inputs of the `run` rows that decoded, their row indices, {row: reason} of
         `run` rows that failed to decode (device and shared modes), seconds spent decoding."""
-        if self.decode == "host":
+        if self.decode == ActorDecode.HOST:
             return self._inputs(batch, run), np.flatnonzero(run), {}, 0.0
-        if self.decode == "shared":
+        if self.decode == ActorDecode.SHARED:
             reasons = batch[decode_error_column(self.view)]
             keep = run & (reasons == "")
             failed = {int(i): str(reasons[i]) for i in np.flatnonzero(run & ~keep)}
@@ -127,7 +122,7 @@ class ScoreActor(_ModelActor):
                  decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
         from sing_ops import AuditScorer, HeadDecomposition
 
-        from pipelines.jobs.audit import load_translator_for
+        from pipelines.io.translator_file import load_translator_for
 
         from pipelines.models.classifiers import load_classifier
 
@@ -201,7 +196,7 @@ class ScoreActor(_ModelActor):
         out[f"{p}/error"] = err
         out[f"{p}/t_forward"] = _first_only(n, t_fwd)
         out[f"{p}/t_ops"] = _first_only(n, t_ops)
-        if self.decode == "device":
+        if self.decode == ActorDecode.DEVICE:
             out[f"{p}/t_decode"] = _first_only(n, t_dec)
         return out
 

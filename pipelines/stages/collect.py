@@ -1,13 +1,12 @@
-"""Driver side of the audit stream: regroup rows by shard and write each shard's
-Parquet files the moment its last row has arrived (the shard's "end" row says how many).
+"""Driver side of the audit stream: each shard's Parquet files, written the moment the
+spine (pipelines.jobs.spine.drain) has all of the shard's rows.
 
 Writing per shard, atomically, is what makes a killed run resumable without losing or
 duplicating a row: a shard is either fully on disk or not at all.
 """
 from __future__ import annotations
 
-import os
-import signal
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.io.layout import shard_file, write_table_atomic
-from pipelines.stages.regroup import ShardGrouper
+
+log = logging.getLogger("sing.collect")
 
 IMAGES_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("label", pa.int32()), ("class_name", pa.string()),
@@ -48,21 +48,40 @@ def _f32_nullable(a: np.ndarray) -> pa.Array:
     return pa.array(a, mask=np.isnan(a), type=pa.float32())
 
 
+def error_table(cols: dict, shard: str, model_err: np.ndarray | None = None, stage: str = "model") -> pa.Table:
+    """The errors table of one shard: the rows the read stage could not read or decode, then
+    the rows a model could not score (model_err: its per-row reason, "" for none; a reason
+    starting "decode: " is a decode error of device mode)."""
+    status = cols["status"]
+    bad_read = status == "error"
+    bad_model = (status == "ok") & (model_err != "") if model_err is not None else np.zeros(len(status), bool)
+    reasons = list(model_err[bad_model]) if model_err is not None else []
+    return pa.table({
+        "key": pa.array(list(cols["key"][bad_read]) + list(cols["key"][bad_model]), pa.string()),
+        "shard": pa.array([shard] * int(bad_read.sum() + bad_model.sum()), pa.string()),
+        "stage": pa.array(list(cols["stage"][bad_read]) + [
+            "decode" if str(r).startswith("decode: ") else stage for r in reasons], pa.string()),
+        "reason": pa.array(list(cols["reason"][bad_read]) + reasons, pa.string()),
+    }, schema=ERRORS_SCHEMA)
+
+
 class ShardCollector:
-    def __init__(self, out: str, run_id: str, targets: list[ModelTarget], on_shard_done=None):
-        self.out, self.run_id, self.targets = out, run_id, targets
-        self.grouper = ShardGrouper()
+    """The audit's writer: `timings(batch)` for every batch, `write(shard, cols, t_read)` once
+    per complete shard (one images/concepts/errors file each per model)."""
+
+    def __init__(self, out: str, run_id: str, targets: list[ModelTarget], total: int = 0):
+        self.out, self.run_id, self.targets, self.total = out, run_id, targets, total
         self.stage_seconds = defaultdict(float)
         self.counts = defaultdict(int)
-        self.on_shard_done = on_shard_done
         self.done_shards: list[str] = []
         self.rows_written = 0  # samples (images + failed) of the shards written this session
         # arrival times of the first and last batch: rows after the first over that span is
         # the rate once every stage is running (start-up excluded), see stream_rate()
         self._first = self._last = None
         self._rows_seen = self._rows_first = 0
+        self._t0 = time.perf_counter()
 
-    def add(self, batch: dict) -> None:
+    def timings(self, batch: dict) -> None:
         now, n = time.perf_counter(), int((batch["status"] != "end").sum())  # end rows are markers
         if self._first is None:
             self._first, self._rows_first = now, n
@@ -72,8 +91,6 @@ class ShardCollector:
             self.stage_seconds["sing_ops"] += float(batch[f"{t.prefix}/t_ops"].sum())
             if f"{t.prefix}/t_decode" in batch:  # device-decode mode: decoding inside the actor
                 self.stage_seconds["device_decode"] += float(batch[f"{t.prefix}/t_decode"].sum())
-        for shard, cols, t_read in self.grouper.add(batch):
-            self._write(shard, cols, t_read)
 
     def stream_rate(self) -> float | None:
         """Samples per second from the first batch's arrival to the last's (None before two
@@ -82,38 +99,25 @@ class ShardCollector:
             return None
         return (self._rows_seen - self._rows_first) / (self._last - self._first)
 
-    def _write(self, shard: str, cols: dict, t_read: float) -> None:
+    def write(self, shard: str, cols: dict, t_read: float) -> None:
         t0 = time.perf_counter()
         for t in self.targets:
-            if shard in t.skip_shards:
-                continue
-            self._write_model(shard, t, cols)
+            if shard not in t.skip_shards:
+                self._write_model(shard, t, cols)
         self.stage_seconds["read_decode"] += t_read
         self.stage_seconds["write"] += time.perf_counter() - t0
         self.done_shards.append(shard)
         self.rows_written += len(cols["key"])
-        if self.on_shard_done:
-            self.on_shard_done(shard, len(cols["key"]))
-        # Fault injection for the kill-and-resume test: a real SIGKILL of the driver at a
-        # known point mid-run (setting it in production would just kill the job).
-        kill_after = os.environ.get("SING_FAULT_KILL_AFTER_SHARDS")
-        if kill_after and len(self.done_shards) >= int(kill_after):
-            os.kill(os.getpid(), signal.SIGKILL)
+        rate = self.rows_written / max(time.perf_counter() - self._t0, 1e-9)
+        log.info("shard %s written (%d/%d shards, %d images, %.1f img/s)", shard, len(self.done_shards), self.total,
+                 self.rows_written, rate)
 
     def _write_model(self, shard: str, t: ModelTarget, cols: dict | None) -> None:
         path = lambda table: shard_file(self.out, table, t.slug, self.run_id, shard)  # noqa: E731
         status = cols["status"]
         model_err = cols.get(f"{t.prefix}/error", np.full(len(status), "", dtype=object))
         good = (status == "ok") & (model_err == "")
-        bad_read = status == "error"
-        bad_model = (status == "ok") & (model_err != "")
-        errors = pa.table({
-            "key": pa.array(list(cols["key"][bad_read]) + list(cols["key"][bad_model]), pa.string()),
-            "shard": pa.array([shard] * int(bad_read.sum() + bad_model.sum()), pa.string()),
-            "stage": pa.array(list(cols["stage"][bad_read]) + [
-                "decode" if str(r).startswith("decode: ") else "model" for r in model_err[bad_model]], pa.string()),
-            "reason": pa.array(list(cols["reason"][bad_read]) + list(model_err[bad_model]), pa.string()),
-        }, schema=ERRORS_SCHEMA)
+        errors = error_table(cols, shard, model_err)
         write_table_atomic(errors, path("errors"))
         n = int(good.sum())
         keys = cols["key"][good]
@@ -155,7 +159,4 @@ class ShardCollector:
         write_table_atomic(images, path("images"))  # last: its presence marks the shard done
         self.counts[f"{t.slug}/images"] += n
         self.counts[f"{t.slug}/errors"] += errors.num_rows
-
-    def unfinished(self) -> list[str]:
-        return self.grouper.unfinished()
 

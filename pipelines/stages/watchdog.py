@@ -12,10 +12,12 @@ import threading
 from typing import Iterable, Iterator
 
 
+from pipelines.errors import RunFailed
+
 DEFAULT_STALL_S = 1800.0  # half an hour without a single result
 
 
-class StallError(RuntimeError):
+class StallError(RunFailed):
     """No result arrived for too long; the run stopped so that a rerun can resume it."""
 
 
