@@ -166,7 +166,7 @@ def parse_query(path: Path, name: str | None = None) -> QuerySpec:
 
 
 def _builtin_paths() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(QUERY_DIR.glob("*.sql"))}
+    return {p.stem: p for p in sorted(QUERY_DIR.glob("*.sql")) if not p.name.startswith("_")}
 
 
 def list_queries() -> list[tuple[str, str]]:
@@ -297,6 +297,7 @@ def _connect():
 
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    con.execute((QUERY_DIR / "_macros.sql").read_text())
     return con
 
 
