@@ -332,7 +332,7 @@ def _cmd_steer(a):
     from .remote import is_url
 
     if man["counts"]["images"] and not is_url(a.out):  # the query engine reads local results only
-        from queries.runner import format_frame, steer_summary
+        from queries import format_frame, steer_summary
 
         print(format_frame(steer_summary(a.out, run=man["run_id"], model=man["models"][0]["slug"])))
     print(f"manifest: {os.path.join(a.out, 'runs', man['run_id'] + '.json')}")
@@ -364,7 +364,7 @@ def _cmd_index(a):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands implemented by other packages parse their own arguments.
-    passthrough = {"query": ("queries.runner", "cli_query"), "report": ("queries.report", "cli_report"),
+    passthrough = {"query": ("queries", "cli_query"), "report": ("queries", "cli_report"),
                    "bench-ops": ("sing_ops.bench", "main")}
     if argv and argv[0] in passthrough:
         import importlib

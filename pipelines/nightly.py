@@ -306,7 +306,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
         precision=a.precision, progress=progress, translator_match=match, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 
-    from queries.runner import QueryError, checkpoint_diff
+    from queries import QueryError, checkpoint_diff
 
     results, judged = [], dict(state.get("checkpoints", {}))
     for ck, slug, tpath in zip(picked, slugs, translators):
@@ -349,7 +349,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
 
 
 def _report(cfg: NightlyConfig, run_id: str, slugs: list[str]) -> str | None:
-    from queries.report import build_report
+    from queries import build_report
 
     out = nightly_dir(cfg) / "reports" / run_id
     try:
