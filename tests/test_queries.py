@@ -411,6 +411,22 @@ def test_user_sql_file(res, tmp_path):
         run_query(str(tmp_path / "missing.sql"), res.root)
 
 
+
+def test_user_sql_file_calls_the_shared_macros(res, img, tmp_path):
+    """_macros.sql is defined on every connection: a user's query may use scored_images."""
+    q = tmp_path / "scored.sql"
+    q.write_text("SELECT model, count(*) FILTER (WHERE ok) AS n_ok, count(aa) AS n_aa\n"
+                 "FROM scored_images($images_glob, $model) GROUP BY model ORDER BY model")
+    got = run_query(str(q), res.root)
+    exp = img.group_by("model").agg(pl.len().alias("all")).sort("model")
+    n_ok = {m: _scored(img.filter(pl.col("model") == m)).height for m in exp["model"]}
+    assert got["model"].to_list() == exp["model"].to_list()
+    assert dict(zip(got["model"], got["n_ok"])) == n_ok == dict(zip(got["model"], got["n_aa"]))
+    assert n_ok["nulless"] == 0 and n_ok["vit_large"] == exp.filter(pl.col("model") == "vit_large")["all"][0]
+    one = run_query(str(q), res.root, {"model": "ties"})
+    assert one.rows() == [("ties", n_ok["ties"], n_ok["ties"])]
+    assert "_macros" not in dict(queries.list_queries())
+
 # ---------------------------------------------------------------------------- CLI
 
 def test_cli_formats(res, tmp_path, capsys):
