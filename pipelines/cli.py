@@ -31,8 +31,8 @@ COMMANDS = {
 }
 # commands of other packages, which parse their own arguments: name: (module, function, help)
 FOREIGN = {
-    "query": ("queries.runner", "cli_query", "run a named SQL query over results (sing query --help)"),
-    "report": ("queries.report", "cli_report", "PNG figures and index.html over results (sing report --help)"),
+    "query": ("queries", "cli_query", "run a named SQL query over results (sing query --help)"),
+    "report": ("queries", "cli_report", "PNG figures and index.html over results (sing report --help)"),
     "bench-ops": ("sing_ops.bench", "main", "SING ops vs one ResNet50 forward (python -m sing_ops.bench)"),
 }
 

@@ -7,24 +7,25 @@ runner behind `sing query`, and the figure/HTML report behind `sing report`.
     queries.run_query("class_leakage", "results/", {"model": "resnet50", "top": 10})
     queries.rank_correlation("results/", "resnet50", "vit_large_patch16_224")
     queries.checkpoint_diff("results/", model="resnet50", baseline_run="a", candidate_run="b")
+
+Callers outside this package import from here (docs/ARCHITECTURE.md lists the modules).
 """
-from .runner import (
-    QueryError,
+from .api import (
     RankCorrelation,
     checkpoint_diff,
     class_leakage,
-    cli_query,
     concept_shift,
-    format_frame,
     image_leakage,
-    list_queries,
-    load_query,
     model_summary,
     rank_correlation,
-    run_query,
-    spearman_p_value,
     steer_summary,
 )
+from .cli import cli_query
+from .errors import QueryError
+from .formatting import format_frame
+from .runner import run_query
+from .sqlfile import list_queries, load_query
+from .statistics import spearman_p_value
 
 
 def build_report(*args, **kwargs):

@@ -28,7 +28,7 @@ from .runner import run_query, sql_frame
 _SCAN_SQL = """
 SELECT model, run, count(*) AS n, avg(abs_as_deg::DOUBLE) AS mean_abs_as, avg(is_deg::DOUBLE) AS mean_is,
        stddev_samp(as_deg::DOUBLE) AS std_as, max(logit_drift) AS max_drift
-FROM read_parquet($images_glob, hive_partitioning = true, hive_types = {'model': VARCHAR, 'run': VARCHAR})
+FROM result_rows($images_glob)
 GROUP BY model, run
 """
 

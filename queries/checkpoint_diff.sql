@@ -38,56 +38,16 @@ WITH sides AS (
            coalesce($candidate_model, $model)::VARCHAR AS candidate_model,
            $candidate_run::VARCHAR                     AS candidate_run
 ),
-src AS (
-    SELECT model, run, label, class_name, pred, null_dim,
-           logit_drift::DOUBLE AS drift,
-           null_norm_frac::DOUBLE AS nnf,
-           ok,
-           -- NULL unless both AS and IS are valid: the aggregates then skip those rows
-           CASE WHEN ok THEN as_deg::DOUBLE END     AS a,
-           CASE WHEN ok THEN abs_as_deg::DOUBLE END AS aa,
-           CASE WHEN ok THEN is_deg::DOUBLE END     AS i
-    FROM (SELECT *, (as_deg IS NOT NULL AND is_deg IS NOT NULL
-                     AND NOT isnan(as_deg) AND NOT isnan(is_deg)) AS ok
-          FROM read_parquet($images_glob, hive_partitioning = true,
-                            hive_types = {'model': VARCHAR, 'run': VARCHAR}))
-    WHERE (model = coalesce($baseline_model, $model) AND run = $baseline_run)
-       OR (model = coalesce($candidate_model, $model) AND run = $candidate_run)
-),
-img AS (
-    SELECT 'baseline' AS side, src.* FROM src, sides
-    WHERE src.model = sides.baseline_model AND src.run = sides.baseline_run
-    UNION ALL
-    SELECT 'candidate' AS side, src.* FROM src, sides
-    WHERE src.model = sides.candidate_model AND src.run = sides.candidate_run
-),
+-- run_statistics, class_medians: queries/_macros.sql; no row for a side without images
 stats AS (
-    SELECT side,
-           count(*)::DOUBLE                         AS n_images,
-           count(a)::DOUBLE                         AS n_scored,
-           avg(a)                                   AS mean_as,
-           median(a)                                AS median_as,
-           stddev_samp(a)                           AS std_as,
-           avg(aa)                                  AS mean_abs_as,
-           median(aa)                               AS median_abs_as,
-           stddev_samp(aa)                          AS std_abs_as,
-           avg(i)                                   AS mean_is,
-           median(i)                                AS median_is,
-           stddev_samp(i)                           AS std_is,
-           avg(i) / NULLIF(avg(aa), 0)              AS ratio_of_means,
-           median(i / NULLIF(aa, 0))                AS median_ratio,
-           avg(drift)                               AS mean_logit_drift,
-           max(drift)                               AS max_logit_drift,
-           avg((pred = label)::DOUBLE)              AS top1_acc,
-           avg(nnf)                                 AS mean_null_norm_frac,
-           max(null_dim)::DOUBLE                    AS null_dim
-    FROM img
-    GROUP BY side
+    SELECT 'baseline' AS side, * FROM run_statistics($images_glob, coalesce($baseline_model, $model), $baseline_run)
+    UNION ALL
+    SELECT 'candidate', * FROM run_statistics($images_glob, coalesce($candidate_model, $model), $candidate_run)
 ),
 long AS (
     SELECT side, unnest([
-        {'ord': 1,  'statistic': 'n_images',            'value': n_images},
-        {'ord': 2,  'statistic': 'n_scored',            'value': n_scored},
+        {'ord': 1,  'statistic': 'n_images',            'value': n_images::DOUBLE},
+        {'ord': 2,  'statistic': 'n_scored',            'value': n_scored::DOUBLE},
         {'ord': 3,  'statistic': 'mean_as',             'value': mean_as},
         {'ord': 4,  'statistic': 'median_as',           'value': median_as},
         {'ord': 5,  'statistic': 'std_as',              'value': std_as},
@@ -103,7 +63,7 @@ long AS (
         {'ord': 15, 'statistic': 'max_logit_drift',     'value': max_logit_drift},
         {'ord': 16, 'statistic': 'top1_acc',            'value': top1_acc},
         {'ord': 17, 'statistic': 'mean_null_norm_frac', 'value': mean_null_norm_frac},
-        {'ord': 18, 'statistic': 'null_dim',            'value': null_dim}
+        {'ord': 18, 'statistic': 'null_dim',            'value': null_dim::DOUBLE}
     ], recursive := true)
     FROM stats
 ),
@@ -116,25 +76,18 @@ model_rows AS (
     FROM long
     GROUP BY statistic, ord
 ),
-per_class AS (
-    SELECT side, label, any_value(class_name) AS class_name, count(*) AS n, median(aa) AS med
-    FROM img
-    WHERE ok
-    GROUP BY side, label
-),
 class_rows AS (
     SELECT 'class' AS kind, 'median_abs_as' AS statistic,
-           row_number() OVER (ORDER BY c.med - b.med DESC NULLS LAST, b.label) AS rank,
+           row_number() OVER (ORDER BY c.median_abs_as - b.median_abs_as DESC NULLS LAST, b.label) AS rank,
            b.label, coalesce(c.class_name, b.class_name) AS class_name,
-           b.med AS baseline, c.med AS candidate,
+           b.median_abs_as AS baseline, c.median_abs_as AS candidate,
            b.n AS n_baseline, c.n AS n_candidate
-    FROM per_class b
-    JOIN per_class c ON c.label = b.label AND c.side = 'candidate'
-    WHERE b.side = 'baseline'
+    FROM class_medians($images_glob, coalesce($baseline_model, $model), $baseline_run) b
+    JOIN class_medians($images_glob, coalesce($candidate_model, $model), $candidate_run) c USING (label)
     QUALIFY rank <= coalesce($top_classes, 10)
 ),
 both_sides AS (
-    SELECT count(DISTINCT side) = 2 AS ok FROM img
+    SELECT count(*) = 2 AS ok FROM stats
 )
 SELECT kind, statistic, rank, label, class_name, baseline, candidate,
        candidate - baseline AS delta,

@@ -29,20 +29,7 @@
 -- Order: model, run, leakage_rank, label.
 --
 -- @nonempty: model run
-WITH img AS (
-    SELECT model, run, label, class_name, pred,
-           -- NULL unless both AS and IS are valid: the aggregates then skip those rows
-           CASE WHEN ok THEN as_deg::DOUBLE END     AS a,
-           CASE WHEN ok THEN abs_as_deg::DOUBLE END AS aa,
-           CASE WHEN ok THEN is_deg::DOUBLE END     AS i
-    FROM (SELECT *, (as_deg IS NOT NULL AND is_deg IS NOT NULL
-                     AND NOT isnan(as_deg) AND NOT isnan(is_deg)) AS ok
-          FROM read_parquet($images_glob, hive_partitioning = true,
-                            hive_types = {'model': VARCHAR, 'run': VARCHAR}))
-    WHERE ($model IS NULL OR model = $model)
-      AND ($run IS NULL OR run = $run)
-),
-per_class AS (
+WITH per_class AS (
     SELECT model, run, label,
            any_value(class_name)                    AS class_name,
            count(*)                                 AS n,
@@ -56,7 +43,7 @@ per_class AS (
            avg(i)                                   AS mean_is,
            stddev_samp(i)                           AS std_is,
            avg((pred = label)::DOUBLE)              AS top1_acc
-    FROM img
+    FROM scored_images($images_glob, $model, $run)   -- a, aa, i: queries/_macros.sql
     GROUP BY model, run, label
     HAVING count(*) >= coalesce($min_n, 1)
 ),

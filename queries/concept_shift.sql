@@ -29,11 +29,8 @@
 -- @nonempty: model run class_name label concept key
 WITH classes AS (
     SELECT model, run, label, any_value(class_name) AS class_name
-    FROM read_parquet($images_glob, hive_partitioning = true,
-                      hive_types = {'model': VARCHAR, 'run': VARCHAR})
-    WHERE ($model IS NULL OR model = $model)
-      AND ($run IS NULL OR run = $run)
-      AND ($label IS NULL OR label = $label)
+    FROM result_rows($images_glob, $model, $run)    -- queries/_macros.sql
+    WHERE $label IS NULL OR label = $label
     GROUP BY model, run, label
 ),
 con AS (
@@ -41,11 +38,8 @@ con AS (
            angle_before_deg::DOUBLE AS b,
            angle_after_deg::DOUBLE AS af,
            CASE WHEN NOT isnan(as_deg) THEN as_deg::DOUBLE END AS a
-    FROM read_parquet($concepts_glob, hive_partitioning = true,
-                      hive_types = {'model': VARCHAR, 'run': VARCHAR})
-    WHERE ($model IS NULL OR model = $model)
-      AND ($run IS NULL OR run = $run)
-      AND ($label IS NULL OR label = $label)
+    FROM result_rows($concepts_glob, $model, $run)
+    WHERE ($label IS NULL OR label = $label)
       AND ($concept IS NULL OR concept = $concept)
       AND ($key IS NULL OR key = $key)
 ),

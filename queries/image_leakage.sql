@@ -27,11 +27,8 @@ WITH top AS (
     SELECT model, run, key, shard, label, class_name, pred, pred_name,
            as_deg, abs_as_deg, is_deg, pred_as_deg, logit_drift, null_norm_frac, null_dim,
            CASE WHEN $order_by = 'is' THEN is_deg ELSE abs_as_deg END AS sort_key
-    FROM read_parquet($images_glob, hive_partitioning = true,
-                      hive_types = {'model': VARCHAR, 'run': VARCHAR})
-    WHERE ($model IS NULL OR model = $model)
-      AND ($run IS NULL OR run = $run)
-      AND ($class_name IS NULL OR class_name = $class_name)
+    FROM result_rows($images_glob, $model, $run)    -- queries/_macros.sql
+    WHERE ($class_name IS NULL OR class_name = $class_name)
       AND ($label IS NULL OR label = $label)
       AND ($key IS NULL OR key = $key)
       AND ($shard IS NULL OR shard = $shard)

@@ -24,31 +24,11 @@
 -- Ranks are taken over the shared classes only. NULL rho when n_classes < 2 or a side is constant.
 --
 -- @nonempty: model_a model_b run_a run_b
-WITH img AS (
-    SELECT model, run, label, abs_as_deg::DOUBLE AS aa
-    FROM read_parquet($images_glob, hive_partitioning = true,
-                      hive_types = {'model': VARCHAR, 'run': VARCHAR})
-    WHERE as_deg IS NOT NULL AND is_deg IS NOT NULL AND NOT isnan(as_deg) AND NOT isnan(is_deg)
-      AND ((model = $model_a AND ($run_a IS NULL OR run = $run_a))
-        OR (model = $model_b AND ($run_b IS NULL OR run = $run_b)))
-),
-side_a AS (
-    SELECT label, median(aa) AS med
-    FROM img
-    WHERE model = $model_a AND ($run_a IS NULL OR run = $run_a)
-    GROUP BY label
-    HAVING count(*) >= coalesce($min_n, 1)
-),
-side_b AS (
-    SELECT label, median(aa) AS med
-    FROM img
-    WHERE model = $model_b AND ($run_b IS NULL OR run = $run_b)
-    GROUP BY label
-    HAVING count(*) >= coalesce($min_n, 1)
-),
-shared AS (
-    SELECT a.label, a.med AS med_a, b.med AS med_b
-    FROM side_a a JOIN side_b b USING (label)
+WITH shared AS (    -- class_medians: queries/_macros.sql
+    SELECT a.label, a.median_abs_as AS med_a, b.median_abs_as AS med_b
+    FROM class_medians($images_glob, $model_a, $run_a) a
+    JOIN class_medians($images_glob, $model_b, $run_b) b USING (label)
+    WHERE a.n >= coalesce($min_n, 1) AND b.n >= coalesce($min_n, 1)
 ),
 ranked AS (
     SELECT med_a, med_b,

@@ -27,11 +27,8 @@ WITH s AS (
            coalesce(reachable, false) OR NOT coalesce($reachable_only, true) AS inc,
            abs_as_deg::DOUBLE AS aa, as_deg::DOUBLE AS a, is_deg::DOUBLE AS i, eps::DOUBLE AS e,
            logit_drift::DOUBLE AS drift
-    FROM read_parquet($steer_glob, hive_partitioning = true,
-                      hive_types = {'model': VARCHAR, 'run': VARCHAR})
-    WHERE ($model IS NULL OR model = $model)
-      AND ($run IS NULL OR run = $run)
-      AND ($target IS NULL OR target = $target)
+    FROM result_rows($steer_glob, $model, $run)     -- queries/_macros.sql
+    WHERE ($target IS NULL OR target = $target)
       AND ($label IS NULL OR label = $label)
 )
 SELECT model, run, target,

@@ -14,8 +14,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import queries
-from queries import QueryError, run_query
-from queries.runner import Param, cli_query, load_query, parse_cli_value, spearman_p_value, sql_parameters
+from queries import QueryError, cli_query, load_query, run_query, spearman_p_value
+from queries.params import parse_cli_value
+from queries.sqlfile import Param, sql_parameters
 from tests.results_factory import IMAGES_SCHEMA, CONCEPTS_SCHEMA, ERRORS_SCHEMA, write_results
 
 RUNS = ("run-a", "20240101")  # a numeric-looking run id must stay VARCHAR (hive type autodetection)
@@ -259,6 +260,34 @@ def test_spearman_p_value_reference():
     assert math.isclose(spearman_p_value(0.0, 30), 1.0)
 
 
+# p-values of the hand-written continued fraction (Numerical Recipes, Lentz) that scipy's
+# betainc replaced, for n in OLD_P_N and rho in OLD_P_RHO
+OLD_P_N = (3, 4, 5, 12, 30, 100, 1000)
+OLD_P_RHO = (-0.999, -0.6, -0.2, 0.01, 0.35, 0.8, 0.99)
+OLD_P = {
+    3: [0.02847287481247912, 0.5903344706017337, 0.8718115663020501, 0.9936336961682577, 0.7723631653919704,
+        0.40966552939826645, 0.09010682728882424],
+    4: [0.0009999999999999853, 0.40000000000000013, 0.7999999999999999, 0.9900000000000061, 0.6500000000000001,
+        0.19999999999999982, 0.010000000000000014],
+    5: [3.7954974373400604e-05, 0.28475697986529414, 0.7470600781046619, 0.987267816762423, 0.5636394821727103,
+        0.10408803866182777, 0.0011986195114020088],
+    12: [7.861883435038831e-15, 0.039162880000000046, 0.5331353600000004, 0.9753939059546892, 0.2647283227501678,
+         0.001781839999999997, 7.744591291796916e-10],
+    30: [2.4337102825801672e-39, 0.0004570552394050809, 0.28930352872543585, 0.9581732516324755,
+         0.05795508331915959, 1.126713941642645e-07, 2.30408577234008e-25],
+    100: [4.420504874740898e-134, 4.192525341965918e-11, 0.04603628646005424, 0.9213405732475665,
+          0.00035753221489958015, 1.813599881679625e-23, 3.5751688897819283e-85],
+    1000: [0.0, 8.07519617874753e-99, 1.7567862371789518e-10, 0.7521238409748541, 3.4312799207338694e-30,
+           1.2413091213250513e-223, 0.0],
+}
+
+
+def test_spearman_p_value_unchanged_by_scipy():
+    for n in OLD_P_N:
+        for rho, old in zip(OLD_P_RHO, OLD_P[n]):
+            assert math.isclose(spearman_p_value(rho, n), old, rel_tol=1e-12, abs_tol=0.0), (n, rho)
+
+
 def test_checkpoint_diff(res, img):
     out = queries.checkpoint_diff(res.root, model="vit_large", baseline_run="run-a", candidate_run="20240101",
                                   top_classes=4)
@@ -381,6 +410,22 @@ def test_user_sql_file(res, tmp_path):
     with pytest.raises(QueryError, match="query file not found"):
         run_query(str(tmp_path / "missing.sql"), res.root)
 
+
+
+def test_user_sql_file_calls_the_shared_macros(res, img, tmp_path):
+    """_macros.sql is defined on every connection: a user's query may use scored_images."""
+    q = tmp_path / "scored.sql"
+    q.write_text("SELECT model, count(*) FILTER (WHERE ok) AS n_ok, count(aa) AS n_aa\n"
+                 "FROM scored_images($images_glob, $model) GROUP BY model ORDER BY model")
+    got = run_query(str(q), res.root)
+    exp = img.group_by("model").agg(pl.len().alias("all")).sort("model")
+    n_ok = {m: _scored(img.filter(pl.col("model") == m)).height for m in exp["model"]}
+    assert got["model"].to_list() == exp["model"].to_list()
+    assert dict(zip(got["model"], got["n_ok"])) == n_ok == dict(zip(got["model"], got["n_aa"]))
+    assert n_ok["nulless"] == 0 and n_ok["vit_large"] == exp.filter(pl.col("model") == "vit_large")["all"][0]
+    one = run_query(str(q), res.root, {"model": "ties"})
+    assert one.rows() == [("ties", n_ok["ties"], n_ok["ties"])]
+    assert "_macros" not in dict(queries.list_queries())
 
 # ---------------------------------------------------------------------------- CLI
 

@@ -129,7 +129,7 @@ def test_rows_match_an_in_process_float64_recomputation(setup, steered):
 
 
 def test_rerun_resumes_without_work_and_summary_query_reads_the_table(setup, steered, capsys):
-    from queries.runner import steer_summary
+    from queries import steer_summary
 
     root, tr = setup
     rc = sing(["-q", "steer", "--model", CLASSIFIER, "--translator", str(tr),

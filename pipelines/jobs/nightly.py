@@ -299,7 +299,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
                                         translator_match=match, progress=progress, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 
-    from queries.runner import QueryError, checkpoint_diff
+    from queries import QueryError, checkpoint_diff
 
     results, judged = [], dict(state.get("checkpoints", {}))
     for ck, slug, tpath in zip(picked, slugs, translators):
@@ -342,7 +342,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
 
 
 def _report(cfg: NightlyConfig, run_id: str, slugs: list[str]) -> str | None:
-    from queries.report import build_report
+    from queries import build_report
 
     out = nightly_dir(cfg) / "reports" / run_id
     try:

@@ -193,7 +193,7 @@ def _first_row(df) -> dict | None:
 
 
 def run_reproduce(cfg: ReproduceOptions) -> dict:
-    from queries.runner import model_summary, steer_summary
+    from queries import model_summary, steer_summary
 
     from pipelines.jobs.audit import AuditOptions, run_audit
     from pipelines.io.manifest import code_version, utc_now

@@ -238,7 +238,7 @@ def cli_run(a) -> int:
     print(f"steer run {man['run_id']}: class {t['class_index']} ({t['class_name']}) -> {t['prompt']!r}: "
           f"{man['counts']['images']} images, {man['counts']['errors']} errors")
     if man["counts"]["images"] and not is_url(a.out):  # the query engine reads local results only
-        from queries.runner import format_frame, steer_summary
+        from queries import format_frame, steer_summary
 
         print(format_frame(steer_summary(a.out, run=man["run_id"], model=man["models"][0]["slug"])))
     print(f"manifest: {a.out.rstrip('/')}/runs/{man['run_id']}.json")
