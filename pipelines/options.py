@@ -74,8 +74,8 @@ def _share(v, o, name):
     if not 0.0 <= v <= 1.0:
         raise BadInput(f"{name} must be within [0, 1], got {v}")
     if v and o.decode != Decode.DEVICE:
-        raise BadInput(f"{name} applies to `decode: device` (--decode device); host mode decodes everything on "
-                       "the host")
+        device = "--decode device" if name.startswith("--") else "`decode: device`"
+        raise BadInput(f"{name} applies to {device} (host mode decodes everything on the host)")
 
 
 def _positive(v, _o, name):

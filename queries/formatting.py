@@ -17,7 +17,12 @@ def _cell(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return "NaN" if math.isnan(v) else f"{v:.3f}"
+        if math.isnan(v):
+            return "NaN"
+        text = f"{v:.3f}"
+        # a difference of two equal sums may come out as -1e-17 (DuckDB's parallel sums vary
+        # in the last bit): "-0.000" would claim a sign the value does not have
+        return "0.000" if text == "-0.000" else text
     return str(v)
 
 
