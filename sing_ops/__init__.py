@@ -1,6 +1,7 @@
 """SING core: pure tensor math, no I/O and no Ray.
 
-See ../docs/ARCHITECTURE.md and METHOD.md for the formulas each function implements.
+Each function's docstring names the formula it implements (SING, Yadid et al., CVPR 2026,
+arXiv 2603.14610); docs/ARCHITECTURE.md lists the API.
 """
 from .head import DEFAULT_ATOL, HeadDecomposition, HeadError
 from .ridge import LambdaSelection, RidgeError, RidgeStats, select_lambda, translation_quality

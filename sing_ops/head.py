@@ -1,4 +1,4 @@
-"""Null/principal decomposition of a classifier's final linear layer (METHOD.md section 1)."""
+"""Null/principal decomposition of a classifier's final linear layer."""
 from __future__ import annotations
 
 from dataclasses import dataclass

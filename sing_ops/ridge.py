@@ -1,4 +1,4 @@
-"""Exact one-pass ridge regression from streaming sufficient statistics (METHOD.md section 2).
+"""Exact one-pass ridge regression from streaming sufficient statistics.
 
 The sums (n, sum f, sum z, sum f f^T, sum f z^T, sum z*z) are kept in float64 and add
 up across batches and workers, so a cluster-wide fit is one `merge` per worker followed

@@ -1,4 +1,4 @@
-"""Angles, Attribute Score and Image Score in degrees (METHOD.md section 3)."""
+"""Angles, Attribute Score and Image Score in degrees."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Null-space steering (METHOD.md section 4) and the logit-invariance checks."""
+"""Null-space steering and the logit-invariance checks."""
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.errors import BadInput
 from pipelines.models.clip import TEMPLATES, ClipModel, embed_prompts, load_clip
 from pipelines.models.spec import UnknownModelError
 
@@ -99,7 +100,7 @@ def test_a_failed_download_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", no_net, raising=False)
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", no_net)
     monkeypatch.setattr(open_clip.factory, "download_pretrained", no_net, raising=False)
-    with pytest.raises(RuntimeError, match=r"could not download .*openclip:RN50@openai.*@/path"):
+    with pytest.raises(BadInput, match=r"could not download .*openclip:RN50@openai.*@/path"):
         load_clip("openclip:RN50@openai")
 
 

@@ -8,8 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pipelines.errors import BadInput
 from pipelines.models.spec import UnknownModelError, parse_model_spec, slug
-from pipelines.models.classifiers import Classifier, UnsafeCheckpointError, find_head, load_classifier, load_state_dict_file
+from pipelines.models.checkpoints import UnsafeCheckpointError, load_state_dict_file
+from pipelines.models.classifiers import Classifier, load_classifier
+from pipelines.models.heads import find_head
 from pipelines.models.preprocess import PreprocessSpec
 
 # ----------------------------------------------------------------------------- MODEL strings
@@ -133,7 +136,7 @@ def test_random_init_is_seeded_from_spec():
     assert torch.equal(torch.rand(3), r1)
     # the seed depends on the spec only (sha256, not Python's salted hash()), so every process
     # (Ray actors included) builds these same weights
-    from pipelines.models.classifiers import seed_for
+    from pipelines.models.registry import seed_for
 
     assert seed_for("timm:test_resnet@random") == int.from_bytes(
         hashlib.sha256(b"timm:test_resnet@random").digest()[:8], "little") & ((1 << 63) - 1)
@@ -204,7 +207,7 @@ def test_a_failed_download_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(pipelines.models.hub, "url_reachable", lambda url: True)
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_net)
     monkeypatch.setattr(torch.hub, "_hub_dir", "/nonexistent/torch-hub")  # nothing cached
-    with pytest.raises(RuntimeError, match=r"could not download .*torchvision:mobilenet_v3_small@/path"):
+    with pytest.raises(BadInput, match=r"could not download .*torchvision:mobilenet_v3_small@/path"):
         load_classifier("torchvision:mobilenet_v3_small")
 
 

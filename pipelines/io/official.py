@@ -85,7 +85,7 @@ def read_state_dict(path) -> dict:
     plain containers is refused, never run."""
     import torch
 
-    from pipelines.models.classifiers import UnsafeCheckpointError
+    from pipelines.models.checkpoints import UnsafeCheckpointError
 
     path = Path(path)
     if not path.is_file():

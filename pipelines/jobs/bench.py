@@ -190,6 +190,22 @@ def naive_loop_rate(clf, translator_path: Path, shard_paths: list[str], n_images
     return len(samples) / (time.perf_counter() - t0)
 
 
+def _bench_shards(work: Path, n_images: int, mult: int, threads: int) -> list[str]:
+    """The JPEG shards of the mult-x run, made once (named by size, so a kept --out serves
+    later runs of the same size only)."""
+    from pipelines.jobs.make_shards import make_shards
+
+    src = work / f"jpeg_{n_images * mult}"
+    if not src.is_dir():
+        _make_jpegs(src, n_images * mult, seed=mult)
+    sd = work / f"shards_{n_images * mult}"
+    if not any(sd.glob("*.tar")):
+        # as many shards in the 1x run as read tasks can run at once, so both runs have
+        # the same parallelism and peak memory compares data size, not process count
+        make_shards(str(src), str(sd), per_shard=max(8, n_images // (2 * threads)))
+    return sorted(str(p) for p in sd.glob("*.tar"))
+
+
 def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None = None,
               device: str | None = None, decode: str | None = None, host_decode_share: float = 0.0,
               actors_per_gpu: int | None = None, actor_threads: int | None = None,
@@ -197,7 +213,6 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
     import torch
 
     from pipelines.models.classifiers import load_classifier
-    from pipelines.jobs.make_shards import make_shards
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -207,18 +222,7 @@ def run_bench(model: str, n_images: int | None, batch_size: int, out: str | None
     threads = os.cpu_count() or 1
     clf = load_classifier(model)
     tpath = _bench_translator(clf, work / "translator.safetensors")
-    shards = {}
-    for mult in (1, 4):
-        # named by size, so a kept --out serves later runs of the same size only
-        src = work / f"jpeg_{n_images * mult}"
-        if not src.is_dir():
-            _make_jpegs(src, n_images * mult, seed=mult)
-        sd = work / f"shards_{n_images * mult}"
-        if not any(sd.glob("*.tar")):
-            # as many shards in the 1x run as read tasks can run at once, so both runs have
-            # the same parallelism and peak memory compares data size, not process count
-            make_shards(str(src), str(sd), per_shard=max(8, n_images // (2 * threads)))
-        shards[mult] = sorted(str(p) for p in sd.glob("*.tar"))
+    shards = {mult: _bench_shards(work, n_images, mult, threads) for mult in (1, 4)}
 
     # the audit options this bench sets (the rest are the audit's defaults), with their labels
     audit_flags = [(flag, label.format(value), value) for flag, label, value in (

@@ -237,18 +237,57 @@ def _check_config(cfg: ExplainOptions):
         raise ExplainError(f"--sheet must end in .html or .png, got {cfg.sheet}")
 
 
+def _texts(cfg: ExplainOptions, clf, tr, clip_id: str, concepts: list[str]):
+    """(templates, class text, its file record, concept names, concept text)."""
+    from pipelines.models.clip import TEMPLATES, load_clip
+    from pipelines.models.text import (CONCEPT_TEMPLATES, embed_texts, is_embeddings_file, load_class_text,
+                                       load_concept_embeddings)
+
+    templates = cfg.templates or tr.metadata.get("templates") or "single"
+    if templates not in TEMPLATES:
+        raise ExplainError(f"unknown prompt templates {templates!r}; choose from {sorted(TEMPLATES)}")
+    # embedding files (e.g. imported from the official release) spare loading CLIP at all
+    clip = None if cfg.class_text and cfg.concepts and is_embeddings_file(cfg.concepts) else load_clip(clip_id)
+    text_info = None
+    if cfg.class_text:
+        class_text, text_info = load_class_text(cfg.class_text, clip_id, list(clf.class_names), tr.out_dim)
+    else:
+        class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[templates])
+    if cfg.concepts and is_embeddings_file(cfg.concepts):
+        concepts, concept_text, _ = load_concept_embeddings(cfg.concepts, clip_id, tr.out_dim)
+    else:
+        concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
+    if class_text.shape[1] != tr.out_dim:
+        raise ExplainError(f"CLIP {clip_id} text embeddings are {class_text.shape[1]}-d but the translator "
+                           f"outputs {tr.out_dim}-d")
+    return templates, class_text, text_info, concepts, concept_text
+
+
+def _features(cfg: ExplainOptions, clf, queries):
+    """The audit's forward, at the audit's precision (the same image scores the same)."""
+    from pipelines.io.images import to_uint8_view
+    from pipelines.models.precision import configure, features_and_logits, model_inputs
+    from pipelines.stages.actors import pick_device
+
+    device = pick_device(cfg.device)
+    configure(cfg.precision)
+    clf.to(device, channels_last=device.type == "cuda")
+    u8 = np.stack([to_uint8_view(q.image, clf.preprocess) for q in queries])
+    f, logits = features_and_logits(clf, model_inputs(u8, clf.preprocess, cfg.precision, device), cfg.precision)
+    f, logits = f.cpu(), logits.cpu()
+    if not torch.isfinite(f).all():
+        raise ExplainError("the classifier produced NaN/Inf features for "
+                           + ", ".join(q.spec for q, ok in zip(queries, torch.isfinite(f).all(-1)) if not ok))
+    return f, logits
+
+
 def run_explain(cfg: ExplainOptions) -> dict:
     """Explain each image; returns {"meta": ..., "images": [...]} (what --json writes)."""
     from sing_ops import HeadDecomposition
 
-    from pipelines.models.clip import TEMPLATES, load_clip
-    from pipelines.io.images import to_uint8_view
-    from pipelines.models.classifiers import load_classifier
-    from pipelines.models.precision import configure, features_and_logits, model_inputs
-    from pipelines.stages.actors import pick_device
     from pipelines.io.remote import local_copy
-    from pipelines.models.text import (CONCEPT_TEMPLATES, concept_names, embed_texts, is_embeddings_file, load_class_text,
-                       load_concept_embeddings)
+    from pipelines.models.classifiers import load_classifier
+    from pipelines.models.text import concept_names
 
     _check_config(cfg)
     # Cheap checks first: image files, vocabulary, translator file, index.
@@ -270,34 +309,9 @@ def run_explain(cfg: ExplainOptions) -> dict:
     if index is not None:
         index.check_clip(clip_id)
     fixed_label = resolve_class(cfg.label, clf.class_names) if cfg.label is not None else None
-    templates = cfg.templates or tr.metadata.get("templates") or "single"
-    if templates not in TEMPLATES:
-        raise ExplainError(f"unknown prompt templates {templates!r}; choose from {sorted(TEMPLATES)}")
     dec = HeadDecomposition.from_weight(clf.head_weight, atol=cfg.rank_atol, rtol=cfg.rank_rtol)
-    # embedding files (e.g. imported from the official release) spare loading CLIP at all
-    clip = None if cfg.class_text and cfg.concepts and is_embeddings_file(cfg.concepts) else load_clip(clip_id)
-    text_info = None
-    if cfg.class_text:
-        class_text, text_info = load_class_text(cfg.class_text, clip_id, list(clf.class_names), tr.out_dim)
-    else:
-        class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[templates])
-    if cfg.concepts and is_embeddings_file(cfg.concepts):
-        concepts, concept_text, _ = load_concept_embeddings(cfg.concepts, clip_id, tr.out_dim)
-    else:
-        concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
-    if class_text.shape[1] != tr.out_dim:
-        raise ExplainError(f"CLIP {clip_id} text embeddings are {class_text.shape[1]}-d but the translator "
-                           f"outputs {tr.out_dim}-d")
-    device = pick_device(cfg.device)
-    configure(cfg.precision)
-    clf.to(device, channels_last=device.type == "cuda")
-    # the audit's forward, at the audit's precision: the same image scores the same
-    u8 = np.stack([to_uint8_view(q.image, clf.preprocess) for q in queries])
-    f, logits = features_and_logits(clf, model_inputs(u8, clf.preprocess, cfg.precision, device), cfg.precision)
-    f, logits = f.cpu(), logits.cpu()
-    if not torch.isfinite(f).all():
-        raise ExplainError("the classifier produced NaN/Inf features for "
-                           + ", ".join(q.spec for q, ok in zip(queries, torch.isfinite(f).all(-1)) if not ok))
+    templates, class_text, text_info, concepts, concept_text = _texts(cfg, clf, tr, clip_id, concepts)
+    f, logits = _features(cfg, clf, queries)
     labels = [fixed_label if fixed_label is not None else q.label for q in queries]
     for q, y in zip(queries, labels):
         if y is not None and not 0 <= y < clf.num_classes:

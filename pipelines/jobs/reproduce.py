@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -256,11 +255,11 @@ def run_reproduce(cfg: ReproduceOptions) -> dict:
         r.steer = {**(row or {"n": 0, "n_reachable": 0}), "run": man["run_id"], "slug": slug,
                    "class_index": man["target"]["class_index"], "target_text": man.get("target_text")}
 
-    report = build_tables(res, cfg, prompt, protocol)
+    from pipelines.jobs.reproduce_report import build_tables, write_reports
+
+    report = build_tables(res, cfg, prompt, protocol, paper_numbers())
     report.update({"started_at": started, "finished_at": utc_now(), "code_version": code_version(),
                    "config": {k: v for k, v in asdict(cfg).items()}, "results": str(results)})
-    from pipelines.jobs.reproduce_report import write_reports
-
     write_reports(out, report)
     return report
 
@@ -271,121 +270,6 @@ def _class_text_note(info: dict) -> str:
     prov = info.get("provenance") or {}
     what = f"official npz, prompt {prov['prompt']!r}" if prov.get("prompt") else (info.get("templates") or "file")
     return f"{info.get('path')} ({what}; matched by index, {info.get('names_differ', 0)} names spelled differently)"
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-RATIO_COLUMNS = [  # (key, header)
-    ("model", "model"), ("name", "name"), ("status", "status"), ("null_dim", "null_dim"),
-    ("n_images", "n images"), ("n_scored", "n scored"), ("mean_is", "mean IS"), ("mean_abs_as", "mean |AS|"),
-    ("ratio_of_means", "IS/|AS| ratio_of_means"), ("median_ratio", "IS/|AS| median_ratio"),
-    ("paper", "paper IS/|AS|"), ("diff_ratio_of_means", "diff (ratio_of_means - paper)"),
-    ("diff_median_ratio", "diff (median_ratio - paper)"), ("paper_source", "paper source"),
-]
-TABLE1_COLUMNS = [
-    ("model", "model"), ("name", "name"), ("status", "status"), ("n", "n steered"),
-    ("n_reachable", "reachable"), ("mean_abs_as", "|AS| mean"), ("std_abs_as", "|AS| std"),
-    ("sem_abs_as", "|AS| sem"), ("mean_is", "IS mean"), ("paper", "paper |AS| mean +- std"),
-    ("diff", "diff (mean - paper mean)"), ("paper_source", "paper source"),
-]
-
-
-def _num(v):
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
-
-def _diff(ours, paper):
-    return None if ours is None or paper is None else ours - paper
-
-
-def build_tables(res: list[ModelResult], cfg: ReproduceOptions, prompt: str, protocol: dict) -> dict:
-    nums = paper_numbers()
-    ratios, t1 = nums["is_as_ratio"]["values"], nums["table1"]["values"]
-    ratio_rows, t1_rows = [], []
-    for r in res:
-        e = r.entry
-        p = ratios.get(e.name) if e.in_zoo else None
-        a = r.audit or {}
-        if r.skipped:
-            status = f"skipped: {r.skipped}"
-        elif r.audit_error:
-            status = f"failed: {r.audit_error}"
-        elif a.get("null_dim") == 0:
-            status = "no null space (AS/IS undefined)"
-        else:
-            status = "ok"
-        rom, med = _num(a.get("ratio_of_means")), _num(a.get("median_ratio"))
-        ratio_rows.append({
-            "model": e.label, "name": e.name, "MODEL": e.model, "status": status, "null_dim": a.get("null_dim"),
-            "n_images": a.get("n_images"), "n_scored": a.get("n_scored"), "mean_is": _num(a.get("mean_is")),
-            "mean_abs_as": _num(a.get("mean_abs_as")), "ratio_of_means": rom, "median_ratio": med,
-            "paper": p["value"] if p else None, "diff_ratio_of_means": _diff(rom, p["value"] if p else None),
-            "diff_median_ratio": _diff(med, p["value"] if p else None),
-            "paper_source": p["source"] if p else None, "run": a.get("run"), "slug": a.get("slug")})
-        q = t1.get(e.name) if e.in_zoo else None
-        s = r.steer or {}
-        if r.skipped:
-            status = f"skipped: {r.skipped}"
-        elif r.steer_skipped:
-            status = f"skipped: {r.steer_skipped}"
-        elif r.steer_error:
-            status = f"failed: {r.steer_error}"
-        elif not s.get("n"):
-            status = f"no image of class {protocol['class']!r} in the shards"
-        elif not s.get("n_reachable"):
-            status = f"IS = {protocol['is_deg']} deg reached by no image"
-        else:
-            status = "ok"
-        mean = _num(s.get("mean_abs_as"))
-        t1_rows.append({
-            "model": e.label, "name": e.name, "MODEL": e.model, "status": status, "n": s.get("n"),
-            "n_reachable": s.get("n_reachable"), "mean_abs_as": mean, "std_abs_as": _num(s.get("std_abs_as")),
-            "sem_abs_as": _num(s.get("sem_abs_as")), "mean_is": _num(s.get("mean_is")),
-            "paper": f"{q['mean']:.2f} +- {q['std']:.2f}" if q else None,
-            "paper_mean": q["mean"] if q else None, "paper_std": q["std"] if q else None,
-            "diff": _diff(mean, q["mean"] if q else None), "paper_source": q["source"] if q else None,
-            "run": s.get("run"), "slug": s.get("slug")})
-    # the paper's orders: Fig. 4 by ratio, Table 1 as printed; other models after, as given
-    fig_order = list(ratios)
-    ratio_rows.sort(key=lambda row: fig_order.index(row["name"]) if row["name"] in fig_order else len(fig_order))
-    t1_order = list(t1)
-    t1_rows.sort(key=lambda row: t1_order.index(row["name"]) if row["name"] in t1_order else len(t1_order))
-    return {"paper": nums["paper"], "protocol": {**protocol, "prompt_used": prompt},
-            "is_as_ratio": ratio_rows, "table1": t1_rows, "notes": _notes(res, cfg, prompt, protocol)}
-
-
-def _notes(res: list[ModelResult], cfg: ReproduceOptions, prompt: str, protocol: dict) -> list[str]:
-    notes = []
-    audited = [r for r in res if r.audit]
-    if audited:
-        n = max(r.audit.get("n_images") or 0 for r in audited)
-        notes.append(f"Sweep images: {n} from {', '.join(cfg.shards)} (paper: 10,000 ImageNet images over all "
-                     "1000 classes).")
-    ct = next((r.audit["class_text"] for r in audited if r.audit.get("class_text")), None)
-    if ct:
-        notes.append(f"Class text for AS: {ct} (paper: the official class embeddings, mean of five prompts).")
-    steered = [r for r in res if r.steer]
-    if steered:
-        src = steered[0].steer.get("target_text") or {}
-        how = (f"row {src.get('name')!r} of {src.get('path')}" if src.get("source") == "embeddings"
-               else f"{prompt!r} embedded with {src.get('clip_model')} (no template)")
-        notes.append(f"Table 1 target: {how}; images of class {protocol['class']!r} from "
-                     f"{', '.join(cfg.steer_shards or cfg.shards)}; the step is solved per image so that IS is "
-                     f"exactly {protocol['is_deg']} deg (unreachable images are counted, not averaged).")
-    notes.append("IS/|AS|: ratio_of_means = mean(IS) / mean(|AS|); median_ratio = median over images of IS/|AS|. "
-                 "The paper does not say which it plots; its values are read off a plot (approximate).")
-    notes.append("Table 1 +-: the paper does not say whether it is a standard deviation over images or an error of "
-                 "the mean; std here is over images (sample, n - 1) and sem = std / sqrt(n).")
-    over = [r.entry for r in res if r.entry.overridden]
-    if over:
-        notes.append("Not the paper's weights: " + ", ".join(f"{e.name} = {e.model}" for e in over)
-                     + (". Random weights: these numbers test the machinery and mean nothing about the paper."
-                        if any("@random" in e.model for e in over) else "."))
-    kinds = sorted({r.translator_info.get("kind") for r in res if r.translator_info.get("kind")})
-    if kinds:
-        notes.append(f"Translators: {', '.join(kinds)} (paper: the official linear translators).")
-    return notes
 
 
 def exit_code(rep: dict) -> int:

@@ -6,9 +6,9 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 
-from pipelines.jobs.reproduce import RATIO_COLUMNS, TABLE1_COLUMNS
 
 
 def _cell(v, key: str = "") -> str:
@@ -118,3 +118,112 @@ def write_reports(out: Path, rep: dict) -> dict[str, Path]:
     return files
 
 
+RATIO_COLUMNS = [  # (key, header)
+    ("model", "model"), ("name", "name"), ("status", "status"), ("null_dim", "null_dim"),
+    ("n_images", "n images"), ("n_scored", "n scored"), ("mean_is", "mean IS"), ("mean_abs_as", "mean |AS|"),
+    ("ratio_of_means", "IS/|AS| ratio_of_means"), ("median_ratio", "IS/|AS| median_ratio"),
+    ("paper", "paper IS/|AS|"), ("diff_ratio_of_means", "diff (ratio_of_means - paper)"),
+    ("diff_median_ratio", "diff (median_ratio - paper)"), ("paper_source", "paper source"),
+]
+TABLE1_COLUMNS = [
+    ("model", "model"), ("name", "name"), ("status", "status"), ("n", "n steered"),
+    ("n_reachable", "reachable"), ("mean_abs_as", "|AS| mean"), ("std_abs_as", "|AS| std"),
+    ("sem_abs_as", "|AS| sem"), ("mean_is", "IS mean"), ("paper", "paper |AS| mean +- std"),
+    ("diff", "diff (mean - paper mean)"), ("paper_source", "paper source"),
+]
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _diff(ours, paper):
+    return None if ours is None or paper is None else ours - paper
+
+
+def build_tables(res: list, cfg, prompt: str, protocol: dict, nums: dict) -> dict:
+    ratios, t1 = nums["is_as_ratio"]["values"], nums["table1"]["values"]
+    ratio_rows, t1_rows = [], []
+    for r in res:
+        e = r.entry
+        p = ratios.get(e.name) if e.in_zoo else None
+        a = r.audit or {}
+        if r.skipped:
+            status = f"skipped: {r.skipped}"
+        elif r.audit_error:
+            status = f"failed: {r.audit_error}"
+        elif a.get("null_dim") == 0:
+            status = "no null space (AS/IS undefined)"
+        else:
+            status = "ok"
+        rom, med = _num(a.get("ratio_of_means")), _num(a.get("median_ratio"))
+        ratio_rows.append({
+            "model": e.label, "name": e.name, "MODEL": e.model, "status": status, "null_dim": a.get("null_dim"),
+            "n_images": a.get("n_images"), "n_scored": a.get("n_scored"), "mean_is": _num(a.get("mean_is")),
+            "mean_abs_as": _num(a.get("mean_abs_as")), "ratio_of_means": rom, "median_ratio": med,
+            "paper": p["value"] if p else None, "diff_ratio_of_means": _diff(rom, p["value"] if p else None),
+            "diff_median_ratio": _diff(med, p["value"] if p else None),
+            "paper_source": p["source"] if p else None, "run": a.get("run"), "slug": a.get("slug")})
+        q = t1.get(e.name) if e.in_zoo else None
+        s = r.steer or {}
+        if r.skipped:
+            status = f"skipped: {r.skipped}"
+        elif r.steer_skipped:
+            status = f"skipped: {r.steer_skipped}"
+        elif r.steer_error:
+            status = f"failed: {r.steer_error}"
+        elif not s.get("n"):
+            status = f"no image of class {protocol['class']!r} in the shards"
+        elif not s.get("n_reachable"):
+            status = f"IS = {protocol['is_deg']} deg reached by no image"
+        else:
+            status = "ok"
+        mean = _num(s.get("mean_abs_as"))
+        t1_rows.append({
+            "model": e.label, "name": e.name, "MODEL": e.model, "status": status, "n": s.get("n"),
+            "n_reachable": s.get("n_reachable"), "mean_abs_as": mean, "std_abs_as": _num(s.get("std_abs_as")),
+            "sem_abs_as": _num(s.get("sem_abs_as")), "mean_is": _num(s.get("mean_is")),
+            "paper": f"{q['mean']:.2f} +- {q['std']:.2f}" if q else None,
+            "paper_mean": q["mean"] if q else None, "paper_std": q["std"] if q else None,
+            "diff": _diff(mean, q["mean"] if q else None), "paper_source": q["source"] if q else None,
+            "run": s.get("run"), "slug": s.get("slug")})
+    # the paper's orders: Fig. 4 by ratio, Table 1 as printed; other models after, as given
+    fig_order = list(ratios)
+    ratio_rows.sort(key=lambda row: fig_order.index(row["name"]) if row["name"] in fig_order else len(fig_order))
+    t1_order = list(t1)
+    t1_rows.sort(key=lambda row: t1_order.index(row["name"]) if row["name"] in t1_order else len(t1_order))
+    return {"paper": nums["paper"], "protocol": {**protocol, "prompt_used": prompt},
+            "is_as_ratio": ratio_rows, "table1": t1_rows, "notes": _notes(res, cfg, prompt, protocol)}
+
+
+def _notes(res: list, cfg, prompt: str, protocol: dict) -> list[str]:
+    notes = []
+    audited = [r for r in res if r.audit]
+    if audited:
+        n = max(r.audit.get("n_images") or 0 for r in audited)
+        notes.append(f"Sweep images: {n} from {', '.join(cfg.shards)} (paper: 10,000 ImageNet images over all "
+                     "1000 classes).")
+    ct = next((r.audit["class_text"] for r in audited if r.audit.get("class_text")), None)
+    if ct:
+        notes.append(f"Class text for AS: {ct} (paper: the official class embeddings, mean of five prompts).")
+    steered = [r for r in res if r.steer]
+    if steered:
+        src = steered[0].steer.get("target_text") or {}
+        how = (f"row {src.get('name')!r} of {src.get('path')}" if src.get("source") == "embeddings"
+               else f"{prompt!r} embedded with {src.get('clip_model')} (no template)")
+        notes.append(f"Table 1 target: {how}; images of class {protocol['class']!r} from "
+                     f"{', '.join(cfg.steer_shards or cfg.shards)}; the step is solved per image so that IS is "
+                     f"exactly {protocol['is_deg']} deg (unreachable images are counted, not averaged).")
+    notes.append("IS/|AS|: ratio_of_means = mean(IS) / mean(|AS|); median_ratio = median over images of IS/|AS|. "
+                 "The paper does not say which it plots; its values are read off a plot (approximate).")
+    notes.append("Table 1 +-: the paper does not say whether it is a standard deviation over images or an error of "
+                 "the mean; std here is over images (sample, n - 1) and sem = std / sqrt(n).")
+    over = [r.entry for r in res if r.entry.overridden]
+    if over:
+        notes.append("Not the paper's weights: " + ", ".join(f"{e.name} = {e.model}" for e in over)
+                     + (". Random weights: these numbers test the machinery and mean nothing about the paper."
+                        if any("@random" in e.model for e in over) else "."))
+    kinds = sorted({r.translator_info.get("kind") for r in res if r.translator_info.get("kind")})
+    if kinds:
+        notes.append(f"Translators: {', '.join(kinds)} (paper: the official linear translators).")
+    return notes

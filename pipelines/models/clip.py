@@ -19,8 +19,8 @@ import torch
 from pipelines.models.hub import require_weights
 from pipelines.models.spec import UnknownModelError, parse_model_spec
 from pipelines.io.manifest import file_sha256
-from pipelines.models.classifiers import (_download_error, _offline_error, _suggest, apply_state_dict, load_state_dict_file,
-                              seed_for, state_dict_sha256)
+from pipelines.models.checkpoints import apply_state_dict, load_state_dict_file, state_dict_sha256
+from pipelines.models.registry import download_error, offline_error, seed_for, suggest
 from pipelines.models.preprocess import PreprocessSpec
 from pipelines.io.remote import local_copy
 
@@ -142,7 +142,7 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
     else:
         models = open_clip.list_models()
         if arch not in models:
-            raise UnknownModelError(f"open_clip has no model {arch!r}.{_suggest(arch, models)}")
+            raise UnknownModelError(f"open_clip has no model {arch!r}.{suggest(arch, models)}")
 
         def build():
             return open_clip.create_model(arch, pretrained=None)
@@ -150,8 +150,8 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
         try:
             tokenizer = open_clip.get_tokenizer(arch)
         except Exception as e:  # noqa: BLE001 - HF tokenizers download their vocabulary
-            if _download_error(e):
-                raise _offline_error(ms, e) from e
+            if download_error(e):
+                raise offline_error(ms, e) from e
             raise
     if ms.weights == "pretrained":
         tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -161,8 +161,8 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
         try:
             module = open_clip.create_model(arch, pretrained=ms.tag)
         except Exception as e:  # noqa: BLE001
-            if _download_error(e) or "download" in str(e).lower():
-                raise _offline_error(ms, e) from e
+            if download_error(e) or "download" in str(e).lower():
+                raise offline_error(ms, e) from e
             raise
     else:
         with torch.random.fork_rng(devices=[]):

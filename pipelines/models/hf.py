@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from pipelines.errors import BadInput
 from pipelines.models.preprocess import PreprocessSpec
 
 # Facts (public model cards / config files) for building the paper's DINOv2 classifier offline
@@ -132,13 +133,17 @@ def _cache_dir() -> str:
     return constants.HF_HUB_CACHE
 
 
-def build_hf(ms, seed_for, load_state_dict_file, apply_state_dict, local_copy, file_sha256):
-    """-> (module, preprocess, sha256 or None). The helpers come from pipelines.models.classifiers (passed in:
-    this module stays free of an import cycle)."""
+def build_hf(ms):
+    """-> (module, preprocess, sha256 or None), as pipelines.models.classifiers._build."""
+    from pipelines.io.manifest import file_sha256
+    from pipelines.io.remote import local_copy
+    from pipelines.models.checkpoints import apply_state_dict, load_state_dict_file
+    from pipelines.models.registry import seed_for
+
     try:
         from transformers import AutoModelForImageClassification
     except ImportError:
-        raise RuntimeError("hf: models need the transformers package (pip install 'sing[hf]')") from None
+        raise BadInput("hf: models need the transformers package (pip install 'sing[hf]')") from None
 
     repo = ms.name
     pre = processor_spec(_processor_config(repo, ms.weights), repo)
