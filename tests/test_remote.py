@@ -145,7 +145,7 @@ def test_layout_on_a_url(mem, tmp_path):
     assert sorted(mem.find("/results")) == ["/results/images/model=m/run=r/s0.parquet",
                                             "/results/images/model=m/run=r/s1.parquet", "/results/runs/r.json"]
     # a local OUT is unchanged: Paths, temp + rename
-    assert shard_file(tmp_path, "images", "m", "r", "s0") == tmp_path / "images" / "model=m" / "run=r" / "s0.parquet"
+    assert shard_file(tmp_path, "images", "m", "r", "s0") == str(tmp_path / "images" / "model=m" / "run=r" / "s0.parquet")
     write_manifest(str(tmp_path), "r", {"kind": "audit"})
     assert load_manifest(tmp_path, "r")["kind"] == "audit"
 
