@@ -8,6 +8,7 @@ import importlib
 import logging
 import sys
 
+from pipelines import timeline
 from pipelines.errors import exit_code
 
 # name: (module, help). Modules are imported only when their command runs (or for --help).
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     module = importlib.import_module(COMMANDS[args.command][0])
+    timeline.mark("imports")  # what a run's fixed cost starts with (pipelines.timeline)
     return _run(args.command, lambda: module.cli_run(args), args.debug)
 
 

@@ -15,7 +15,9 @@ import numpy as np
 
 from pipelines.errors import BadInput
 from pipelines.io.layout import count_rows, is_done
+from pipelines import timeline
 from pipelines.jobs import spine
+from pipelines.models.compiled import COMPILE_HELP, COMPILE_MODES
 from pipelines.options import (ActorDecode, Decode, DecodeOptions, OutputOptions, PrecisionOptions, RankOptions, StreamOptions,
                                _templates, add_arguments, check, from_namespace, opt)
 from pipelines.stages.collect import ModelTarget, ShardCollector
@@ -36,6 +38,9 @@ class AuditOptions(PrecisionOptions, RankOptions, DecodeOptions, StreamOptions, 
     class_text: str | None = opt(None, "class prompt embeddings (`sing embed-text` or `sing import embeddings` "
                                        "Parquet), matched by index (default: computed with the translator's CLIP)")
     templates: str = opt("single", "class prompt templates when computed: single | ensemble", check=_templates)
+    # not in the run id: compiled and eager scores agree within the precision budget
+    # (measured: sing bench-precision --compile), like two batch sizes
+    compile: str = opt("off", COMPILE_HELP, identity=False, choices=COMPILE_MODES)
     extra: dict = field(default_factory=dict)  # recorded in the manifest's config (e.g. nightly's name)
 
 
@@ -53,15 +58,21 @@ class _Prepared:
 
 
 def _texts(opts: AuditOptions, clf, tr, concepts, clip_for):
+    """Class and concept text embeddings: from files, or computed with the translator's CLIP
+    through the node's derived cache (CLIP is loaded only when an embedding is not cached)."""
     from pipelines.models.clip import TEMPLATES
-    from pipelines.models.text import (CONCEPT_TEMPLATES, embed_texts, is_embeddings_file, load_class_text,
-                                       load_concept_embeddings)
+    from pipelines.models.derived_cache import text_embeddings
+    from pipelines.models.text import CONCEPT_TEMPLATES, is_embeddings_file, load_class_text, load_concept_embeddings
 
     clip_id = tr.metadata.get("clip_model")
+
+    def embed_texts(get_clip, names, templates):
+        return text_embeddings(clip_id, names, templates, lambda: get_clip(clip_id))
+
     if opts.class_text:  # by index: row i is class i, whatever its spelling (recorded in the manifest)
         class_text, info = load_class_text(opts.class_text, clip_id, list(clf.class_names), tr.out_dim)
     else:
-        class_text = embed_texts(clip_for(clip_id), list(clf.class_names), TEMPLATES[opts.templates])
+        class_text = embed_texts(clip_for, list(clf.class_names), TEMPLATES[opts.templates])
         info = {"computed_with": clip_id, "templates": opts.templates}
     concept_text = concept_info = None
     if concepts and is_embeddings_file(opts.concepts):
@@ -69,7 +80,7 @@ def _texts(opts: AuditOptions, clf, tr, concepts, clip_for):
         if names != concepts:
             raise BadInput(f"--concepts {opts.concepts} changed while the run was being prepared")
     elif concepts:
-        concept_text = embed_texts(clip_for(clip_id), concepts, CONCEPT_TEMPLATES)
+        concept_text = embed_texts(clip_for, concepts, CONCEPT_TEMPLATES)
         concept_info = {"computed_with": clip_id, "templates": CONCEPT_TEMPLATES}
     if class_text.shape[1] != tr.out_dim:
         raise BadInput(f"class text embeddings are {class_text.shape[1]}-d but the translator outputs {tr.out_dim}-d")
@@ -77,12 +88,13 @@ def _texts(opts: AuditOptions, clf, tr, concepts, clip_for):
 
 
 def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prepared]:
-    """Load each classifier once on the driver (CPU) to validate and describe it."""
-    from sing_ops import HeadDecomposition
-
+    """Load each classifier once on the driver (CPU) to validate and describe it; decompose
+    its head and embed its texts (both cached per node); the actors take all of it from the
+    object store (pipelines.stages.prepared)."""
     from pipelines.io.translator_file import load_translator_for
     from pipelines.models.classifiers import load_classifier
     from pipelines.models.clip import load_clip
+    from pipelines.models.derived_cache import head_decomposition
 
     if not opts.models:
         raise BadInput("give at least one --model")
@@ -95,11 +107,14 @@ def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prep
 
     prepared = []
     for i, spec in enumerate(opts.models):
-        clf = load_classifier(spec)
-        tpath = opts.translators[i if len(opts.translators) > 1 else 0]
-        tr = load_translator_for(tpath, spec, clf, opts.translator_match)
-        class_text, info, concept_text, concept_info = _texts(opts, clf, tr, concepts, clip_for)
-        dec = HeadDecomposition.from_weight(clf.head_weight, atol=opts.rank_atol, rtol=opts.rank_rtol)
+        with timeline.span("model_load"):
+            clf = load_classifier(spec)
+            tpath = opts.translators[i if len(opts.translators) > 1 else 0]
+            tr = load_translator_for(tpath, spec, clf, opts.translator_match)
+        with timeline.span("text_embed"):  # loading CLIP included
+            class_text, info, concept_text, concept_info = _texts(opts, clf, tr, concepts, clip_for)
+        with timeline.span("head_svd"):  # cached per node by the head's bytes
+            dec = head_decomposition(clf.head_weight, atol=opts.rank_atol, rtol=opts.rank_rtol)
         if dec.null_dim == 0:
             log.warning("%s: the head has no null space (%d classes >= %d features); AS/IS will be NULL",
                         clf.model_id, clf.num_classes, clf.num_features)
@@ -107,7 +122,24 @@ def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prep
     slugs = [p.clf.slug for p in prepared]
     if len(set(slugs)) != len(slugs):
         raise BadInput(f"the same model is given twice: {slugs}")
+    timeline.mark("models_prepared")
     return prepared
+
+
+def _prepare_while_ray_starts(opts: AuditOptions, concepts) -> list[_Prepared]:
+    """prepare_models in a thread while this thread starts Ray (or joins it): the driver's
+    model loading and Ray's start-up, each seconds, overlap. Not the other way round: Ray's
+    processes exit with the thread that started them. The shards were expanded first, so a
+    bad glob still exits before Ray starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.stages.ray_session import ensure_ray
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sing-prepare") as pool:
+        job = pool.submit(prepare_models, opts, concepts)
+        ensure_ray()
+        timeline.mark("ray_up")
+        return job.result()
 
 
 def decode_modes(view_keys: list[str], decode: Decode) -> list[tuple[ActorDecode, bool]]:
@@ -145,18 +177,21 @@ def _resolved(prepared: list[_Prepared], concepts) -> dict:
 def run_audit(opts: AuditOptions) -> dict:
     from pipelines.models.text import concept_names
     from pipelines.stages.actors import ScoreActor
+    from pipelines.stages.prepared import share
     from pipelines.stages.read import encoded_columns, unique_views, view_column
 
     check(opts)  # options built in Python (nightly, reproduce, demo) get the CLI's checks too
+    timeline.begin_run()
     shards = spine.expand(opts.shards)
     concepts = concept_names(opts.concepts) if opts.concepts else None
-    prepared = prepare_models(opts, concepts)
+    prepared = _prepare_while_ray_starts(opts, concepts)
     modes = decode_modes([p.clf.preprocess.view_key for p in prepared], opts.decode)
     slugs = [p.clf.slug for p in prepared]
     plan = spine.plan("audit", opts, _resolved(prepared, concepts),
                       lambda run, n: all(is_done(opts.out, s, run, n) for s in slugs),
                       {"precision": opts.precision, "concepts": concepts, **opts.extra,
                        "models": [_model_record(p, m) for p, (m, _) in zip(prepared, modes)]}, shards)
+    timeline.mark("planned")
     targets = [ModelTarget(f"m{i}", p.clf.slug, list(p.clf.class_names), p.decomposition.null_dim, concepts or [],
                            {n for n in plan.names if is_done(opts.out, p.clf.slug, plan.run_id, n)})
                for i, p in enumerate(prepared)]
@@ -166,17 +201,27 @@ def run_audit(opts: AuditOptions) -> dict:
         device = opts.decode == Decode.DEVICE
         ap = spine.ActorPlan.resolve(opts, len(prepared))
         plan.manifest["actor_pool"] = ap.as_manifest()
+        refs = [share(p.clf, p.decomposition, p.translator) for p in prepared]  # held until the stream ends
         actors = [spine.ActorSpec(ScoreActor, dict(
             prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path), class_text=p.class_text,
             concept_text=p.concept_text, rank_atol=opts.rank_atol, rank_rtol=opts.rank_rtol, view=p.clf.preprocess,
-            translator_match=opts.translator_match, decode=mode, share_decoded=share, max_pixels=opts.max_pixels,
-            precision=opts.precision)) for i, (p, (mode, share)) in enumerate(zip(prepared, modes))]
+            translator_match=opts.translator_match, decode=mode, share_decoded=share_, max_pixels=opts.max_pixels,
+            precision=opts.precision, prepared=ref, compile=opts.compile, batch_size=opts.batch_size))
+            for i, (p, (mode, share_), ref) in enumerate(zip(prepared, modes, refs))]
         drop = encoded_columns(views) if device else [view_column(v) for v in views]
         ds = spine.stream(plan.todo, opts, views, actors, ap, drop,
                           {"encoded": device, "host_share": opts.host_decode_share})
-        spine.drain(ds, opts, "the audit stream", collector.write, collector.timings)
+        startup = timeline.ActorStartup([f"m{i}" for i in range(len(prepared))])
+        timeline.mark("stream_started")  # Ray Data executes lazily: from the first pull on
+        spine.drain(ds, opts, "the audit stream", collector.write, lambda b: (collector.timings(b), startup(b)))
+        timeline.mark("last_result")
+        plan.manifest["startup_seconds"] = startup.finish()
+        del refs
     wall = time.perf_counter() - plan.t0
     stream = collector.stream_rate()
+    timeline.mark("finished")
+    plan.manifest["timeline"] = timeline.marks()
+    plan.manifest["startup_seconds"] = {**timeline.spans(), **plan.manifest.get("startup_seconds", {})}
     return spine.finish(
         plan, stage_seconds={k: round(v, 3) for k, v in collector.stage_seconds.items()},
         # end to end, Ray and actor start-up included; `sing bench` derives the steady rate

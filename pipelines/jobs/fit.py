@@ -98,12 +98,16 @@ def _feature_stream(shards, clf, clip, cfg: FitOptions):
     """Classifier features (f/emb) and CLIP image embeddings (z/emb) of every sample, from
     one decode: the spine's stream with two feature actors."""
     from pipelines.stages.actors import FeatureActor
+    from pipelines.stages.prepared import share
     from pipelines.stages.read import unique_views, view_column
 
     views = unique_views([clf.preprocess, clip.preprocess])
-    actors = [spine.ActorSpec(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision))
-              for prefix, kind, spec in (("f", "classifier", cfg.model), ("z", "clip", cfg.clip))]
-    return spine.stream(shards, cfg, views, actors, spine.ActorPlan.resolve(cfg, 2), [view_column(v) for v in views])
+    ap = spine.ActorPlan.resolve(cfg, 2)
+    # the driver's models through the object store: the actors rebuild nothing (stages.prepared)
+    actors = [spine.ActorSpec(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision,
+                                                 prepared=share(model)))
+              for prefix, kind, spec, model in (("f", "classifier", cfg.model, clf), ("z", "clip", cfg.clip, clip))]
+    return spine.stream(shards, cfg, views, actors, ap, [view_column(v) for v in views])
 
 
 def zero_shot_top1(emb: np.ndarray, class_text: np.ndarray, labels: np.ndarray) -> float:

@@ -42,6 +42,15 @@ def read_lines(path) -> list[str]:
 
 
 def embed_texts(clip, names: list[str], templates: list[str]) -> np.ndarray:
+    """(N, d) float32 prompt embeddings of `names` with `clip`, through the node's derived
+    cache (pipelines.models.derived_cache): the same CLIP, names and templates are embedded
+    once (fit-translator's zero-shot check leaves the audit's class prompts embedded)."""
+    from pipelines.models.derived_cache import text_embeddings
+
+    return text_embeddings(clip.model_id, names, templates, lambda: clip, clip.checkpoint_sha256)
+
+
+def compute_text_embeddings(clip, names: list[str], templates: list[str]) -> np.ndarray:
     from pipelines.models.clip import embed_prompts
 
     with torch.inference_mode():

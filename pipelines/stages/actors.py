@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from pipelines.options import ActorDecode
+from pipelines.models.compiled import CompiledClassifier, torch_mode
 from pipelines.models.precision import DEFAULT_PRECISION, autocast, model_inputs
 from pipelines.models.precision import configure as configure_precision
 from pipelines.models.precision import features_and_logits as forward
 from pipelines.stages.read import ENC_COLUMN, decode_error_column, u8_column, view_column
+from pipelines.timeline import STARTUP_COLUMNS
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -51,6 +53,21 @@ class _ModelActor:
         self.decode, self.max_pixels = ActorDecode(decode), max_pixels
         self.share_decoded = bool(share_decoded) and self.decode == ActorDecode.DEVICE
         self._local = threading.local()
+        self._startup_lock, self._startup = threading.Lock(), None
+
+    def _started(self, t_enter: float, t_warmup: float = 0.0) -> None:
+        """The constructor is done: its seconds ride on this actor's first batch to the driver
+        (pipelines.timeline.ActorStartup), which breaks the run's fixed cost down."""
+        from pipelines.timeline import process_start
+
+        now = time.time()
+        self._startup = {"t_ready": now, "t_setup": now - t_enter, "t_warmup": t_warmup, "t_spawned": process_start()}
+
+    def _startup_columns(self, out: dict, n: int) -> None:
+        with self._startup_lock:  # threaded actors: exactly one batch carries the numbers
+            s, self._startup = (self._startup, None) if n else (None, self._startup)
+        for c in STARTUP_COLUMNS:
+            out[f"{self.prefix}/{c}"] = _first_only(n, s[c] if s else 0.0)
 
     def _on_stream(self):
         """Each calling thread works on its own CUDA stream (Ray runs several batches of one
@@ -105,6 +122,22 @@ class _ModelActor:
     def _autocast(self):
         return autocast(self.precision, self.device)
 
+    def _warm_up(self, compile_mode: str = "off", batch_size: int | None = None) -> float:
+        """Pay the first batch's one-off costs in the constructor, while the read tasks decode
+        the first images: torch.compile (self.fwd becomes the compiled forward), or on CUDA
+        the context, cuBLAS/cuDNN handles and kernel loading. Eager on a CPU needs none (its
+        first batch measured no slower). Returns the seconds spent."""
+        t0 = time.perf_counter()
+        self.fwd = self.clf
+        if torch_mode(compile_mode):
+            self.fwd = CompiledClassifier(self.clf, compile_mode, batch_size or 64)
+            self.fwd.warm_up(self.precision, self.device)
+        elif self.cuda:
+            u8 = torch.zeros(min(batch_size or 64, 64), *self.view.crop_hw, 3, dtype=torch.uint8)
+            forward(self.fwd, model_inputs(u8, self.view, self.precision, self.device), self.precision)
+            self._sync()
+        return time.perf_counter() - t0
+
     def _passthrough(self, batch):
         return {k: v for k, v in batch.items() if k not in self.drop}
 
@@ -115,25 +148,34 @@ class _ModelActor:
 
 
 class ScoreActor(_ModelActor):
-    """Holds one classifier, its head decomposition, the translator and text embeddings."""
+    """Holds one classifier, its head decomposition, the translator and text embeddings.
+
+    prepared: the driver's PreparedModel (an object-store reference, pipelines.stages.prepared):
+    the classifier, decomposition and translator as the driver built them, so no actor
+    rebuilds the model or repeats the head's float64 SVD. Without it the actor builds them
+    from model_spec and translator_path. compile: pipelines.models.compiled (the batch size
+    is the static shape)."""
 
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
                  rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
-                 decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
-        from sing_ops import AuditScorer, HeadDecomposition
+                 decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION, prepared=None,
+                 compile="off", batch_size=64):
+        t_enter = time.time()
+        from sing_ops import AuditScorer
 
-        from pipelines.io.translator_file import load_translator_for
+        if prepared is not None:
+            from pipelines.stages.prepared import take
 
-        from pipelines.models.classifiers import load_classifier
-
-        clf = load_classifier(model_spec)
+            p = take(prepared)
+            clf, dec, tr = p.model, p.decomposition, p.translator
+        else:
+            clf, dec, tr = _build_score_parts(model_spec, translator_path, translator_match, rank_atol, rank_rtol)
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels,
                          share_decoded, precision)
         self.clf = clf.to(self.device, channels_last=self.cuda)
-        dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
-        tr = load_translator_for(translator_path, model_spec, clf, translator_match)
         self.scorer = AuditScorer(clf.head_weight, dec, tr, class_text, concept_text, device=self.device)
         self.num_classes = clf.num_classes
+        self._started(t_enter, self._warm_up(compile, batch_size))
 
     def __call__(self, batch: dict) -> dict:
         with self._on_stream():
@@ -163,7 +205,7 @@ class ScoreActor(_ModelActor):
                 err[i] = reason
         t0 = time.perf_counter()
         if len(idx):
-            f, logits = forward(self.clf, x, self.precision)
+            f, logits = forward(self.fwd, x, self.precision)
             self._sync()
             t_fwd = time.perf_counter() - t0
             finite = torch.isfinite(f).all(-1).cpu().numpy()
@@ -198,28 +240,36 @@ class ScoreActor(_ModelActor):
         out[f"{p}/t_ops"] = _first_only(n, t_ops)
         if self.decode == ActorDecode.DEVICE:
             out[f"{p}/t_decode"] = _first_only(n, t_dec)
+        self._startup_columns(out, n)
         return out
 
 
 class FeatureActor(_ModelActor):
-    """Classifier penultimate features (kind="classifier") or CLIP image embeddings (kind="clip")."""
+    """Classifier penultimate features (kind="classifier") or CLIP image embeddings (kind="clip").
+    prepared: the driver's model through the object store (pipelines.stages.prepared)."""
 
     def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None,
-                 precision=DEFAULT_PRECISION):
-        if kind == "classifier":
+                 precision=DEFAULT_PRECISION, prepared=None, batch_size=64):
+        t_enter = time.time()
+        if kind not in ("classifier", "clip"):
+            raise ValueError(f"unknown feature kind {kind!r}")
+        if prepared is not None:
+            from pipelines.stages.prepared import take
+
+            model = take(prepared).model
+        elif kind == "classifier":
             from pipelines.models.classifiers import load_classifier
 
             model = load_classifier(model_spec)
-        elif kind == "clip":
+        else:
             from pipelines.models.clip import load_clip
 
             model = load_clip(model_spec)
-        else:
-            raise ValueError(f"unknown feature kind {kind!r}")
         super().__init__(prefix, model.preprocess, drop_views, device, threads, precision=precision)
         self.kind = kind
         self.dim = model.num_features if kind == "classifier" else model.embed_dim
-        self.model = model.to(self.device)
+        self.model = self.clf = model.to(self.device)
+        self._started(t_enter, self._warm_up(batch_size=batch_size) if kind == "classifier" else 0.0)
 
     def __call__(self, batch: dict) -> dict:
         out = self._passthrough(batch)
@@ -237,7 +287,20 @@ class FeatureActor(_ModelActor):
             emb[ok] = e.float().cpu().numpy()
         out[f"{self.prefix}/emb"] = emb
         out[f"{self.prefix}/t_forward"] = _first_only(n, time.perf_counter() - t0)
+        self._startup_columns(out, n)
         return out
+
+
+def _build_score_parts(model_spec, translator_path, translator_match, rank_atol, rank_rtol):
+    """(classifier, head decomposition, translator) built in the actor (no prepared model)."""
+    from sing_ops import HeadDecomposition
+
+    from pipelines.io.translator_file import load_translator_for
+    from pipelines.models.classifiers import load_classifier
+
+    clf = load_classifier(model_spec)
+    dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
+    return clf, dec, load_translator_for(translator_path, model_spec, clf, translator_match)
 
 
 def _first_only(n: int, value: float) -> np.ndarray:
