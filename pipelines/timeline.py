@@ -21,6 +21,15 @@ import os
 import time
 
 _state: dict = {"start": None, "marks": {}, "spans": {}}
+# the audit's moments in critical-path order: how ties (moments within a millisecond) sort
+ORDER = ("imports", "ray_up", "models_prepared", "planned", "actor_spawned", "stream_started", "actor_entered",
+         "actor_ready", "first_result", "last_result", "finished", "exit")
+
+
+def in_order(marks: dict) -> dict:
+    """Moments sorted by time; ties in ORDER (a JSON round trip sorts keys by name)."""
+    rank = {k: i for i, k in enumerate(ORDER)}
+    return dict(sorted(marks.items(), key=lambda kv: (kv[1], rank.get(kv[0], len(ORDER)))))
 
 
 def process_start() -> float:
@@ -63,7 +72,7 @@ def begin_run() -> None:
 
 def marks() -> dict[str, float]:
     """The moments of this run, in the order they happened."""
-    return dict(sorted(_state["marks"].items(), key=lambda kv: kv[1]))
+    return in_order(_state["marks"])
 
 
 def spans() -> dict[str, float]:

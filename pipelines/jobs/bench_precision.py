@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from pipelines.models.compiled import COMPILE_MODES
 from pipelines.models.precision import PRECISIONS
 
 # the budget a faster precision must meet to become the default (README, "Precision")
@@ -78,14 +79,18 @@ def within_budget(s: dict) -> bool:
 
 def measure(model: str = "lite0", device: str | None = None, per_photo: int = 16, batch_size: int = 32,
             translator: str | None = None, class_text: str | None = None, precisions=PRECISIONS,
-            repeats: int = 3) -> dict:
+            repeats: int = 3, compile: str = "off") -> dict:
+    """compile: also the compiled forward at each precision (pipelines.models.compiled), against
+    float64 and against eager at the same precision: the budget that decides whether
+    --compile may change scores (row "<precision>+compile", its "vs_eager")."""
     import torch
 
     from sing_ops import AuditScorer, HeadDecomposition
 
     from pipelines.io.images import normalise, to_uint8_view
     from pipelines.models.classifiers import load_classifier
-    from pipelines.models.precision import configure, features_and_logits, model_inputs
+    from pipelines.models.compiled import CompiledClassifier, torch_mode
+    from pipelines.models.precision import configure
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     clf = load_classifier(model)
@@ -117,36 +122,66 @@ def measure(model: str = "lite0", device: str | None = None, per_photo: int = 16
     ref64 = AuditScorer(clf.head_weight.double(), dec, tr, text, device=device, dtype=torch.float64)
     as_ref, is_ref = _scores(ref64, f_ref, labels)
     scorer = AuditScorer(clf.head_weight, dec, tr.to(dtype=torch.float32), text, device=device)
+    clf.module.to(dtype=torch.float32)
+    clf.to(device, channels_last=device.type == "cuda")
     rows = {}
     for p in precisions:
-        clf.module.to(dtype=torch.float32)
-        clf.to(device, channels_last=device.type == "cuda")
         configure(p)
-        feats, best = [], float("inf")
-        for r in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = [features_and_logits(clf, model_inputs(u8[i:i + batch_size], clf.preprocess, p, device), p)[0]
-                   for i in batches()]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-            feats = out
-        f = torch.cat(feats)
-        as_p, is_p = _scores(scorer, f, labels)
-        s = _summary(as_p, is_p, as_ref, is_ref, labels)
-        s["feature_rel_err"] = float((torch.linalg.vector_norm(f.double().cpu() - f_ref.cpu(), dim=1)
-                                      / torch.linalg.vector_norm(f_ref.cpu(), dim=1)).median())
-        s["images_per_second"] = len(u8) / best
-        s["within_budget"] = within_budget(s)
-        rows[p] = s
+        f, best = _forward_all(clf, u8, p, device, batch_size, repeats)
+        rows[p] = _row(f, best, scorer, labels, as_ref, is_ref, f_ref)
+        if torch_mode(compile):  # the compiled forward: against float64, and against eager at p (the budget)
+            model = CompiledClassifier(clf, compile, batch_size)
+            try:
+                model.warm_up(p, device)
+                fc, best_c = _forward_all(model, u8, p, device, batch_size, repeats)
+            finally:
+                model.close()
+            row = _row(fc, best_c, scorer, labels, as_ref, is_ref, f_ref)
+            as_e, is_e = _scores(scorer, f, labels)
+            row["vs_eager"] = _summary(*_scores(scorer, fc, labels), as_e, is_e, labels)
+            row["vs_eager"]["feature_rel_err"] = _rel(fc, f)
+            row["within_budget"] = within_budget(row["vs_eager"])
+            rows[f"{p}+compile"] = row
     configure("fp32")
     return {"model": clf.model_id, "device": str(device), "images": len(u8), "classes": int(len(np.unique(labels))),
             "null_dim": dec.null_dim, "reference": {"median_abs_as_deg": float(np.median(np.abs(as_ref))),
                                                     "median_is_deg": float(np.median(is_ref))},
-            "budget": BUDGET, "precisions": rows,
+            "budget": BUDGET, "precisions": rows, "compile": compile,
             "translator": translator or "seeded random (768-d)", "class_text": class_text or "seeded random"}
+
+
+def _forward_all(model, u8, precision, device, batch_size, repeats):
+    """(features of every image, best seconds over `repeats` passes) at `precision`."""
+    import torch
+
+    from pipelines.models.precision import features_and_logits, model_inputs
+
+    best, feats = float("inf"), []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        feats = [features_and_logits(model, model_inputs(u8[i:i + batch_size], model.preprocess, precision, device),
+                                     precision)[0] for i in range(0, len(u8), batch_size)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return torch.cat(feats), best
+
+
+def _rel(f, ref) -> float:
+    import torch
+
+    return float((torch.linalg.vector_norm(f.double().cpu() - ref.double().cpu(), dim=1)
+                  / torch.linalg.vector_norm(ref.double().cpu(), dim=1)).median())
+
+
+def _row(f, best, scorer, labels, as_ref, is_ref, f_ref) -> dict:
+    s = _summary(*_scores(scorer, f, labels), as_ref, is_ref, labels)
+    s["feature_rel_err"] = _rel(f, f_ref)
+    s["images_per_second"] = len(labels) / best
+    s["within_budget"] = within_budget(s)
+    return s
 
 
 def _capture64(clf, x):
@@ -175,6 +210,14 @@ def format_report(r: dict) -> str:
                      f"{s['class_median_abs_as_deg']:>11.1e} "
                      f"{max(s['ratio_of_means_rel'], s['median_ratio_rel']):>11.1e} {s['feature_rel_err']:>9.1e} "
                      f"{s['images_per_second']:>8.1f}  {'meets' if s['within_budget'] else 'FAILS'}")
+    for p, s in r["precisions"].items():
+        if "vs_eager" in s:
+            v = s["vs_eager"]
+            lines.append(f"{p} vs eager {p.split('+')[0]}: |dAS| max {v['as_deg']['max']:.1e}, |dIS| p99/max "
+                         f"{v['is_deg']['p99']:.1e}/{v['is_deg']['max']:.1e} deg, class-median |AS| "
+                         f"{v['class_median_abs_as_deg']:.1e} deg, IS/|AS| "
+                         f"{max(v['ratio_of_means_rel'], v['median_ratio_rel']):.1e}, features "
+                         f"{v['feature_rel_err']:.1e} rel: {'within' if s['within_budget'] else 'OUTSIDE'} the budget")
     b = r["budget"]
     lines.append(f"budget: |dIS| p99 <= {b['is_p99_deg']} deg, class-median |AS| error <= "
                  f"{b['class_median_abs_as_deg']} deg, IS/|AS| ratio error <= {b['ratio_rel']:.1%}")
@@ -188,10 +231,14 @@ def cli_args(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward batch")
     p.add_argument("--translator", help="a real translator for MODEL (default: seeded random, 768-d)")
     p.add_argument("--class-text", help="real class text embeddings (default: seeded random)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                   help="also measure the compiled forward (torch.compile mode, or auto) against eager at each precision")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS), help="precisions to measure")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def cli_run(args) -> int:
-    r = measure(args.model, args.device, args.per_photo, args.batch_size, args.translator, args.class_text)
+    r = measure(args.model, args.device, args.per_photo, args.batch_size, args.translator, args.class_text,
+                tuple(args.precisions), compile=args.compile)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0

@@ -48,7 +48,7 @@ def _capture(module, head):
             super().__init__()
             self.module = module
             self._got: dict = {}
-            head.register_forward_hook(lambda _m, inp, _out: self._got.__setitem__("f", inp[0]))
+            self.handle = head.register_forward_hook(lambda _m, inp, _out: self._got.__setitem__("f", inp[0]))
 
         def forward(self, x):
             logits = self.module(x)
@@ -66,8 +66,14 @@ class CompiledClassifier:
         self.mode = torch_mode(mode)
         import torch
 
-        self._fn = torch.compile(_capture(clf.module, clf.head), mode=self.mode, dynamic=False)
+        self._capture = _capture(clf.module, clf.head)
+        self._fn = torch.compile(self._capture, mode=self.mode, dynamic=False)
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Remove the capturing hook from the classifier's head (callers that go on using the
+        classifier eagerly, e.g. `sing bench`)."""
+        self._capture.handle.remove()
 
     def __getattr__(self, name):  # num_classes, preprocess, head_weight ...: the classifier's
         return getattr(self.clf, name)
