@@ -179,13 +179,25 @@ def _make_sample(key: str, shard: str, parts: dict[str, bytes], require_label: b
     return Sample(key=key, shard=shard, image=parts[ext], ext=ext, label=label, meta=meta)
 
 
-def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | SampleError]:
+DEFAULT_MAX_SAMPLE_BYTES = 64 << 20
+
+
+def iter_shard(path: str, require_label: bool = True,
+               max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES) -> Iterator[Sample | SampleError]:
     """Yield Samples and SampleErrors of one tar shard (local path or fsspec URL); never raises
     on bad data. A damaged tar yields every sample before the damage and then one
     SampleError(key='<shard>#truncated', stage='read'): a sample whose member data is cut is
     dropped (named in the reason); when the damage is a header (or a missing end of archive),
-    the last sample read is still yielded, since all of its members read so far are intact."""
+    the last sample read is still yielded, since all of its members read so far are intact.
+    A member larger than max_sample_bytes is never read (the tar reader seeks past it): its
+    sample becomes a SampleError."""
     shard = shard_name(path)
+    oversized: dict[str, str] = {}  # key -> why its sample is refused
+
+    def emit(key, parts):
+        if key in oversized:
+            return SampleError(key, shard, "read", oversized.pop(key))
+        return _make_sample(key, shard, parts, require_label)
 
     def damage(reason: str, pending: str | None):
         extra = f"; sample {pending!r} was being read and is dropped" if pending else ""
@@ -217,7 +229,7 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
                 break
             except Exception as e:  # noqa: BLE001
                 if cur_key is not None:
-                    yield _make_sample(cur_key, shard, parts, require_label)
+                    yield emit(cur_key, parts)
                 yield damage(f"corrupt tar header after offset {tf.offset}: {e}", None)
                 return
             if not m.isfile():
@@ -225,7 +237,7 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
             key, ext = _split_key(m.name)
             if key != cur_key:
                 if cur_key is not None:
-                    yield _make_sample(cur_key, shard, parts, require_label)
+                    yield emit(cur_key, parts)
                 if key in seen:
                     # members of one key must be contiguous (webdataset semantics)
                     cur_key, parts = None, {}
@@ -233,6 +245,10 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
                     continue
                 seen.add(key)
                 cur_key, parts = key, {}
+            if m.size > max_sample_bytes:
+                oversized.setdefault(key, f"member {m.name!r} is {m.size} bytes, above the limit of "
+                                          f"{max_sample_bytes} (--max-sample-bytes); not read")
+                continue
             try:
                 data = tf.extractfile(m).read()
             except Exception as e:  # noqa: BLE001
@@ -251,7 +267,7 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
         fh.seek(end)
         tail = fh.read(512)
         if cur_key is not None:
-            yield _make_sample(cur_key, shard, parts, require_label)
+            yield emit(cur_key, parts)
         if len(tail) < 512 or tail.strip(b"\0"):
             why = ("file ends without the end-of-archive marker" if len(tail) < 512
                    else "invalid tar header")

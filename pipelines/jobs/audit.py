@@ -164,17 +164,20 @@ def run_audit(opts: AuditOptions) -> dict:
     if plan.todo:
         views = unique_views([p.clf.preprocess for p in prepared])
         device = opts.decode == Decode.DEVICE
-        ap = spine.ActorPlan.resolve(opts, len(prepared))
-        plan.manifest["actor_pool"] = ap.as_manifest()
         actors = [spine.ActorSpec(ScoreActor, dict(
             prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path), class_text=p.class_text,
             concept_text=p.concept_text, rank_atol=opts.rank_atol, rank_rtol=opts.rank_rtol, view=p.clf.preprocess,
             translator_match=opts.translator_match, decode=mode, share_decoded=share, max_pixels=opts.max_pixels,
             precision=opts.precision)) for i, (p, (mode, share)) in enumerate(zip(prepared, modes))]
         drop = encoded_columns(views) if device else [view_column(v) for v in views]
-        ds = spine.stream(plan.todo, opts, views, actors, ap, drop,
-                          {"encoded": device, "host_share": opts.host_decode_share})
-        spine.drain(ds, opts, "the audit stream", collector.write, collector.timings)
+
+        def build(todo):  # per attempt: a restart sizes the pool for the nodes left
+            ap = spine.ActorPlan.resolve(opts, len(prepared))
+            plan.manifest["actor_pool"] = ap.as_manifest()
+            return spine.stream(todo, opts, views, actors, ap, drop,
+                                {"encoded": device, "host_share": opts.host_decode_share})
+
+        spine.run(plan, opts, "the audit stream", build, collector.write, collector.timings)
     wall = time.perf_counter() - plan.t0
     stream = collector.stream_rate()
     return spine.finish(

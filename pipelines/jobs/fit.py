@@ -19,6 +19,7 @@ from pipelines.io.remote import is_url, url_fs
 from pipelines.io.translator_file import save_translator
 from pipelines.errors import BadInput
 from pipelines.jobs import spine
+from pipelines.stages.healing import call_abortable
 from pipelines.options import PrecisionOptions, StreamOptions, _templates, add_arguments, check, from_namespace, opt
 
 log = logging.getLogger("sing.fit")
@@ -41,6 +42,17 @@ class FitError(BadInput):
     pass
 
 
+NONFINITE = "non-finite (NaN/Inf) classifier feature or CLIP embedding: left out of the fit"
+
+
+def _matrix(col, dim: int) -> np.ndarray:
+    """(n, dim) float32 from a block column (a tensor column, or one array per row)."""
+    a = np.asarray(col)
+    if a.dtype == object:
+        a = np.stack(list(a)) if len(a) else np.zeros((0, dim), np.float32)
+    return a.astype(np.float32, copy=False).reshape(-1, dim)
+
+
 def _ridge_aggregation(m: int, d: int):
     from ray.data.aggregate import AggregateFnV2
     from ray.data.block import BlockAccessor
@@ -48,23 +60,31 @@ def _ridge_aggregation(m: int, d: int):
     from sing_ops import RidgeStats
 
     class RidgeAggregation(AggregateFnV2):
-        """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree."""
+        """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree;
+        the samples left out (unreadable, or non-finite features or embeddings, which would
+        poison every sum) travel along as error rows."""
 
         def __init__(self):
-            super().__init__(name="ridge", zero_factory=lambda: RidgeStats(m, d).state_dict(), on=None,
-                             ignore_nulls=False)
+            super().__init__(name="ridge", zero_factory=lambda: {"stats": RidgeStats(m, d).state_dict(), "errors": []},
+                             on=None, ignore_nulls=False)
 
         def aggregate_block(self, block):
-            cols = BlockAccessor.for_block(block).to_numpy(["status", "f/emb", "z/emb"])
+            cols = BlockAccessor.for_block(block).to_numpy(["key", "shard", "status", "stage", "reason", "f/emb",
+                                                            "z/emb"])
+            f, z = _matrix(cols["f/emb"], m), _matrix(cols["z/emb"], d)
             ok = cols["status"] == "ok"
+            finite = np.isfinite(f).all(1) & np.isfinite(z).all(1)
             stats = RidgeStats(m, d)
-            if ok.any():
-                stats.update(torch.from_numpy(np.asarray(cols["f/emb"][ok])),
-                             torch.from_numpy(np.asarray(cols["z/emb"][ok])))
-            return stats.state_dict()
+            if (ok & finite).any():
+                stats.update(torch.from_numpy(f[ok & finite]), torch.from_numpy(z[ok & finite]))
+            errors = [[k, s, st, r] for k, s, st, r in zip(cols["key"][~ok], cols["shard"][~ok], cols["stage"][~ok],
+                                                           cols["reason"][~ok])]
+            errors += [[k, s, "model", NONFINITE] for k, s in zip(cols["key"][ok & ~finite], cols["shard"][ok & ~finite])]
+            return {"stats": stats.state_dict(), "errors": errors}
 
         def combine(self, a, b):
-            return RidgeStats.from_state_dict(a).merge(RidgeStats.from_state_dict(b)).state_dict()
+            return {"stats": RidgeStats.from_state_dict(a["stats"]).merge(RidgeStats.from_state_dict(b["stats"])).state_dict(),
+                    "errors": a["errors"] + b["errors"]}
 
         def finalize(self, acc):
             return acc
@@ -106,6 +126,37 @@ def _feature_stream(shards, clf, clip, cfg: FitOptions):
     return spine.stream(shards, cfg, views, actors, spine.ActorPlan.resolve(cfg, 2), [view_column(v) for v in views])
 
 
+def _held_out(held, clf, clip, cfg: FitOptions, abort):
+    """(features, CLIP embeddings, labels, read errors) of the held-out shards."""
+    from pipelines.stages.watchdog import with_stall_timeout
+
+    fh, zh, yh, errors = [], [], [], []
+    stream = spine.batches(_feature_stream(held, clf, clip, cfg))
+    for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
+        ok = b["status"] == "ok"
+        finite = np.isfinite(b["f/emb"]).all(1) & np.isfinite(b["z/emb"]).all(1)
+        errors += [[k, s, st, r] for k, s, st, r in zip(b["key"][~ok], b["shard"][~ok], b["stage"][~ok], b["reason"][~ok])]
+        errors += [[k, s, "model", NONFINITE] for k, s in zip(b["key"][ok & ~finite], b["shard"][ok & ~finite])]
+        keep = ok & finite
+        fh.append(b["f/emb"][keep]), zh.append(b["z/emb"][keep]), yh.append(b["label"][keep])
+    return (*(np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh)), errors)
+
+
+def _errors_summary(errors: list, out: str) -> dict:
+    """Every sample the fit left out, as rows of the errors schema in OUT.errors.parquet."""
+    import pyarrow as pa
+
+    from pipelines.io.layout import write_table_atomic
+    from pipelines.stages.collect import ERRORS_SCHEMA
+
+    cols = list(zip(*errors)) if errors else [[], [], [], []]
+    write_table_atomic(pa.table({name: pa.array([str(v) for v in col], pa.string())
+                                 for name, col in zip(ERRORS_SCHEMA.names, cols)}, schema=ERRORS_SCHEMA),
+                       f"{out}.errors.parquet")
+    return {"rows": len(errors), "non_finite_left_out": sum(e[3] == NONFINITE for e in errors),
+            "file": f"{out}.errors.parquet"}
+
+
 def zero_shot_top1(emb: np.ndarray, class_text: np.ndarray, labels: np.ndarray) -> float:
     e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     t = class_text / np.linalg.norm(class_text, axis=1, keepdims=True)
@@ -133,24 +184,22 @@ def run_fit(cfg: FitOptions) -> dict:
     train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
     t0 = time.perf_counter()
-    agg = _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d))
+    attempts: list = []
+    # the sums are redone whole on a restart: a lost attempt's partial sums are dropped, so no
+    # shard is ever counted twice
+    agg = spine.retry(cfg, "the fit's training pass", lambda abort: call_abortable(
+        lambda: _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d)), abort), attempts)
     from sing_ops import RidgeStats
 
-    stats = RidgeStats.from_state_dict(agg["ridge"])
+    stats = RidgeStats.from_state_dict(agg["ridge"]["stats"])
+    train_errors = agg["ridge"]["errors"]
     t_train = time.perf_counter() - t0
     log.info("fit: %d training images from %d shards in %.1fs", stats.n, len(train), t_train)
     if stats.n < 2:
         raise FitError(f"only {stats.n} usable training images in {len(train)} shards")
 
-    fh, zh, yh, n_err = [], [], [], 0
-    from pipelines.stages.watchdog import with_stall_timeout
-
-    held_stream = spine.batches(_feature_stream(held, clf, clip, cfg))
-    for b in with_stall_timeout(held_stream, cfg.stall_timeout, "the held-out stream"):
-        ok = b["status"] == "ok"
-        n_err += int((b["status"] == "error").sum())
-        fh.append(b["f/emb"][ok]), zh.append(b["z/emb"][ok]), yh.append(b["label"][ok])
-    fh, zh, yh = (np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh))
+    fh, zh, yh, held_errors = spine.retry(cfg, "the held-out stream", lambda abort: _held_out(held, clf, clip, cfg, abort),
+                                    attempts)
     if len(yh) < 2:
         raise FitError(f"only {len(yh)} usable held-out images in {len(held)} shards")
     grid = cfg.lambdas or stats.default_grid()
@@ -165,7 +214,8 @@ def run_fit(cfg: FitOptions) -> dict:
     report = {
         "kind": "fit", "started_at": started, "finished_at": utc_now(), "code_version": code_version(),
         "model": clf.model_id, "clip_model": clip.model_id, "in_dim": m, "out_dim": d, "precision": cfg.precision,
-        "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": n_err,
+        "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": sum(e[3] != NONFINITE for e in held_errors),
+        "errors": _errors_summary(train_errors + held_errors, cfg.out),
         "train_shards": len(train), "heldout_shards": len(held),
         "heldout_shard_names": [shard_name(s) for s in held], "lambda": sel.best_lambda,
         "heldout": quality, "lambda_grid": sel.table,
@@ -173,6 +223,7 @@ def run_fit(cfg: FitOptions) -> dict:
                            "clip": zero_shot_top1(zh, class_text, yh),
                            "classifier": float(np.mean(np.argmax(_logits(clf, fh), axis=1) == yh))},
         "seconds": {"train_pass": round(t_train, 3), "total": round(time.perf_counter() - t0, 3)},
+        "attempts": attempts,
         "config": {**asdict(cfg), "argv": sys.argv},
     }
     tr.metadata["fit_report"] = {k: report[k] for k in ("n_train", "n_heldout", "heldout", "zero_shot_top1")}
