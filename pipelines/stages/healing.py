@@ -13,8 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from pipelines.errors import RunFailed
-from pipelines.stages.watchdog import StallError
+from pipelines.stages.watchdog import NodeLost, StallError
 
 log = logging.getLogger("sing.healing")
 
@@ -22,10 +21,6 @@ log = logging.getLogger("sing.healing")
 _RAY_FAILURES = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
                  "WorkerCrashedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
                  "RaySystemError", "OutOfMemoryError", "ActorUnschedulableError", "TaskUnschedulableError")
-
-
-class NodeLost(RunFailed):
-    """A node of the cluster died (or no capacity is left) during an attempt."""
 
 
 def trigger_of(exc: BaseException) -> str | None:

@@ -11,7 +11,6 @@ import queue
 import threading
 from typing import Iterable, Iterator
 
-
 from pipelines.errors import RunFailed
 
 DEFAULT_STALL_S = 1800.0  # half an hour without a single result
@@ -19,6 +18,10 @@ DEFAULT_STALL_S = 1800.0  # half an hour without a single result
 
 class StallError(RunFailed):
     """No result arrived for too long; the run stopped so that a rerun can resume it."""
+
+
+class NodeLost(RunFailed):
+    """A node of the cluster died (or no capacity is left) during an attempt."""
 
 
 _END = object()
@@ -49,8 +52,6 @@ def with_stall_timeout(items: Iterable, timeout_s: float | None, what: str = "th
     while True:
         why = abort() if abort else None
         if why:  # checked between items too: a node can die while results still flow
-            from pipelines.stages.healing import NodeLost
-
             raise NodeLost(why)
         try:
             x = q.get(timeout=1.0 if abort else timeout_s)
