@@ -174,7 +174,7 @@ def run_audit(opts: AuditOptions) -> dict:
         drop = encoded_columns(views) if device else [view_column(v) for v in views]
         ds = spine.stream(plan.todo, opts, views, actors, ap, drop,
                           {"encoded": device, "host_share": opts.host_decode_share})
-        spine.drain(ds, opts, "the audit stream", collector.write, collector.timings)
+        spine.drain(ds, opts, "the audit stream", collector.write, collector.timings, plan.todo)
     wall = time.perf_counter() - plan.t0
     stream = collector.stream_rate()
     return spine.finish(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from pipelines.console import counted_progress, job_progress
 from pipelines.io.layout import write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
 from pipelines.io.remote import is_url, url_fs
@@ -41,30 +42,57 @@ class FitError(BadInput):
     pass
 
 
-def _ridge_aggregation(m: int, d: int):
+def pack_stats(stats) -> bytes:
+    """RidgeStats as one float64 byte string [n, sum_f, sum_z, sum_ff, sum_fz, sum_zz]. Ray Data
+    keeps an aggregation's accumulator in an Arrow column: bytes are Arrow binary, whereas a
+    dict of tensors fails the Arrow conversion and is pickled instead (with a warning per
+    task). n is exact in float64 up to 2**53 images."""
+    parts = [torch.tensor([float(stats.n)], dtype=torch.float64)]
+    parts += [t.reshape(-1).to(torch.float64) for t in (stats.sum_f, stats.sum_z, stats.sum_ff, stats.sum_fz,
+                                                        stats.sum_zz)]
+    return torch.cat(parts).numpy().tobytes()
+
+
+def unpack_stats(blob: bytes, m: int, d: int):
+    """The inverse of pack_stats for an m -> d translator."""
+    from sing_ops import RidgeStats
+
+    v = torch.from_numpy(np.frombuffer(blob, dtype=np.float64).copy())
+    sizes = [1, m, d, m * m, m * d, d]
+    if v.numel() != sum(sizes):
+        raise ValueError(f"packed ridge statistics hold {v.numel()} numbers, expected {sum(sizes)} for {m}->{d}")
+    n, sf, sz, sff, sfz, szz = torch.split(v, sizes)
+    return RidgeStats(m, d, int(n.item()), sf, sz, sff.reshape(m, m), sfz.reshape(m, d), szz)
+
+
+def _ridge_aggregation(m: int, d: int, counter=None):
     from ray.data.aggregate import AggregateFnV2
     from ray.data.block import BlockAccessor
 
     from sing_ops import RidgeStats
 
     class RidgeAggregation(AggregateFnV2):
-        """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree."""
+        """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree;
+        the accumulator travels packed (pack_stats). counter: the progress bar's actor (the
+        driver never sees these rows), told how many images each block held."""
 
         def __init__(self):
-            super().__init__(name="ridge", zero_factory=lambda: RidgeStats(m, d).state_dict(), on=None,
+            super().__init__(name="ridge", zero_factory=lambda: pack_stats(RidgeStats(m, d)), on=None,
                              ignore_nulls=False)
 
         def aggregate_block(self, block):
             cols = BlockAccessor.for_block(block).to_numpy(["status", "f/emb", "z/emb"])
             ok = cols["status"] == "ok"
             stats = RidgeStats(m, d)
+            if counter is not None:
+                counter.add.remote(int((cols["status"] != "end").sum()))  # end rows mark shard ends
             if ok.any():
                 stats.update(torch.from_numpy(np.asarray(cols["f/emb"][ok])),
                              torch.from_numpy(np.asarray(cols["z/emb"][ok])))
-            return stats.state_dict()
+            return pack_stats(stats)
 
         def combine(self, a, b):
-            return RidgeStats.from_state_dict(a).merge(RidgeStats.from_state_dict(b)).state_dict()
+            return pack_stats(unpack_stats(a, m, d).merge(unpack_stats(b, m, d)))
 
         def finalize(self, acc):
             return acc
@@ -133,10 +161,9 @@ def run_fit(cfg: FitOptions) -> dict:
     train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
     t0 = time.perf_counter()
-    agg = _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d))
-    from sing_ops import RidgeStats
-
-    stats = RidgeStats.from_state_dict(agg["ridge"])
+    with counted_progress("fit", train, cfg.progress) as counter:  # a tqdm bar in a terminal only
+        agg = _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d, counter))
+    stats = unpack_stats(agg["ridge"], m, d)
     t_train = time.perf_counter() - t0
     log.info("fit: %d training images from %d shards in %.1fs", stats.n, len(train), t_train)
     if stats.n < 2:
@@ -146,10 +173,12 @@ def run_fit(cfg: FitOptions) -> dict:
     from pipelines.stages.watchdog import with_stall_timeout
 
     held_stream = spine.batches(_feature_stream(held, clf, clip, cfg))
-    for b in with_stall_timeout(held_stream, cfg.stall_timeout, "the held-out stream"):
-        ok = b["status"] == "ok"
-        n_err += int((b["status"] == "error").sum())
-        fh.append(b["f/emb"][ok]), zh.append(b["z/emb"][ok]), yh.append(b["label"][ok])
+    with job_progress("held-out", held, cfg.progress) as bar:
+        for b in with_stall_timeout(held_stream, cfg.stall_timeout, "the held-out stream"):
+            ok = b["status"] == "ok"
+            bar.add(int((b["status"] != "end").sum()))
+            n_err += int((b["status"] == "error").sum())
+            fh.append(b["f/emb"][ok]), zh.append(b["z/emb"][ok]), yh.append(b["label"][ok])
     fh, zh, yh = (np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh))
     if len(yh) < 2:
         raise FitError(f"only {len(yh)} usable held-out images in {len(held)} shards")

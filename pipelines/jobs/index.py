@@ -146,7 +146,7 @@ def build_index(cfg: IndexOptions) -> dict:
         actor = spine.ActorSpec(IndexActor, dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
                                                  precision=cfg.precision))
         ds = spine.stream(plan.todo, cfg, views, [actor], spine.ActorPlan.resolve(cfg), [view_column(v) for v in views])
-        spine.drain(ds, cfg, "the index stream", _writer(cfg, clip.embed_dim))
+        spine.drain(ds, cfg, "the index stream", _writer(cfg, clip.embed_dim), todo=plan.todo)
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "parts").glob("*.parquet"))
     n_err = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "errors").glob("*.parquet"))
     return spine.finish(plan, images=n, errors=n_err)

@@ -212,7 +212,8 @@ def run_steer(cfg: SteerOptions) -> dict:
             stage["forward"] += float(batch["s/t_forward"].sum())
             stage["sing_ops"] += float(batch["s/t_ops"].sum())
 
-        spine.drain(ds, cfg, "the steer stream", _writer(cfg.out, clf.slug, plan.run_id, target, stage), timings)
+        spine.drain(ds, cfg, "the steer stream", _writer(cfg.out, clf.slug, plan.run_id, target, stage), timings,
+                    plan.todo)
     n_rows = count_rows(cfg.out, "steer", clf.slug, plan.run_id)
     if n_rows == 0:
         log.warning("no image of class %d (%s) in the shards", class_index, clf.class_names[class_index])

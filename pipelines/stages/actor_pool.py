@@ -7,6 +7,14 @@ from __future__ import annotations
 DEFAULT_ACTORS_PER_GPU = 2
 DEFAULT_GPU_ACTOR_THREADS = 4
 
+# Ray Data hands every pool actor its constructor (map transformer, DataContext) as objects in
+# the object store and, by default, restarts dead actors without limit; Ray cannot restart an
+# actor whose creation arguments were lost from the store (ray-project/ray#53727) and says
+# so in an error line at every run. A sing run recovers by being rerun (finished shards are
+# skipped; the stall watchdog ends a run that stops), so a dead model actor fails the run
+# (exit 1) instead of being restarted on a promise Ray cannot keep.
+ACTOR_REMOTE_ARGS = {"max_restarts": 0}
+
 
 def actor_pool(n_actors: int, threads: int = 1):
     """A fixed pool of model actors; with threads > 1 each runs that many batches at once
