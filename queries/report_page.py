@@ -32,7 +32,7 @@ def _html_table(df: pl.DataFrame, max_rows: int = 200) -> str:
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-h1, h2, h3, figcaption { overflow-wrap: anywhere; }
+h1, h2, h3, figcaption, th, td { overflow-wrap: anywhere; }  /* wide tables wrap, never run off the page */
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; } th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } td.null { color: #999; }

@@ -92,7 +92,7 @@ def _panel(ax, x, rows, key, label) -> None:
             ax.axvspan(j - 0.4, j + 0.4, color="tab:red", alpha=0.07, lw=0)
     ax.set_ylabel(label, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the panel, never over it
 
 
 def trend_png(cfg, rows: list[dict]) -> bytes:
@@ -101,7 +101,7 @@ def trend_png(cfg, rows: list[dict]) -> bytes:
     from matplotlib.figure import Figure
 
     n = len(rows)
-    fig = Figure(figsize=(max(7.0, 0.7 * n + 3.0), 8.0), dpi=100)
+    fig = Figure(figsize=(max(8.5, 0.7 * n + 4.5), 8.0), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(3, 1, sharex=True)
     x = np.arange(n)
