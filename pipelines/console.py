@@ -149,8 +149,9 @@ def counted_progress(what: str, shards: list[str], progress: bool):
         return
     import threading
 
-    import ray
+    from pipelines.stages.ray_session import ensure_ray
 
+    ray = ensure_ray()  # this process's Ray (ensure_ray's rules), before the actor exists
     counter = ray.remote(num_cpus=0)(_Counter).remote()
     stop = threading.Event()
     with job_progress(what, shards, progress) as bar:

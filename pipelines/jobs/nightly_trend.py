@@ -82,8 +82,8 @@ def _panel(ax, x, rows, key, label) -> None:
         ax.errorbar(x[has], (lo[has] + hi[has]) / 2, yerr=(hi[has] - lo[has]) / 2, fmt="none", ecolor="tab:blue",
                     alpha=0.5, capsize=3, label="confidence interval")
     lim = np.array([r[f"{key}_limit"] for r in rows], float)
-    if (~np.isnan(lim)).any():
-        ax.step(x, lim, where="mid", color="tab:red", ls="--", lw=1.2, label="alarm level (threshold)")
+    if (~np.isnan(lim)).any():  # each checkpoint's own level: its baseline moved by the threshold
+        ax.hlines(lim, x - 0.35, x + 0.35, color="tab:red", ls="--", lw=1.5, label="alarm level (threshold)")
     bad = np.array([r[f"{key}_failed"] for r in rows], bool)
     if bad.any():
         ax.plot(x[bad], y[bad], "X", color="tab:red", ms=11, label="alarm")
@@ -132,19 +132,24 @@ def trend_html(cfg, rows: list[dict], png: bytes) -> str:
         cls = " class=alarm" if r["verdict"] == "alarm" else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     th = cfg.thresholds
+    limits = [f"median |AS| may rise by {th.max_median_abs_as_increase_deg} deg"
+              if th.max_median_abs_as_increase_deg is not None else "",
+              f"{th.is_as_ratio} may fall by {th.max_is_as_ratio_drop_rel:.0%} of the baseline's"
+              if th.max_is_as_ratio_drop_rel is not None else "",
+              f"the error rate may reach {th.max_error_rate}" if th.max_error_rate is not None else ""]
     return "\n".join([
         "<!DOCTYPE html>", "<html lang=en><head><meta charset=utf-8>",
         f"<title>SING nightly trend: {html.escape(cfg.name)}</title><style>",
         "body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1400px} h1{font-size:1.4em;"
         "overflow-wrap:anywhere} img{max-width:100%;border:1px solid #eee} table{border-collapse:collapse;"
-        "font-size:0.8em} th,td{border:1px solid #ddd;padding:2px 6px} tr.alarm td{background:#fde8e8}",
+        "font-size:0.8em} th,td{border:1px solid #ddd;padding:2px 6px;overflow-wrap:anywhere} "
+        "tr.alarm td{background:#fde8e8}",
         "</style></head><body>",
         f"<h1>SING nightly trend: {html.escape(cfg.name)}</h1>",
-        f"<p>Each checkpoint against its baseline: the alarm level is the baseline's value moved by the threshold "
-        f"(median |AS| may rise by {_fmt(th.max_median_abs_as_increase_deg)} deg, {html.escape(th.is_as_ratio)} may "
-        f"fall by {_fmt(th.max_is_as_ratio_drop_rel)} of the baseline's, error rate at most "
-        f"{_fmt(th.max_error_rate)}); bars: {th.confidence:.0%} paired confidence intervals; an alarm fires on "
-        f"the {html.escape(th.alarm_on)} estimate. Red X: a failed check; red band: an alarmed checkpoint.</p>",
+        "<p>Each checkpoint against its baseline; red dashes: its alarm level, the baseline's value moved by the "
+        f"threshold ({html.escape('; '.join(x for x in limits if x) or 'no thresholds')}). Bars: "
+        f"{th.confidence:.0%} paired confidence intervals. An alarm fires on the {html.escape(th.alarm_on)} "
+        "estimate. Red X: a failed check; red band: an alarmed checkpoint.</p>",
         f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="trend of {html.escape(cfg.name)}">',
         "<table>", head, *body, "</table></body></html>"]) + "\n"
 

@@ -19,13 +19,15 @@ DEFAULT_GPU_ACTOR_THREADS = 4
 # **ray_remote_args, ray-project/ray#65227, do not include it), so it goes in ray_remote_args,
 # which warns that they are deprecated: silenced for the one call that passes it (spine.stream).
 ACTOR_REMOTE_ARGS = {"max_restarts": 0}
-warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", module=r"pipelines\.jobs\.spine")
 
 
 def actor_pool(n_actors: int, threads: int = 1):
     """A fixed pool of model actors; with threads > 1 each runs that many batches at once
     (Ray's true multi-threading: the UDF itself runs concurrently, not only the batching)."""
     from ray.data import ActorPoolStrategy
+
+    # after Ray's own filter for its deprecation warnings (set when ray is imported), so it wins
+    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", module=r"pipelines\.jobs\.spine")
 
     if threads <= 1:
         return ActorPoolStrategy(min_size=n_actors, max_size=n_actors)
