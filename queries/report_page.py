@@ -23,7 +23,8 @@ def _html_table(df: pl.DataFrame, max_rows: int = 200) -> str:
             return f"<td class=num>{v}</td>"
         return f"<td>{html.escape(str(v))}</td>"
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    # a column name may break after its underscores (mean_<wbr>abs_<wbr>as), so wide tables fit
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in df.columns)
     body = "\n".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in df.head(max_rows).iter_rows())
     more = f"<p class=note>{df.height - max_rows} more rows not shown.</p>" if df.height > max_rows else ""
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{more}"
@@ -32,7 +33,7 @@ def _html_table(df: pl.DataFrame, max_rows: int = 200) -> str:
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-h1, h2, h3, figcaption, th, td { overflow-wrap: anywhere; }  /* wide tables wrap, never run off the page */
+h1, h2, h3, figcaption { overflow-wrap: anywhere; } td { overflow-wrap: break-word; }  /* never off the page */
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; } th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } td.null { color: #999; }
