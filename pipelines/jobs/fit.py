@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from pipelines.console import counted_progress, job_progress
 from pipelines.io.layout import write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
 from pipelines.io.remote import is_url, url_fs
@@ -53,7 +54,39 @@ def _matrix(col, dim: int) -> np.ndarray:
     return a.astype(np.float32, copy=False).reshape(-1, dim)
 
 
-def _ridge_aggregation(m: int, d: int):
+def pack_stats(stats, errors: list | None = None) -> bytes:
+    """RidgeStats (and the samples left out) as one byte string: the count of numbers (int64),
+    float64 [n, sum_f, sum_z, sum_ff, sum_fz, sum_zz], then the error rows as JSON. Ray Data keeps an
+    aggregation's accumulator in an Arrow column: bytes are Arrow binary, whereas a dict of
+    tensors fails the Arrow conversion and is pickled instead (with a warning per task). n is
+    exact in float64 up to 2**53 images."""
+    import json
+
+    parts = [torch.tensor([float(stats.n)], dtype=torch.float64)]
+    parts += [t.reshape(-1).to(torch.float64) for t in (stats.sum_f, stats.sum_z, stats.sum_ff, stats.sum_fz,
+                                                        stats.sum_zz)]
+    v = torch.cat(parts).numpy()
+    return np.int64(v.size).tobytes() + v.tobytes() + json.dumps(errors or []).encode()
+
+
+def unpack_stats(blob: bytes, m: int, d: int):
+    """The inverse of pack_stats for an m -> d translator: (RidgeStats, error rows)."""
+    import json
+
+    from sing_ops import RidgeStats
+
+    sizes = [1, m, d, m * m, m * d, d]
+    count = int(np.frombuffer(blob[:8], dtype=np.int64)[0])
+    nbytes = 8 + 8 * count
+    if count != sum(sizes) or len(blob) < nbytes:
+        raise ValueError(f"packed ridge statistics hold {count} numbers, expected {sum(sizes)} for {m}->{d}")
+    v = torch.from_numpy(np.frombuffer(blob[8:nbytes], dtype=np.float64).copy())
+    n, sf, sz, sff, sfz, szz = torch.split(v, sizes)
+    stats = RidgeStats(m, d, int(n.item()), sf, sz, sff.reshape(m, m), sfz.reshape(m, d), szz)
+    return stats, json.loads(blob[nbytes:].decode() or "[]")
+
+
+def _ridge_aggregation(m: int, d: int, counter=None):
     from ray.data.aggregate import AggregateFnV2
     from ray.data.block import BlockAccessor
 
@@ -62,11 +95,13 @@ def _ridge_aggregation(m: int, d: int):
     class RidgeAggregation(AggregateFnV2):
         """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree;
         the samples left out (unreadable, or non-finite features or embeddings, which would
-        poison every sum) travel along as error rows."""
+        poison every sum) travel along as error rows; the accumulator travels packed
+        (pack_stats). counter: the progress bar's actor (the driver never sees these rows),
+        told how many images each block held."""
 
         def __init__(self):
-            super().__init__(name="ridge", zero_factory=lambda: {"stats": RidgeStats(m, d).state_dict(), "errors": []},
-                             on=None, ignore_nulls=False)
+            super().__init__(name="ridge", zero_factory=lambda: pack_stats(RidgeStats(m, d)), on=None,
+                             ignore_nulls=False)
 
         def aggregate_block(self, block):
             cols = BlockAccessor.for_block(block).to_numpy(["key", "shard", "status", "stage", "reason", "f/emb",
@@ -75,16 +110,19 @@ def _ridge_aggregation(m: int, d: int):
             ok = cols["status"] == "ok"
             finite = np.isfinite(f).all(1) & np.isfinite(z).all(1)
             stats = RidgeStats(m, d)
+            if counter is not None:
+                counter.add.remote(int((cols["status"] != "end").sum()))  # end rows mark shard ends
             if (ok & finite).any():
                 stats.update(torch.from_numpy(f[ok & finite]), torch.from_numpy(z[ok & finite]))
-            errors = [[k, s, st, r] for k, s, st, r in zip(cols["key"][~ok], cols["shard"][~ok], cols["stage"][~ok],
-                                                           cols["reason"][~ok])]
-            errors += [[k, s, "model", NONFINITE] for k, s in zip(cols["key"][ok & ~finite], cols["shard"][ok & ~finite])]
-            return {"stats": stats.state_dict(), "errors": errors}
+            errors = [[str(k), str(s), str(st), str(r)] for k, s, st, r in
+                      zip(cols["key"][~ok], cols["shard"][~ok], cols["stage"][~ok], cols["reason"][~ok])]
+            errors += [[str(k), str(s), "model", NONFINITE]
+                       for k, s in zip(cols["key"][ok & ~finite], cols["shard"][ok & ~finite])]
+            return pack_stats(stats, errors)
 
         def combine(self, a, b):
-            return {"stats": RidgeStats.from_state_dict(a["stats"]).merge(RidgeStats.from_state_dict(b["stats"])).state_dict(),
-                    "errors": a["errors"] + b["errors"]}
+            (sa, ea), (sb, eb) = unpack_stats(a, m, d), unpack_stats(b, m, d)
+            return pack_stats(sa.merge(sb), ea + eb)
 
         def finalize(self, acc):
             return acc
@@ -132,13 +170,15 @@ def _held_out(held, clf, clip, cfg: FitOptions, abort):
 
     fh, zh, yh, errors = [], [], [], []
     stream = spine.batches(_feature_stream(held, clf, clip, cfg))
-    for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
-        ok = b["status"] == "ok"
-        finite = np.isfinite(b["f/emb"]).all(1) & np.isfinite(b["z/emb"]).all(1)
-        errors += [[k, s, st, r] for k, s, st, r in zip(b["key"][~ok], b["shard"][~ok], b["stage"][~ok], b["reason"][~ok])]
-        errors += [[k, s, "model", NONFINITE] for k, s in zip(b["key"][ok & ~finite], b["shard"][ok & ~finite])]
-        keep = ok & finite
-        fh.append(b["f/emb"][keep]), zh.append(b["z/emb"][keep]), yh.append(b["label"][keep])
+    with job_progress("held-out", held, cfg.progress) as bar:
+        for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
+            bar.add(int((b["status"] != "end").sum()))
+            ok = b["status"] == "ok"
+            finite = np.isfinite(b["f/emb"]).all(1) & np.isfinite(b["z/emb"]).all(1)
+            errors += [[k, s, st, r] for k, s, st, r in zip(b["key"][~ok], b["shard"][~ok], b["stage"][~ok], b["reason"][~ok])]
+            errors += [[k, s, "model", NONFINITE] for k, s in zip(b["key"][ok & ~finite], b["shard"][ok & ~finite])]
+            keep = ok & finite
+            fh.append(b["f/emb"][keep]), zh.append(b["z/emb"][keep]), yh.append(b["label"][keep])
     return (*(np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh)), errors)
 
 
@@ -187,19 +227,21 @@ def run_fit(cfg: FitOptions) -> dict:
     attempts: list = []
     # the sums are redone whole on a restart: a lost attempt's partial sums are dropped, so no
     # shard is ever counted twice
-    agg = spine.retry(cfg, "the fit's training pass", lambda abort: call_abortable(
-        lambda: _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d)), abort), attempts)
-    from sing_ops import RidgeStats
+    from pipelines.stages.ray_session import ensure_ray
 
-    stats = RidgeStats.from_state_dict(agg["ridge"]["stats"])
-    train_errors = agg["ridge"]["errors"]
+    ensure_ray()  # this process's Ray (ensure_ray's rules), before the bar's counter actor
+    with counted_progress("fit", train, cfg.progress) as counter:  # a tqdm bar in a terminal only
+        agg = spine.retry(cfg, "the fit's training pass", lambda abort: call_abortable(
+            lambda: _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d, counter)), abort),
+            attempts)
+    stats, train_errors = unpack_stats(agg["ridge"], m, d)
     t_train = time.perf_counter() - t0
     log.info("fit: %d training images from %d shards in %.1fs", stats.n, len(train), t_train)
     if stats.n < 2:
         raise FitError(f"only {stats.n} usable training images in {len(train)} shards")
 
     fh, zh, yh, held_errors = spine.retry(cfg, "the held-out stream", lambda abort: _held_out(held, clf, clip, cfg, abort),
-                                    attempts)
+                                          attempts)
     if len(yh) < 2:
         raise FitError(f"only {len(yh)} usable held-out images in {len(held)} shards")
     grid = cfg.lambdas or stats.default_grid()

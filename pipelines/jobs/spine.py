@@ -24,7 +24,7 @@ from pipelines.errors import BadInput, RunFailed
 from pipelines.io.layout import check_run_id, derive_run_id
 from pipelines.io.manifest import code_version, load_manifest, utc_now, write_manifest
 from pipelines.options import identity
-from pipelines.stages.actor_pool import DEFAULT_GPU_ACTOR_THREADS, actor_pool
+from pipelines.stages.actor_pool import ACTOR_REMOTE_ARGS, DEFAULT_GPU_ACTOR_THREADS, actor_pool
 
 log = logging.getLogger("sing.spine")
 
@@ -88,7 +88,8 @@ def plan(kind: str, opts, resolved: dict, is_done: Callable[[str, str], bool], m
     config = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
     man = {"kind": kind, "status": "running", "started_at": utc_now(), "code_version": code_version(),
            **manifest, "config": {**config, "argv": sys.argv},
-           "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(shards) - len(done)}}
+           "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(shards) - len(done)},
+           "shard_paths": dict(zip(names, shards))}  # where each image's bytes are (sing report's galleries)
     if manifest_file:
         from pipelines.io.layout import read_json
 
@@ -163,7 +164,8 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
         if i == len(actors) - 1:
             kwargs["drop_views"] = drop
         ds = ds.map_batches(spec.cls, batch_size=opts.batch_size, compute=actor_pool(ap.n_actors, ap.threads),
-                            num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs)
+                            num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs,
+                            **ACTOR_REMOTE_ARGS)
     return ds
 
 
@@ -176,18 +178,24 @@ def read_options(opts) -> dict:
 
 
 def drain(ds, opts, what: str, writer: Callable[[str, dict, float], None],
-          on_batch: Callable[[dict], None] | None = None, abort=None) -> None:
+          on_batch: Callable[[dict], None] | None = None, abort=None, todo: list[str] = ()) -> None:
     """Regroup the stream per shard and call writer(shard, columns, read_seconds) for each
-    shard once all its rows are in. Stall-guarded (opts.stall_timeout); abort() may end it."""
+    shard once all its rows are in. Stall-guarded (opts.stall_timeout); abort() may end it.
+    todo: the shards streamed (the progress bar's estimate of the images to come)."""
+    from pipelines.console import job_progress
     from pipelines.stages.regroup import ShardGrouper
     from pipelines.stages.watchdog import with_stall_timeout
 
     grouper = ShardGrouper()
-    for batch in with_stall_timeout(batches(ds), opts.stall_timeout, what, abort):
-        if on_batch:
-            on_batch(batch)
-        for shard, cols, t_read in grouper.add(batch):
-            writer(shard, cols, t_read)
+    label = what.removeprefix("the ").removesuffix(" stream")
+    with job_progress(label, todo, opts.progress) as bar:  # a tqdm bar in a terminal only
+        for batch in with_stall_timeout(batches(ds), opts.stall_timeout, what, abort):
+            bar.add(int((batch["status"] != "end").sum()))  # end rows mark a shard's end
+            if on_batch:
+                on_batch(batch)
+            for shard, cols, t_read in grouper.add(batch):
+                writer(shard, cols, t_read)
+                bar.shard_done(len(cols["key"]))
     if grouper.unfinished():
         raise RunFailed(f"{what} ended with incomplete shards {grouper.unfinished()}; rerun to retry them")
 
@@ -244,7 +252,7 @@ def run(plan: Plan, opts, what: str, build: Callable[[list[str]], object],
     def attempt(abort):
         todo = plan.todo
         if todo:
-            drain(build(todo), opts, what, write, on_batch, abort)
+            drain(build(todo), opts, what, write, on_batch, abort, todo)
 
     try:
         retry(opts, what, attempt, plan.manifest.setdefault("attempts", []), lambda: len(plan.done))
