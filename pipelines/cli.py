@@ -48,6 +48,8 @@ def parser(selected: str | None = None) -> argparse.ArgumentParser:
                                                          "in their null space.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     p.add_argument("-q", "--quiet", action="store_true", help="less logging, no progress bars")
+    p.add_argument("--verbose", action="store_true", help="Ray's own console output too (its INFO lines and "
+                                                         "progress stream)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_, description=help_)
@@ -82,6 +84,9 @@ def main(argv=None) -> int:
     args = parser(next((a for a in argv if a in COMMANDS), None)).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from pipelines.console import set_verbose
+
+    set_verbose(args.verbose)
     module = importlib.import_module(COMMANDS[args.command][0])
     timeline.mark("imports")  # what a run's fixed cost starts with (pipelines.timeline)
     return _run(args.command, lambda: module.cli_run(args), args.debug)

@@ -115,7 +115,17 @@ class RankOptions:
 
 
 @dataclass
-class StreamOptions:
+class ReadOptions:
+    """Limits of the read tasks, passed to them as they are (pipelines.stages.read)."""
+
+    max_pixels: int | None = opt(None, "decompression-bomb guard in pixels (default: PIL's 89.5 M)",
+                                 check=_at_least(1))
+    max_sample_bytes: int = opt(64 << 20, "a tar member larger than this becomes an error row, never read into "
+                                          "memory (default 64 MiB)", check=_at_least(1))
+
+
+@dataclass
+class StreamOptions(ReadOptions):
     """How the shards stream through the read tasks and the model actors."""
 
     shards: list[str] = opt(help="webdataset shards: glob(s), brace ranges {000..099} or fsspec URLs",
@@ -134,8 +144,8 @@ class StreamOptions:
     stall_timeout: float | None = opt(1800.0, "end the run (exit 1; rerunning resumes) when no result arrives for "
                                               "this long, e.g. after a node was lost (0: wait forever)",
                                       identity=False, metavar="SECONDS", check=_at_least(0))
-    max_pixels: int | None = opt(None, "decompression-bomb guard in pixels (default: PIL's 89.5 M)",
-                                 check=_at_least(1))
+    max_attempts: int = opt(3, "attempts of a run: a lost node, actor or object restarts the stream over the "
+                               "shards not yet written", identity=False, check=_at_least(1))
     threads: int | None = opt(None, "torch threads per CPU actor (default: the cluster's CPUs)", identity=False,
                               cli=False, yaml=False)
     progress: bool = opt(True, "progress bars", identity=False, cli=False, yaml=False)

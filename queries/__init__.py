@@ -7,12 +7,14 @@ runner behind `sing query`, and the figure/HTML report behind `sing report`.
     queries.run_query("class_leakage", "results/", {"model": "resnet50", "top": 10})
     queries.rank_correlation("results/", "resnet50", "vit_large_patch16_224")
     queries.checkpoint_diff("results/", model="resnet50", baseline_run="a", candidate_run="b")
+    queries.checkpoint_intervals("results/", "resnet50", "a", "resnet50", "b")   # paired bootstrap CIs
 
 Callers outside this package import from here (docs/ARCHITECTURE.md lists the modules).
 """
 from .api import (
     RankCorrelation,
     checkpoint_diff,
+    checkpoint_intervals,
     class_leakage,
     concept_shift,
     image_leakage,
@@ -42,7 +44,7 @@ def cli_report(args=None) -> int:
 
 
 __all__ = [
-    "QueryError", "RankCorrelation", "build_report", "checkpoint_diff", "class_leakage", "cli_query",
+    "QueryError", "RankCorrelation", "build_report", "checkpoint_diff", "checkpoint_intervals", "class_leakage", "cli_query",
     "cli_report", "concept_shift", "format_frame", "image_leakage", "list_queries", "load_query",
     "model_summary", "rank_correlation", "run_query", "spearman_p_value", "steer_summary",
 ]

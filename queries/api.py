@@ -75,3 +75,14 @@ def checkpoint_diff(results, model: str | None = None, baseline_run: str | None 
             "n_baseline", "n_candidate"),
         "frame": df,
     }
+
+
+def checkpoint_intervals(results, baseline_model: str, baseline_run: str, candidate_model: str, candidate_run: str,
+                         ratio: str = "median_ratio", confidence: float = 0.95, n_resamples: int = 2000,
+                         seed: int = 0) -> dict:
+    """Paired confidence intervals of candidate against baseline over the images scored on both
+    sides (queries.paired): median_abs_as_increase_deg, <ratio>_drop_rel, n_pairs, method."""
+    from .paired import paired_images, paired_intervals
+
+    pairs = paired_images(results, baseline_model, baseline_run, candidate_model, candidate_run)
+    return paired_intervals(pairs, ratio, confidence, n_resamples, seed)

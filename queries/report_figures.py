@@ -59,8 +59,34 @@ def _figure(w: float, h: float):
     return fig
 
 
+def fit_titles(fig, margin: float = 0.97) -> bool:
+    """Wrap every axes title that runs past the figure's edges (a long model name or run id
+    would run off the image): a title is centred on its axes, so the room it has is twice
+    the distance from its centre to the nearer edge. Wraps at word boundaries, or anywhere
+    in a long unbroken name. Returns whether a title was rewrapped."""
+    import textwrap
+
+    renderer = fig.canvas.get_renderer()
+    changed = False
+    for ax in fig.axes:
+        t = ax.title
+        box = t.get_window_extent(renderer)
+        room = 2 * min(box.x0 + box.width / 2, fig.bbox.width - box.x0 - box.width / 2) * margin
+        if not t.get_text() or box.width <= room:
+            continue
+        lines = t.get_text().split("\n")
+        chars = max(10, int(max(len(line) for line in lines) * room / box.width))
+        t.set_text("\n".join(w for line in lines for w in textwrap.wrap(line, chars, break_long_words=True) or [""]))
+        changed = True
+    return changed
+
+
 def _save(fig, path: Path, written: list[Path]) -> None:
     fig.tight_layout()
+    for _ in range(3):  # the layout moves the axes, and a wrapped title changes the layout
+        if not fit_titles(fig):
+            break
+        fig.tight_layout()
     fig.savefig(path, format="png")
     written.append(path)
 

@@ -1,5 +1,6 @@
-"""index.html of `sing report`: one self-contained page (inline CSS, no script, nothing
-loaded from the network) with the figures and the query tables."""
+"""index.html of `sing report`: one static page (inline CSS, no script, nothing loaded from the
+network) with the figures (PNG files beside it), the gallery strips (inline JPEGs) and the
+query tables."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -22,7 +23,8 @@ def _html_table(df: pl.DataFrame, max_rows: int = 200) -> str:
             return f"<td class=num>{v}</td>"
         return f"<td>{html.escape(str(v))}</td>"
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    # a column name may break after its underscores (mean_<wbr>abs_<wbr>as), so wide tables fit
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in df.columns)
     body = "\n".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in df.head(max_rows).iter_rows())
     more = f"<p class=note>{df.height - max_rows} more rows not shown.</p>" if df.height > max_rows else ""
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{more}"
@@ -31,6 +33,7 @@ def _html_table(df: pl.DataFrame, max_rows: int = 200) -> str:
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+h1, h2, h3, figcaption { overflow-wrap: anywhere; } td { overflow-wrap: break-word; }  /* never off the page */
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; } th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } td.null { color: #999; }
@@ -40,11 +43,14 @@ figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 
 """
 
 
-def index_html(results, summary, leak_top, steer, sections, notes) -> str:
-    """The page: the summary table, the figure sections (title, caption, files), the top of
-    class_leakage, steer_summary (or None) and the notes."""
+def index_html(results, summary, leak_top, steer, sections, notes, gallery: str | None = None) -> str:
+    """The page: the summary table, the figure sections (title, caption, files), the gallery
+    strips (HTML from report_gallery, or None), the top of class_leakage, steer_summary (or
+    None) and the notes."""
+    from .report_gallery_page import THUMB_CSS
+
     parts = ["<!DOCTYPE html>", "<html lang=en><head><meta charset=utf-8>",
-             "<title>SING report</title>", f"<style>{_CSS}</style></head><body>",
+             "<title>SING report</title>", f"<style>{_CSS}{THUMB_CSS}</style></head><body>",
              "<h1>SING null-space audit report</h1>",
              f"<p>Results: <code>{html.escape(str(Path(results).resolve()))}</code>; generated "
              f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Angles in degrees. "
@@ -62,6 +68,11 @@ def index_html(results, summary, leak_top, steer, sections, notes) -> str:
         for f in files:
             parts.append(f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
                          f"<figcaption>{html.escape(f.name)}</figcaption></figure>")
+    if gallery:
+        parts += ["<h2>Image galleries</h2>",
+                  "<p>The images that hide the most (highest |AS|) and the least (lowest |AS|) class semantics in "
+                  "the null space, and those with the largest IS, per model and run; each model's page also has "
+                  "the top classes by median |AS|.</p>", gallery]
     parts += ["<h2>Class leakage (top classes per model and run)</h2>",
               "<p>leakage_rank 1 = largest median |AS| within the model and run.</p>", _html_table(leak_top)]
     if steer is not None:

@@ -192,6 +192,17 @@ def test_explain_cli_json_retrieval_and_contact_sheets(setup, capsys):
     b64 = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(b64) == 2 * (1 + 3 + 3)
     assert Image.open(io.BytesIO(base64.b64decode(b64[1]))).size == (48, 48)
+    # each row is anchored by its image (sing report --explain-dir links there); the JSON names the sheet
+    from pipelines.jobs.explain_render import explain_anchor
+
+    assert f"id='{explain_anchor('shard-000001', 'n01443537/n01443537_2')}'" in page
+    assert res["meta"]["sheet"] == str(sheet)
+    # without an index: the query images, their scores and concepts, no neighbour columns
+    bare = root / "bare.html"
+    assert sing(["-q", "explain", from_shard, "--model", CLASSIFIER, "--translator", str(tr), "--sheet", str(bare)]) == 0
+    bare_page = bare.read_text()
+    assert bare_page.count("data:image/jpeg;base64,") == 1 and "nearest to T(f)" not in bare_page
+    assert "the null space" in bare_page
     # PNG contact sheet, with an explicit label by name
     png = root / "sheet.png"
     assert sing(["-q", "explain", str(img), "--model", CLASSIFIER, "--translator", str(tr), "--label", "class_0",
@@ -206,7 +217,7 @@ def test_explain_cli_json_retrieval_and_contact_sheets(setup, capsys):
     ("missing_key", "has no sample with key"),
     ("other_model", "was fitted for source model"),
     ("unknown_label", "unknown class 'goldfsh'"),
-    ("sheet_without_index", "--sheet needs --index"),
+    ("bad_sheet_suffix", "--sheet must end in .html or .png"),
     ("other_clip_index", "rebuild it with `sing index --clip openclip:tiny@random`"),
     ("not_an_index", "not an image index"),
 ])
@@ -222,8 +233,8 @@ def test_bad_input_exits_2(setup, case, message, capsys, tmp_path):
         argv[3] = "timm:test_resnet@random?num_classes=5"
     elif case == "unknown_label":
         argv += ["--label", "goldfsh"]
-    elif case == "sheet_without_index":
-        argv += ["--sheet", str(tmp_path / "s.html")]
+    elif case == "bad_sheet_suffix":
+        argv += ["--sheet", str(tmp_path / "s.txt")]
     elif case == "other_clip_index":
         shutil.copytree(root / "idx", tmp_path / "idx")
         meta = json.loads((tmp_path / "idx" / "index.json").read_text())

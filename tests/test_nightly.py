@@ -157,6 +157,17 @@ def test_nightly_alarm_baselines_and_idempotency(world, ray_session, monkeypatch
     cand_med = _median_abs_as(res, leaky["slug"], leaky["run_id"])
     assert checks["median_abs_as_increase_deg"]["value"] == pytest.approx(cand_med - base_med, abs=1e-6)
     assert cand_med - base_med > 0.5
+    # its uncertainty: a paired interval over the images both audited, holding the estimate
+    med_check = checks["median_abs_as_increase_deg"]
+    lo, hi = med_check["interval"]
+    assert lo <= med_check["value"] <= hi and med_check["interval_vs_limit"] == "fail"
+    assert leaky["uncertainty"]["n_pairs"] == leaky["counts"]["images"] and med_check["confidence"] == 0.95
+    # the series' trend page, named by the summary: every checkpoint so far, in training order
+    trend = Path(s3["trend"])
+    assert trend == res / "nightly" / "rn-test" / "trend.html"
+    page = trend.read_text()
+    assert "data:image/png;base64," in page and page.count("<tr class=alarm>") == 1
+    assert [page.index(f"epoch_00{i}") for i in (1, 2, 3)] == sorted(page.index(f"epoch_00{i}") for i in (1, 2, 3))
 
     # night 4: a clean checkpoint is compared with the newest one that did NOT alarm
     _checkpoint(ck / "epoch_004.safetensors", v, 4_000, seed=4)
@@ -211,6 +222,9 @@ def test_nightly_fixed_baseline_run_and_dry_run(world, ray_session, capsys):
     ({"checkpoints": {"source": "EMPTY", "arch": f"{ARCH}@random"}}, "without weights"),
     ({"baseline": {"run": "no-such-run"}}, "baseline run"),
     ({"thresholds": {"max_error_rate": -1}}, ">= 0"),
+    ({"thresholds": {"alarm_on": "maybe"}}, "thresholds.alarm_on"),
+    ({"thresholds": {"confidence": 1.5}}, "thresholds.confidence"),
+    ({"thresholds": {"bootstrap_resamples": 10}}, "thresholds.bootstrap_resamples"),
     ({"audit": {"shards": "/nope/*.tar"}}, "nope"),
     ({"audit": {"shards": "X", "decode": "gpu"}}, "audit.decode"),
     ({"audit": {"shards": "X", "decode": "device", "host_decode_share": 1.5}}, "within [0, 1]"),

@@ -76,3 +76,38 @@ def test_cli_report_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sing report: error: results directory not found") and err.count("\n") == 1
     assert cli_report(["--out", str(tmp_path / "o")]) == 2                 # --results required
+
+
+def test_figure_titles_stay_inside_the_image(tmp_path, monkeypatch):
+    """A long model name and run id: every title is wrapped to fit its figure (the concept
+    figure's used to run off the image)."""
+    import queries.report_figures as figures
+
+    slug = "timm-" + "very_long_model_name_" * 3 + "a1_in1k"
+    w = write_results(tmp_path / "r", models={slug: {}}, runs=("run-" + "0123456789abcdef" * 3,), n_per_class=6,
+                      n_classes=5)
+    inside = []
+    real = figures._save
+
+    def save_and_measure(fig, path, written):
+        real(fig, path, written)
+        r = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            box = ax.title.get_window_extent(r)
+            inside.append((path.name, box.x0 >= 0 and box.x1 <= fig.bbox.width))
+
+    monkeypatch.setattr(figures, "_save", save_and_measure)
+    build_report(str(w.root), str(tmp_path / "rep"), thumbs_per_class=0)
+    assert {n.split("_")[0] for n, _ in inside} == {"as", "ratio", "class", "concepts"}
+    assert all(ok for _, ok in inside), inside
+    # the check sees a title that runs off: the same figure without fit_titles
+    fig = figures._figure(7.2, 3.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_title(f"{slug} / run: class 'x', top 30 of 182 concepts by |mean AS|", fontsize=10)
+    fig.tight_layout()
+    box = ax.title.get_window_extent(fig.canvas.get_renderer())
+    assert box.x1 > fig.bbox.width or box.x0 < 0
+    assert figures.fit_titles(fig)
+    fig.tight_layout()
+    box = ax.title.get_window_extent(fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width

@@ -179,18 +179,19 @@ def _make_sample(key: str, shard: str, parts: dict[str, bytes], require_label: b
     return Sample(key=key, shard=shard, image=parts[ext], ext=ext, label=label, meta=meta)
 
 
-def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | SampleError]:
+DEFAULT_MAX_SAMPLE_BYTES = 64 << 20
+
+
+def iter_shard(path: str, require_label: bool = True,
+               max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES) -> Iterator[Sample | SampleError]:
     """Yield Samples and SampleErrors of one tar shard (local path or fsspec URL); never raises
     on bad data. A damaged tar yields every sample before the damage and then one
     SampleError(key='<shard>#truncated', stage='read'): a sample whose member data is cut is
     dropped (named in the reason); when the damage is a header (or a missing end of archive),
-    the last sample read is still yielded, since all of its members read so far are intact."""
+    the last sample read is still yielded, since all of its members read so far are intact.
+    A member larger than max_sample_bytes is never read (the tar reader seeks past it): its
+    sample becomes a SampleError."""
     shard = shard_name(path)
-
-    def damage(reason: str, pending: str | None):
-        extra = f"; sample {pending!r} was being read and is dropped" if pending else ""
-        return SampleError(f"{shard}#truncated", shard, "read", reason + extra)
-
     try:
         import fsspec
 
@@ -199,62 +200,88 @@ def iter_shard(path: str, require_label: bool = True) -> Iterator[Sample | Sampl
         yield SampleError(f"{shard}#truncated", shard, "read", f"cannot open {path}: {type(e).__name__}: {e}")
         return
     try:
-        try:
-            size = fh.seek(0, io.SEEK_END)
-            fh.seek(0)
-            tf = tarfile.open(fileobj=fh, mode="r:")
-        except Exception as e:  # noqa: BLE001
-            yield damage(f"not a readable tar: {type(e).__name__}: {e}", None)
-            return
-        seen: set[str] = set()
-        cur_key: str | None = None
-        parts: dict[str, bytes] = {}
-        it = iter(tf)
-        while True:
-            try:
-                m = next(it)
-            except StopIteration:
-                break
-            except Exception as e:  # noqa: BLE001
-                if cur_key is not None:
-                    yield _make_sample(cur_key, shard, parts, require_label)
-                yield damage(f"corrupt tar header after offset {tf.offset}: {e}", None)
-                return
-            if not m.isfile():
-                continue
-            key, ext = _split_key(m.name)
-            if key != cur_key:
-                if cur_key is not None:
-                    yield _make_sample(cur_key, shard, parts, require_label)
-                if key in seen:
-                    # members of one key must be contiguous (webdataset semantics)
-                    cur_key, parts = None, {}
-                    yield SampleError(key, shard, "read", "duplicate key: its members are not contiguous")
-                    continue
-                seen.add(key)
-                cur_key, parts = key, {}
-            try:
-                data = tf.extractfile(m).read()
-            except Exception as e:  # noqa: BLE001
-                yield damage(f"member {m.name!r} ({m.size} bytes at offset {m.offset_data}) "
-                             f"is cut short: {e}", cur_key)
-                return
-            if len(data) != m.size:
-                yield damage(f"member {m.name!r} is cut short ({len(data)} of {m.size} bytes)", cur_key)
-                return
-            if ext in parts:
-                log.warning("%s: key %s has two %r members; keeping the first", shard, key, ext)
-            else:
-                parts[ext] = data
-        # tarfile stops silently on a missing/invalid header: require the end-of-archive block
-        end = tf.offset
-        fh.seek(end)
-        tail = fh.read(512)
-        if cur_key is not None:
-            yield _make_sample(cur_key, shard, parts, require_label)
-        if len(tail) < 512 or tail.strip(b"\0"):
-            why = ("file ends without the end-of-archive marker" if len(tail) < 512
-                   else "invalid tar header")
-            yield damage(f"{why} at offset {end} of {size} bytes", None)
+        yield from _read_tar(fh, shard, require_label, max_sample_bytes)
     finally:
         fh.close()
+
+
+def _damage(shard: str, reason: str, pending: str | None = None) -> SampleError:
+    extra = f"; sample {pending!r} was being read and is dropped" if pending else ""
+    return SampleError(f"{shard}#truncated", shard, "read", reason + extra)
+
+
+def _missing_end(fh, end: int, size: int) -> str | None:
+    """tarfile stops silently on a missing/invalid header: require the end-of-archive block."""
+    fh.seek(end)
+    tail = fh.read(512)
+    if len(tail) < 512:
+        return f"file ends without the end-of-archive marker at offset {end} of {size} bytes"
+    if tail.strip(b"\0"):
+        return f"invalid tar header at offset {end} of {size} bytes"
+    return None
+
+
+def _read_tar(fh, shard: str, require_label: bool, max_sample_bytes: int) -> Iterator[Sample | SampleError]:
+    oversized: dict[str, str] = {}  # key -> why its sample is refused
+
+    def emit(key, parts):
+        if key in oversized:
+            return SampleError(key, shard, "read", oversized.pop(key))
+        return _make_sample(key, shard, parts, require_label)
+
+    try:
+        size = fh.seek(0, io.SEEK_END)
+        fh.seek(0)
+        tf = tarfile.open(fileobj=fh, mode="r:")
+    except Exception as e:  # noqa: BLE001
+        yield _damage(shard, f"not a readable tar: {type(e).__name__}: {e}")
+        return
+    seen: set[str] = set()
+    cur_key: str | None = None
+    parts: dict[str, bytes] = {}
+    it = iter(tf)
+    while True:
+        try:
+            m = next(it)
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001
+            if cur_key is not None:
+                yield emit(cur_key, parts)
+            yield _damage(shard, f"corrupt tar header after offset {tf.offset}: {e}")
+            return
+        if not m.isfile():
+            continue
+        key, ext = _split_key(m.name)
+        if key != cur_key:
+            if cur_key is not None:
+                yield emit(cur_key, parts)
+            if key in seen:
+                # members of one key must be contiguous (webdataset semantics)
+                cur_key, parts = None, {}
+                yield SampleError(key, shard, "read", "duplicate key: its members are not contiguous")
+                continue
+            seen.add(key)
+            cur_key, parts = key, {}
+        if m.size > max_sample_bytes:
+            oversized.setdefault(key, f"member {m.name!r} is {m.size} bytes, above the limit of "
+                                      f"{max_sample_bytes} (--max-sample-bytes); not read")
+            continue
+        try:
+            data = tf.extractfile(m).read()
+        except Exception as e:  # noqa: BLE001
+            yield _damage(shard, f"member {m.name!r} ({m.size} bytes at offset {m.offset_data}) "
+                                 f"is cut short: {e}", cur_key)
+            return
+        if len(data) != m.size:
+            yield _damage(shard, f"member {m.name!r} is cut short ({len(data)} of {m.size} bytes)", cur_key)
+            return
+        if ext in parts:
+            log.warning("%s: key %s has two %r members; keeping the first", shard, key, ext)
+        else:
+            parts[ext] = data
+    if cur_key is not None:
+        yield emit(cur_key, parts)
+    why = _missing_end(fh, tf.offset, size)
+    if why:
+        yield _damage(shard, why)

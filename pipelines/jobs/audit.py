@@ -199,8 +199,6 @@ def run_audit(opts: AuditOptions) -> dict:
     if plan.todo:
         views = unique_views([p.clf.preprocess for p in prepared])
         device = opts.decode == Decode.DEVICE
-        ap = spine.ActorPlan.resolve(opts, len(prepared))
-        plan.manifest["actor_pool"] = ap.as_manifest()
         refs = [share(p.clf, p.decomposition, p.translator) for p in prepared]  # held until the stream ends
         actors = [spine.ActorSpec(ScoreActor, dict(
             prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path), class_text=p.class_text,
@@ -209,11 +207,17 @@ def run_audit(opts: AuditOptions) -> dict:
             precision=opts.precision, prepared=ref, compile=opts.compile, batch_size=opts.batch_size))
             for i, (p, (mode, share_), ref) in enumerate(zip(prepared, modes, refs))]
         drop = encoded_columns(views) if device else [view_column(v) for v in views]
-        ds = spine.stream(plan.todo, opts, views, actors, ap, drop,
-                          {"encoded": device, "host_share": opts.host_decode_share})
+
+        def build(todo):  # per attempt: a restart sizes the pool for the nodes left
+            ap = spine.ActorPlan.resolve(opts, len(prepared))
+            plan.manifest["actor_pool"] = ap.as_manifest()
+            ds = spine.stream(todo, opts, views, actors, ap, drop,
+                              {"encoded": device, "host_share": opts.host_decode_share})
+            timeline.mark("stream_started")  # Ray Data executes lazily: from the first pull on
+            return ds
+
         startup = timeline.ActorStartup([f"m{i}" for i in range(len(prepared))])
-        timeline.mark("stream_started")  # Ray Data executes lazily: from the first pull on
-        spine.drain(ds, opts, "the audit stream", collector.write, lambda b: (collector.timings(b), startup(b)))
+        spine.run(plan, opts, "the audit stream", build, collector.write, lambda b: (collector.timings(b), startup(b)))
         timeline.mark("last_result")
         plan.manifest["startup_seconds"] = startup.finish()
         del refs

@@ -126,6 +126,7 @@ def run_demo(out: str, per_photo: int = 12, offline: bool = False) -> dict:
     man = run_audit(AuditOptions(models=[clf_spec], translators=[str(translator)], shards=shards,
                                 out=str(out_p / "results"), concepts=str(vocab)))
     print_summary(out_p / "results", man)
+    print_next_steps(out_p, man, clf_spec, translator)
     return man
 
 
@@ -144,6 +145,38 @@ def print_summary(results: Path, manifest: dict) -> None:
     print(f"model {m['model_id']}: null_dim {m['null_dim']} of {m['num_features']}; "
           f"{len(df)} images, mean IS/|AS| = {df['is_deg'].mean() / df['abs_as_deg'].mean():.1f}; "
           f"results in {results} (run {manifest['run_id']})")
+
+
+def next_commands(out: Path, manifest: dict, clf_spec: str, translator: Path) -> list[str]:
+    """The commands to try next, on this demo's real paths: a query, the report with its
+    galleries, and `sing explain` of the image that hides the most (largest |AS|), whose sheet
+    the report then links from that image's thumbnail."""
+    import shlex
+
+    import polars as pl
+
+    results = out / "results"
+    df = pl.read_parquet(str(results / "images" / "**" / "*.parquet"), hive_partitioning=True).filter(
+        pl.col("run") == manifest["run_id"]).sort(["abs_as_deg", "key"], descending=[True, False], nulls_last=True)
+    shard, key = df.row(0, named=True)["shard"], df.row(0, named=True)["key"]
+    shard_path = manifest.get("shard_paths", {}).get(shard, str(out / "shards" / f"{shard}.tar"))
+    explain = out / "explain"
+    stem = key.replace("/", "_")
+    q = shlex.quote
+    return [
+        f"sing query model_summary --results {q(str(results))}",
+        f"sing explain {q(f'{shard_path}#{key}')} --model {q(clf_spec)} --translator {q(str(translator))} "
+        f"--json {q(str(explain / f'{stem}.json'))} --sheet {q(str(explain / f'{stem}.html'))}",
+        f"sing report --results {q(str(results))} --out {q(str(out / 'report'))} --explain-dir {q(str(explain))}",
+    ]
+
+
+def print_next_steps(out: Path, manifest: dict, clf_spec: str, translator: Path) -> None:
+    cmds = next_commands(out, manifest, clf_spec, translator)
+    print("\nnext, try:")
+    print(f"  {cmds[0]}    # the per-model summary as SQL (sing query --list: every question)")
+    print(f"  {cmds[1]}    # the image that hides the most, one sheet")
+    print(f"  {cmds[2]}    # figures and image galleries; open {out / 'report' / 'index.html'}")
 
 
 def cli_args(p) -> None:

@@ -218,7 +218,8 @@ class ExplainOptions(PrecisionOptions, RankOptions):
     json_out: str | None = opt(None, "write the explanations as JSON (a path or URL)", flag="--json", metavar="OUT")
     index: str | None = opt(None, "image index from `sing index`: show the nearest real images")
     k: int = opt(5, "nearest images per query (with --index)")
-    sheet: str | None = opt(None, "contact sheet OUT.html or OUT.png (with --index)")
+    sheet: str | None = opt(None, "contact sheet OUT.html or OUT.png (with --index: and the nearest images); "
+                                  "`sing report --explain-dir` links its galleries to OUT.html")
     templates: str | None = opt(None, "class prompt templates (default: the translator's)")
     device: str | None = opt(None, "cpu or cuda (default: cuda when available)")
     max_pixels: int | None = opt(None, "decompression-bomb guard in pixels (default: PIL's)")
@@ -231,8 +232,6 @@ def _check_config(cfg: ExplainOptions):
         raise ExplainError(f"--top must be >= 1, got {cfg.top}")
     if cfg.k < 1:
         raise ExplainError(f"--k must be >= 1, got {cfg.k}")
-    if cfg.sheet and not cfg.index:
-        raise ExplainError("--sheet needs --index DIR (built with `sing index`) to find the nearest images")
     if cfg.sheet and Path(cfg.sheet).suffix.lower() not in (".html", ".htm", ".png"):
         raise ExplainError(f"--sheet must end in .html or .png, got {cfg.sheet}")
 
@@ -333,7 +332,8 @@ def run_explain(cfg: ExplainOptions) -> dict:
                  "class_text": {k: v for k, v in text_info.items() if k != "name_differences"} if text_info else None,
                  "null_dim": dec.null_dim, "rank": dec.rank,
                  "concepts": str(cfg.concepts or DEFAULT_CONCEPTS), "n_concepts": len(concepts),
-                 "index": str(cfg.index) if cfg.index else None, "k": cfg.k if cfg.index else None},
+                 "index": str(cfg.index) if cfg.index else None, "k": cfg.k if cfg.index else None,
+                 "sheet": str(cfg.sheet) if cfg.sheet else None},
         "images": rows,
     }
     if cfg.json_out:

@@ -21,6 +21,14 @@ def thumbnail_jpeg(img, size: int = 128, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
+def explain_anchor(shard: str | None, key: str | None) -> str:
+    """The id of an image's row in a contact sheet: `sing report --explain-dir` links a
+    thumbnail to SHEET.html#<anchor>."""
+    import re
+
+    return "img-" + re.sub(r"[^A-Za-z0-9._-]", "-", f"{shard or ''}/{key or ''}")
+
+
 def _fmt(v, spec=".2f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -57,13 +65,17 @@ def format_explanations(result: dict) -> str:
 
 
 def write_sheet(path, queries, rows, index) -> Path:
-    """Contact sheet: query image | k nearest to T(f) | k nearest to T(f~), one row per image.
-    .html: self-contained page with base64 JPEG thumbnails; .png: a matplotlib figure."""
+    """Contact sheet: query image | k nearest to T(f) | k nearest to T(f~), one row per image
+    (without an index: the query image, its scores and the concepts that moved).
+    .html: self-contained page with base64 JPEG thumbnails, each row anchored by
+    explain_anchor(shard, key); .png: a matplotlib figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cells = []  # per row: (query jpeg, caption), [(jpeg, caption)], [(jpeg, caption)]
     for q, r in zip(queries, rows):
         def hits(which):
+            if index is None:
+                return []
             got = r["nearest"][which]
             thumbs = index.thumbnails([(h["shard"], h["key"]) for h in got])
             return [(t, f"{h['key']}\nlabel {h['label']}, cos {h['cosine']:.3f}") for t, h in zip(thumbs, got)]
@@ -84,19 +96,25 @@ def _sheet_html(path: Path, cells) -> None:
         cap = "<br>".join(html.escape(line) for line in caption.split("\n"))
         return f"<figure>{tag}<figcaption>{cap}</figcaption></figure>"
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sing explain</title><style>",
+    neighbours = any(near_f or near_eq for _q, near_f, near_eq, _r in cells)
+    title = ("SING: nearest real images to T(f) and to its null-free equivalent T(f~)" if neighbours
+             else "SING explain: scores and the concepts that moved under null removal")
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>sing explain</title><style>",
              "body{font-family:sans-serif} table{border-collapse:collapse} td{vertical-align:top;padding:6px;"
-             "border-top:1px solid #ccc} figure{display:inline-block;margin:2px;width:132px;font-size:11px}"
-             "img{width:128px;height:128px} .q{background:#f4f4f4}</style></head><body>",
-             "<h1>SING: nearest real images to T(f) and to its null-free equivalent T(f~)</h1>",
-             "<table><tr><th>query</th><th>nearest to T(f)</th><th>nearest to T(f~)</th></tr>"]
+             "border-top:1px solid #ccc} figure{display:inline-block;margin:2px;width:132px;font-size:11px;"
+             "overflow-wrap:anywhere} img{width:128px;height:128px} .q{background:#f4f4f4} "
+             "tr:target td{outline:3px solid #d33}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             "<table><tr><th>query</th>" + ("<th>nearest to T(f)</th><th>nearest to T(f~)</th>" if neighbours else "")
+             + "</tr>"]
     for (qj, qc), near_f, near_eq, r in cells:
         info = (f"AS {_fmt(r['as_deg'], '+.2f')} / pred AS {_fmt(r['pred_as_deg'], '+.2f')} / "
                 f"IS {_fmt(r['is_deg'], '.2f')} deg; {r['description']}")
-        parts.append(f"<tr><td class='q'>{img(qj, qc)}<div style='width:260px;font-size:11px'>"
-                     f"{html.escape(info)}</div></td>"
-                     f"<td>{''.join(img(j, c) for j, c in near_f)}</td>"
-                     f"<td>{''.join(img(j, c) for j, c in near_eq)}</td></tr>")
+        row = (f"<tr id='{explain_anchor(r.get('shard'), r.get('key'))}'><td class='q'>{img(qj, qc)}"
+               f"<div style='width:260px;font-size:11px;overflow-wrap:anywhere'>{html.escape(info)}</div></td>")
+        if neighbours:
+            row += f"<td>{''.join(img(j, c) for j, c in near_f)}</td><td>{''.join(img(j, c) for j, c in near_eq)}</td>"
+        parts.append(row + "</tr>")
     parts.append("</table></body></html>")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
@@ -110,7 +128,7 @@ def _sheet_png(path: Path, cells) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    k = max(max(len(c[1]), len(c[2])) for c in cells)
+    k = max(max(len(c[1]), len(c[2])) for c in cells)  # 0 without an index: the query images alone
     ncol = 1 + 2 * k
     fig, axes = plt.subplots(len(cells), ncol, figsize=(1.6 * ncol, 2.2 * len(cells) + 0.4), squeeze=False)
     for row, ((qj, qc), near_f, near_eq, _r) in enumerate(cells):
@@ -121,8 +139,8 @@ def _sheet_png(path: Path, cells) -> None:
             if jpeg:
                 ax.imshow(Image.open(io.BytesIO(jpeg)).convert("RGB"))
             ax.set_title("\n".join(line[-26:] for line in cap.split("\n")), fontsize=6)
-    fig.suptitle(f"query  |  {k} nearest real images to T(f)  |  {k} nearest to T(f~) (null part removed)",
-                 fontsize=9)
+    fig.suptitle(f"query  |  {k} nearest real images to T(f)  |  {k} nearest to T(f~) (null part removed)"
+                 if k else "query images (no index: no neighbours)", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from pipelines.console import counted_progress, job_progress
 from pipelines.io.layout import write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
 from pipelines.io.remote import is_url, url_fs
 from pipelines.io.translator_file import save_translator
 from pipelines.errors import BadInput
 from pipelines.jobs import spine
+from pipelines.stages.healing import call_abortable
 from pipelines.options import PrecisionOptions, StreamOptions, _templates, add_arguments, check, from_namespace, opt
 
 log = logging.getLogger("sing.fit")
@@ -41,30 +43,86 @@ class FitError(BadInput):
     pass
 
 
-def _ridge_aggregation(m: int, d: int):
+NONFINITE = "non-finite (NaN/Inf) classifier feature or CLIP embedding: left out of the fit"
+
+
+def _matrix(col, dim: int) -> np.ndarray:
+    """(n, dim) float32 from a block column (a tensor column, or one array per row)."""
+    a = np.asarray(col)
+    if a.dtype == object:
+        a = np.stack(list(a)) if len(a) else np.zeros((0, dim), np.float32)
+    return a.astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def pack_stats(stats, errors: list | None = None) -> bytes:
+    """RidgeStats (and the samples left out) as one byte string: the count of numbers (int64),
+    float64 [n, sum_f, sum_z, sum_ff, sum_fz, sum_zz], then the error rows as JSON. Ray Data keeps an
+    aggregation's accumulator in an Arrow column: bytes are Arrow binary, whereas a dict of
+    tensors fails the Arrow conversion and is pickled instead (with a warning per task). n is
+    exact in float64 up to 2**53 images."""
+    import json
+
+    parts = [torch.tensor([float(stats.n)], dtype=torch.float64)]
+    parts += [t.reshape(-1).to(torch.float64) for t in (stats.sum_f, stats.sum_z, stats.sum_ff, stats.sum_fz,
+                                                        stats.sum_zz)]
+    v = torch.cat(parts).numpy()
+    return np.int64(v.size).tobytes() + v.tobytes() + json.dumps(errors or []).encode()
+
+
+def unpack_stats(blob: bytes, m: int, d: int):
+    """The inverse of pack_stats for an m -> d translator: (RidgeStats, error rows)."""
+    import json
+
+    from sing_ops import RidgeStats
+
+    sizes = [1, m, d, m * m, m * d, d]
+    count = int(np.frombuffer(blob[:8], dtype=np.int64)[0])
+    nbytes = 8 + 8 * count
+    if count != sum(sizes) or len(blob) < nbytes:
+        raise ValueError(f"packed ridge statistics hold {count} numbers, expected {sum(sizes)} for {m}->{d}")
+    v = torch.from_numpy(np.frombuffer(blob[8:nbytes], dtype=np.float64).copy())
+    n, sf, sz, sff, sfz, szz = torch.split(v, sizes)
+    stats = RidgeStats(m, d, int(n.item()), sf, sz, sff.reshape(m, m), sfz.reshape(m, d), szz)
+    return stats, json.loads(blob[nbytes:].decode() or "[]")
+
+
+def _ridge_aggregation(m: int, d: int, counter=None):
     from ray.data.aggregate import AggregateFnV2
     from ray.data.block import BlockAccessor
 
     from sing_ops import RidgeStats
 
     class RidgeAggregation(AggregateFnV2):
-        """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree."""
+        """RidgeStats as a Ray Data aggregation: sums per block on the worker, merged in a tree;
+        the samples left out (unreadable, or non-finite features or embeddings, which would
+        poison every sum) travel along as error rows; the accumulator travels packed
+        (pack_stats). counter: the progress bar's actor (the driver never sees these rows),
+        told how many images each block held."""
 
         def __init__(self):
-            super().__init__(name="ridge", zero_factory=lambda: RidgeStats(m, d).state_dict(), on=None,
+            super().__init__(name="ridge", zero_factory=lambda: pack_stats(RidgeStats(m, d)), on=None,
                              ignore_nulls=False)
 
         def aggregate_block(self, block):
-            cols = BlockAccessor.for_block(block).to_numpy(["status", "f/emb", "z/emb"])
+            cols = BlockAccessor.for_block(block).to_numpy(["key", "shard", "status", "stage", "reason", "f/emb",
+                                                            "z/emb"])
+            f, z = _matrix(cols["f/emb"], m), _matrix(cols["z/emb"], d)
             ok = cols["status"] == "ok"
+            finite = np.isfinite(f).all(1) & np.isfinite(z).all(1)
             stats = RidgeStats(m, d)
-            if ok.any():
-                stats.update(torch.from_numpy(np.asarray(cols["f/emb"][ok])),
-                             torch.from_numpy(np.asarray(cols["z/emb"][ok])))
-            return stats.state_dict()
+            if counter is not None:
+                counter.add.remote(int((cols["status"] != "end").sum()))  # end rows mark shard ends
+            if (ok & finite).any():
+                stats.update(torch.from_numpy(f[ok & finite]), torch.from_numpy(z[ok & finite]))
+            errors = [[str(k), str(s), str(st), str(r)] for k, s, st, r in
+                      zip(cols["key"][~ok], cols["shard"][~ok], cols["stage"][~ok], cols["reason"][~ok])]
+            errors += [[str(k), str(s), "model", NONFINITE]
+                       for k, s in zip(cols["key"][ok & ~finite], cols["shard"][ok & ~finite])]
+            return pack_stats(stats, errors)
 
         def combine(self, a, b):
-            return RidgeStats.from_state_dict(a).merge(RidgeStats.from_state_dict(b)).state_dict()
+            (sa, ea), (sb, eb) = unpack_stats(a, m, d), unpack_stats(b, m, d)
+            return pack_stats(sa.merge(sb), ea + eb)
 
         def finalize(self, acc):
             return acc
@@ -110,6 +168,39 @@ def _feature_stream(shards, clf, clip, cfg: FitOptions):
     return spine.stream(shards, cfg, views, actors, ap, [view_column(v) for v in views])
 
 
+def _held_out(held, clf, clip, cfg: FitOptions, abort):
+    """(features, CLIP embeddings, labels, read errors) of the held-out shards."""
+    from pipelines.stages.watchdog import with_stall_timeout
+
+    fh, zh, yh, errors = [], [], [], []
+    stream = spine.batches(_feature_stream(held, clf, clip, cfg))
+    with job_progress("held-out", held, cfg.progress) as bar:
+        for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
+            bar.add(int((b["status"] != "end").sum()))
+            ok = b["status"] == "ok"
+            finite = np.isfinite(b["f/emb"]).all(1) & np.isfinite(b["z/emb"]).all(1)
+            errors += [[k, s, st, r] for k, s, st, r in zip(b["key"][~ok], b["shard"][~ok], b["stage"][~ok], b["reason"][~ok])]
+            errors += [[k, s, "model", NONFINITE] for k, s in zip(b["key"][ok & ~finite], b["shard"][ok & ~finite])]
+            keep = ok & finite
+            fh.append(b["f/emb"][keep]), zh.append(b["z/emb"][keep]), yh.append(b["label"][keep])
+    return (*(np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh)), errors)
+
+
+def _errors_summary(errors: list, out: str) -> dict:
+    """Every sample the fit left out, as rows of the errors schema in OUT.errors.parquet."""
+    import pyarrow as pa
+
+    from pipelines.io.layout import write_table_atomic
+    from pipelines.stages.collect import ERRORS_SCHEMA
+
+    cols = list(zip(*errors)) if errors else [[], [], [], []]
+    write_table_atomic(pa.table({name: pa.array([str(v) for v in col], pa.string())
+                                 for name, col in zip(ERRORS_SCHEMA.names, cols)}, schema=ERRORS_SCHEMA),
+                       f"{out}.errors.parquet")
+    return {"rows": len(errors), "non_finite_left_out": sum(e[3] == NONFINITE for e in errors),
+            "file": f"{out}.errors.parquet"}
+
+
 def zero_shot_top1(emb: np.ndarray, class_text: np.ndarray, labels: np.ndarray) -> float:
     e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     t = class_text / np.linalg.norm(class_text, axis=1, keepdims=True)
@@ -137,24 +228,24 @@ def run_fit(cfg: FitOptions) -> dict:
     train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
     t0 = time.perf_counter()
-    agg = _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d))
-    from sing_ops import RidgeStats
+    attempts: list = []
+    # the sums are redone whole on a restart: a lost attempt's partial sums are dropped, so no
+    # shard is ever counted twice
+    from pipelines.stages.ray_session import ensure_ray
 
-    stats = RidgeStats.from_state_dict(agg["ridge"])
+    ensure_ray()  # this process's Ray (ensure_ray's rules), before the bar's counter actor
+    with counted_progress("fit", train, cfg.progress) as counter:  # a tqdm bar in a terminal only
+        agg = spine.retry(cfg, "the fit's training pass", lambda abort: call_abortable(
+            lambda: _feature_stream(train, clf, clip, cfg).aggregate(_ridge_aggregation(m, d, counter)), abort),
+            attempts)
+    stats, train_errors = unpack_stats(agg["ridge"], m, d)
     t_train = time.perf_counter() - t0
     log.info("fit: %d training images from %d shards in %.1fs", stats.n, len(train), t_train)
     if stats.n < 2:
         raise FitError(f"only {stats.n} usable training images in {len(train)} shards")
 
-    fh, zh, yh, n_err = [], [], [], 0
-    from pipelines.stages.watchdog import with_stall_timeout
-
-    held_stream = spine.batches(_feature_stream(held, clf, clip, cfg))
-    for b in with_stall_timeout(held_stream, cfg.stall_timeout, "the held-out stream"):
-        ok = b["status"] == "ok"
-        n_err += int((b["status"] == "error").sum())
-        fh.append(b["f/emb"][ok]), zh.append(b["z/emb"][ok]), yh.append(b["label"][ok])
-    fh, zh, yh = (np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh))
+    fh, zh, yh, held_errors = spine.retry(cfg, "the held-out stream", lambda abort: _held_out(held, clf, clip, cfg, abort),
+                                          attempts)
     if len(yh) < 2:
         raise FitError(f"only {len(yh)} usable held-out images in {len(held)} shards")
     grid = cfg.lambdas or stats.default_grid()
@@ -169,7 +260,8 @@ def run_fit(cfg: FitOptions) -> dict:
     report = {
         "kind": "fit", "started_at": started, "finished_at": utc_now(), "code_version": code_version(),
         "model": clf.model_id, "clip_model": clip.model_id, "in_dim": m, "out_dim": d, "precision": cfg.precision,
-        "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": n_err,
+        "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": sum(e[3] != NONFINITE for e in held_errors),
+        "errors": _errors_summary(train_errors + held_errors, cfg.out),
         "train_shards": len(train), "heldout_shards": len(held),
         "heldout_shard_names": [shard_name(s) for s in held], "lambda": sel.best_lambda,
         "heldout": quality, "lambda_grid": sel.table,
@@ -177,6 +269,7 @@ def run_fit(cfg: FitOptions) -> dict:
                            "clip": zero_shot_top1(zh, class_text, yh),
                            "classifier": float(np.mean(np.argmax(_logits(clf, fh), axis=1) == yh))},
         "seconds": {"train_pass": round(t_train, 3), "total": round(time.perf_counter() - t0, 3)},
+        "attempts": attempts,
         "config": {**asdict(cfg), "argv": sys.argv},
     }
     tr.metadata["fit_report"] = {k: report[k] for k in ("n_train", "n_heldout", "heldout", "zero_shot_top1")}

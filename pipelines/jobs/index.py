@@ -145,8 +145,10 @@ def build_index(cfg: IndexOptions) -> dict:
         views = unique_views([clip.preprocess, tspec])
         actor = spine.ActorSpec(IndexActor, dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
                                                  precision=cfg.precision))
-        ds = spine.stream(plan.todo, cfg, views, [actor], spine.ActorPlan.resolve(cfg), [view_column(v) for v in views])
-        spine.drain(ds, cfg, "the index stream", _writer(cfg, clip.embed_dim))
+        drop = [view_column(v) for v in views]
+        spine.run(plan, cfg, "the index stream",
+                  lambda todo: spine.stream(todo, cfg, views, [actor], spine.ActorPlan.resolve(cfg), drop),
+                  _writer(cfg, clip.embed_dim))
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "parts").glob("*.parquet"))
     n_err = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "errors").glob("*.parquet"))
     return spine.finish(plan, images=n, errors=n_err)

@@ -68,28 +68,47 @@ def _finite(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
-def evaluate(cfg: NightlyConfig, diff: dict | None, counts: dict) -> list[dict]:
-    """One dict per configured check: value, limit, passed (None when undefined, e.g. no
-    baseline or a ratio over a head without null space)."""
-    th, checks = cfg.thresholds, []
+def _check(name: str, limit: float, baseline, candidate, value, interval: dict | None, th) -> dict:
+    """One check against its limit. `interval` ({low, high} of the same quantity as `value`)
+    decides under alarm_on: interval: the check fails only when the whole interval lies above
+    the limit; without an interval (no paired images) the point estimate decides."""
+    low, high = (interval or {}).get("low"), (interval or {}).get("high")
+    has_ci = _finite(low) and _finite(high)
+    if th.alarm_on == "interval" and has_ci:
+        passed, basis = low <= limit, "interval"
+    else:
+        passed = (value <= limit) if _finite(value) else None
+        basis = "point" if th.alarm_on == "point" else "point (no interval)"
+    return {"check": name, "limit": limit, "baseline": baseline, "candidate": candidate, "value": value,
+            "interval": [low, high] if has_ci else None, "confidence": th.confidence if has_ci else None,
+            # where the limit falls against the interval: below it (a clear pass), inside it
+            # (an uncertain verdict), above it (a clear fail)
+            "interval_vs_limit": None if not has_ci else ("pass" if high <= limit else "fail" if low > limit
+                                                          else "uncertain"),
+            "alarm_on": basis, "passed": passed}
+
+
+def evaluate(cfg: NightlyConfig, diff: dict | None, counts: dict, intervals: dict | None = None) -> list[dict]:
+    """One dict per configured check: value, limit, interval, passed (None when undefined, e.g.
+    no baseline or a ratio over a head without null space). intervals: the paired intervals
+    of queries.checkpoint_intervals (None: no baseline)."""
+    from queries.paired import error_rate_interval
+
+    th, checks, iv = cfg.thresholds, [], intervals or {}
     if th.max_median_abs_as_increase_deg is not None:
         s = (diff or {}).get("stats", {}).get("median_abs_as", {})
-        v = s.get("delta")
-        checks.append({"check": "median_abs_as_increase_deg", "limit": th.max_median_abs_as_increase_deg,
-                       "baseline": s.get("baseline"), "candidate": s.get("candidate"), "value": v,
-                       "passed": (v <= th.max_median_abs_as_increase_deg) if _finite(v) else None})
+        checks.append(_check("median_abs_as_increase_deg", th.max_median_abs_as_increase_deg, s.get("baseline"),
+                             s.get("candidate"), s.get("delta"), iv.get("median_abs_as_increase_deg"), th))
     if th.max_is_as_ratio_drop_rel is not None:
         s = (diff or {}).get("stats", {}).get(th.is_as_ratio, {})
         b, c = s.get("baseline"), s.get("candidate")
         v = (b - c) / abs(b) if _finite(b) and _finite(c) and b != 0 else None
-        checks.append({"check": f"{th.is_as_ratio}_drop_rel", "limit": th.max_is_as_ratio_drop_rel,
-                       "baseline": b, "candidate": c, "value": v,
-                       "passed": (v <= th.max_is_as_ratio_drop_rel) if v is not None else None})
+        checks.append(_check(f"{th.is_as_ratio}_drop_rel", th.max_is_as_ratio_drop_rel, b, c, v,
+                             iv.get(f"{th.is_as_ratio}_drop_rel"), th))
     if th.max_error_rate is not None:
-        n = counts.get("images", 0) + counts.get("errors", 0)
-        v = counts.get("errors", 0) / n if n else None
-        checks.append({"check": "error_rate", "limit": th.max_error_rate, "baseline": None,
-                       "candidate": v, "value": v, "passed": (v <= th.max_error_rate) if v is not None else None})
+        errors, n = counts.get("errors", 0), counts.get("images", 0) + counts.get("errors", 0)
+        rate = error_rate_interval(errors, n, th.confidence)
+        checks.append(_check("error_rate", th.max_error_rate, None, rate["estimate"], rate["estimate"], rate, th))
     return checks
 
 
@@ -157,34 +176,12 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
                                         translator_match=match, progress=progress, extra={"nightly": cfg.name}))
     slugs = [m["slug"] for m in man["models"]]
 
-    from queries import QueryError, checkpoint_diff
-
     results, judged = [], dict(state.get("checkpoints", {}))
     for ck, slug, tpath in zip(picked, slugs, translators):
-        counts = man["counts"][slug]
-        if fixed:
-            baseline = fixed
-        else:
-            prev = _previous({"checkpoints": judged}, ck, cfg.checkpoints.order)
-            baseline = prev and {"run": prev["run_id"], "slug": prev["slug"], "name": prev["name"],
-                                 "sha256": prev["sha256"]}
-        diff = None
-        if baseline:
-            try:
-                diff = checkpoint_diff(cfg.out, baseline_run=baseline["run"], candidate_run=run_id,
-                                       baseline_model=baseline["slug"], candidate_model=slug)
-            except QueryError as exc:  # e.g. the baseline's results were deleted
-                raise BadInput(f"comparing {ck.name} with {baseline['name']}: {exc}") from exc
-        checks = evaluate(cfg, diff, counts)
-        verdict = "alarm" if any(c["passed"] is False for c in checks) else ("ok" if baseline else "no-baseline")
-        rec = {"name": ck.name, "uri": ck.uri, "sha256": ck.sha256, "slug": slug, "run_id": run_id,
-               "translator": tpath, "verdict": verdict, "audited_at": utc_now(),
-               "order_key": {"mtime": list(ck.order_key("mtime")), "name": list(ck.order_key("name"))}}
-        results.append({**rec, "baseline": baseline, "counts": counts, "checks": checks,
-                        "stats": diff and diff["stats"],
-                        "top_classes": diff["top_classes"].to_dicts() if diff else []})
-        judged[ck.sha256] = rec
-        log.info("%s: %s", ck.name, verdict.upper())
+        result = _judge(cfg, ck, slug, tpath, run_id, man["counts"][slug], fixed, judged)
+        results.append(result)
+        judged[ck.sha256] = {k: result[k] for k in STATE_KEYS}
+        log.info("%s: %s", ck.name, result["verdict"].upper())
 
     alarm = any(r["verdict"] == "alarm" for r in results)
     ndir = nightly_dir(cfg)
@@ -193,10 +190,56 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
                "thresholds": asdict(cfg.thresholds), "exit_code": EXIT_ALARM if alarm else EXIT_OK}
     if cfg.report:
         summary["report"] = _report(cfg, run_id, slugs + [r["baseline"]["slug"] for r in results if r["baseline"]])
+    summary["trend"] = _trend(cfg, judged)
     write_json_atomic(summary, ndir / f"{run_id}.json")
     # state last: a night killed before this point is redone (and resumes) next time
     write_json_atomic({**state, "checkpoints": judged, "updated_at": utc_now()}, ndir / "state.json")
     return summary
+
+
+# what state.json keeps of each judged checkpoint (the trend page reads it)
+STATE_KEYS = ("name", "uri", "sha256", "slug", "run_id", "translator", "verdict", "audited_at", "order_key", "checks")
+
+
+def _judge(cfg: NightlyConfig, ck: Checkpoint, slug: str, tpath: str, run_id: str, counts: dict,
+           fixed: dict | None, judged: dict) -> dict:
+    """One checkpoint's verdict against its baseline: statistics (checkpoint_diff), paired
+    intervals (checkpoint_intervals), checks."""
+    from queries import QueryError, checkpoint_diff, checkpoint_intervals
+
+    if fixed:
+        baseline = fixed
+    else:
+        prev = _previous({"checkpoints": judged}, ck, cfg.checkpoints.order)
+        baseline = prev and {"run": prev["run_id"], "slug": prev["slug"], "name": prev["name"],
+                             "sha256": prev["sha256"]}
+    diff = intervals = None
+    th = cfg.thresholds
+    if baseline:
+        try:
+            diff = checkpoint_diff(cfg.out, baseline_run=baseline["run"], candidate_run=run_id,
+                                   baseline_model=baseline["slug"], candidate_model=slug)
+            intervals = checkpoint_intervals(cfg.out, baseline["slug"], baseline["run"], slug, run_id,
+                                             th.is_as_ratio, th.confidence, th.bootstrap_resamples)
+        except QueryError as exc:  # e.g. the baseline's results were deleted
+            raise BadInput(f"comparing {ck.name} with {baseline['name']}: {exc}") from exc
+    checks = evaluate(cfg, diff, counts, intervals)
+    verdict = "alarm" if any(c["passed"] is False for c in checks) else ("ok" if baseline else "no-baseline")
+    return {"name": ck.name, "uri": ck.uri, "sha256": ck.sha256, "slug": slug, "run_id": run_id,
+            "translator": tpath, "verdict": verdict, "audited_at": utc_now(),
+            "order_key": {"mtime": list(ck.order_key("mtime")), "name": list(ck.order_key("name"))},
+            "baseline": baseline, "counts": counts, "checks": checks, "uncertainty": intervals,
+            "stats": diff and diff["stats"], "top_classes": diff["top_classes"].to_dicts() if diff else []}
+
+
+def _trend(cfg: NightlyConfig, judged: dict) -> str | None:
+    from pipelines.jobs.nightly_trend import write_trend
+
+    try:
+        return str(write_trend(cfg, judged))
+    except Exception as exc:  # noqa: BLE001 - a failed picture must not hide the verdict
+        log.warning("trend page failed (verdicts unaffected): %s", exc)
+        return None
 
 
 def _report(cfg: NightlyConfig, run_id: str, slugs: list[str]) -> str | None:
@@ -227,9 +270,12 @@ def format_summary(s: dict) -> str:
         for c in r["checks"]:
             mark = {True: "ok", False: "FAIL", None: "n/a"}[c["passed"]]
             val = "undefined" if c["value"] is None else f"{c['value']:.4g}"
-            lines.append(f"    {mark:4} {c['check']} = {val} (limit {c['limit']})")
-    if s.get("report"):
-        lines.append(f"report: {s['report']}")
+            ci = c.get("interval")
+            unc = (f", {c['confidence']:.0%} CI [{ci[0]:.4g}, {ci[1]:.4g}], {c['interval_vs_limit']}" if ci else "")
+            lines.append(f"    {mark:4} {c['check']} = {val} (limit {c['limit']}{unc}; alarm on {c['alarm_on']})")
+    for key in ("report", "trend"):
+        if s.get(key):
+            lines.append(f"{key}: {s[key]}")
     return "\n".join(lines + bad)
 
 

@@ -16,6 +16,7 @@ AUDIT_SET_BY_NIGHTLY = ("models", "translators", "translator_match", "out", "run
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RATIOS = ("median_ratio", "ratio_of_means")
+ALARM_ON = ("point", "interval")
 
 
 class NightlyConfigError(BadInput):
@@ -47,6 +48,11 @@ class Thresholds:
     max_is_as_ratio_drop_rel: float | None = None
     is_as_ratio: str = "median_ratio"
     max_error_rate: float | None = None
+    # point: alarm when the estimate crosses a limit; interval: only when the whole confidence
+    # interval does (fewer false alarms on small audits; queries.paired)
+    alarm_on: str = "point"
+    confidence: float = 0.95
+    bootstrap_resamples: int = 2000
 
 
 @dataclass
@@ -143,13 +149,20 @@ def parse_nightly_config(doc: dict, path: str | None = None) -> NightlyConfig:
 
     th = _take(top.get("thresholds") or {}, "thresholds", (), ("max_median_abs_as_increase_deg",
                                                               "max_is_as_ratio_drop_rel", "is_as_ratio",
-                                                              "max_error_rate"))
+                                                              "max_error_rate", "alarm_on", "confidence",
+                                                              "bootstrap_resamples"))
+    confidence = _num(th.get("confidence", 0.95), "thresholds.confidence")
+    if not 0.5 <= confidence < 1:
+        raise NightlyConfigError(f"thresholds.confidence: expected a level in [0.5, 1), got {confidence!r}")
     thresholds = Thresholds(
         max_median_abs_as_increase_deg=_num(th.get("max_median_abs_as_increase_deg"),
                                             "thresholds.max_median_abs_as_increase_deg"),
         max_is_as_ratio_drop_rel=_num(th.get("max_is_as_ratio_drop_rel"), "thresholds.max_is_as_ratio_drop_rel"),
         is_as_ratio=_choice(th.get("is_as_ratio", "median_ratio"), "thresholds.is_as_ratio", RATIOS),
-        max_error_rate=_num(th.get("max_error_rate"), "thresholds.max_error_rate"))
+        max_error_rate=_num(th.get("max_error_rate"), "thresholds.max_error_rate"),
+        alarm_on=_choice(th.get("alarm_on", "point"), "thresholds.alarm_on", ALARM_ON), confidence=confidence,
+        bootstrap_resamples=_num(th.get("bootstrap_resamples", 2000), "thresholds.bootstrap_resamples", 100,
+                                 integer=True))
 
     o = _take(top["output"], "output", ("dir",), ("report",))
     if is_url(str(o["dir"])):

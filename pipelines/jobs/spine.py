@@ -24,7 +24,7 @@ from pipelines.errors import BadInput, RunFailed
 from pipelines.io.layout import check_run_id, derive_run_id
 from pipelines.io.manifest import code_version, load_manifest, utc_now, write_manifest
 from pipelines.options import identity
-from pipelines.stages.actor_pool import DEFAULT_GPU_ACTOR_THREADS, actor_pool
+from pipelines.stages.actor_pool import ACTOR_REMOTE_ARGS, DEFAULT_GPU_ACTOR_THREADS, actor_pool
 
 log = logging.getLogger("sing.spine")
 
@@ -88,7 +88,8 @@ def plan(kind: str, opts, resolved: dict, is_done: Callable[[str, str], bool], m
     config = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
     man = {"kind": kind, "status": "running", "started_at": utc_now(), "code_version": code_version(),
            **manifest, "config": {**config, "argv": sys.argv},
-           "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(shards) - len(done)}}
+           "shards": {"total": len(shards), "skipped_done": len(done), "todo": len(shards) - len(done)},
+           "shard_paths": dict(zip(names, shards))}  # where each image's bytes are (sing report's galleries)
     if manifest_file:
         from pipelines.io.layout import read_json
 
@@ -157,31 +158,109 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
     configure_data_context(opts.progress, opts.buffer_gb)
     ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
-                        fn_kwargs={"views": views, "max_pixels": opts.max_pixels, **(read_kwargs or {})})
+                        fn_kwargs={"views": views, **read_options(opts), **(read_kwargs or {})})
     for i, spec in enumerate(actors):
         kwargs = {"device": opts.device, "threads": ap.torch_threads, **spec.kwargs}
         if i == len(actors) - 1:
             kwargs["drop_views"] = drop
         ds = ds.map_batches(spec.cls, batch_size=opts.batch_size, compute=actor_pool(ap.n_actors, ap.threads),
-                            num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs)
+                            num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs,
+                            **ACTOR_REMOTE_ARGS)
     return ds
 
 
+def read_options(opts) -> dict:
+    """The read tasks' limits, passed on as declared (options.ReadOptions): a new read option
+    needs no change here."""
+    from pipelines.options import ReadOptions
+
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(ReadOptions)}
+
+
 def drain(ds, opts, what: str, writer: Callable[[str, dict, float], None],
-          on_batch: Callable[[dict], None] | None = None) -> None:
+          on_batch: Callable[[dict], None] | None = None, abort=None, todo: list[str] = ()) -> None:
     """Regroup the stream per shard and call writer(shard, columns, read_seconds) for each
-    shard once all its rows are in. Stall-guarded (opts.stall_timeout)."""
+    shard once all its rows are in. Stall-guarded (opts.stall_timeout); abort() may end it.
+    todo: the shards streamed (the progress bar's estimate of the images to come)."""
+    from pipelines.console import job_progress
     from pipelines.stages.regroup import ShardGrouper
     from pipelines.stages.watchdog import with_stall_timeout
 
     grouper = ShardGrouper()
-    for batch in with_stall_timeout(batches(ds), opts.stall_timeout, what):
-        if on_batch:
-            on_batch(batch)
-        for shard, cols, t_read in grouper.add(batch):
-            writer(shard, cols, t_read)
+    label = what.removeprefix("the ").removesuffix(" stream")
+    with job_progress(label, todo, opts.progress) as bar:  # a tqdm bar in a terminal only
+        for batch in with_stall_timeout(batches(ds), opts.stall_timeout, what, abort):
+            bar.add(int((batch["status"] != "end").sum()))  # end rows mark a shard's end
+            if on_batch:
+                on_batch(batch)
+            for shard, cols, t_read in grouper.add(batch):
+                writer(shard, cols, t_read)
+                bar.shard_done(len(cols["key"]))
     if grouper.unfinished():
         raise RunFailed(f"{what} ended with incomplete shards {grouper.unfinished()}; rerun to retry them")
+
+
+def retry(opts, what: str, attempt: Callable, record: list, progress: Callable[[], int] | None = None):
+    """attempt(abort) until it succeeds, restarting on what a restart can cure (a lost node,
+    actor or object, a stall), up to opts.max_attempts. abort() names a node that died during
+    the attempt (checked by the drain every second). Each attempt and what ended it go into
+    `record`; progress() counts what an attempt got done (shards written)."""
+    from pipelines.stages.healing import NodeMonitor, executors, stop_executors, trigger_of, wait_for_capacity
+    from pipelines.stages.ray_session import ensure_ray
+
+    ensure_ray()
+    trigger = None
+    for n in range(1, opts.max_attempts + 1):
+        rec = {"what": what, "attempt": n, "started_at": utc_now()}
+        record.append(rec)
+        before, monitor, done0 = executors(), None, progress() if progress else 0
+        try:
+            # an autoscaler may be bringing a lost node back; no longer than a stall would wait
+            wait_for_capacity(timeout_s=min(30.0, opts.stall_timeout or 30.0))
+            monitor = NodeMonitor().start()
+            out = attempt(monitor.reason)
+            rec.update(status="complete", finished_at=utc_now())
+            if monitor.reason():  # died after the last result: nothing was left to redo
+                rec["node_lost_after_the_last_result"] = monitor.reason()
+            return out
+        except Exception as exc:
+            trigger = trigger_of(exc)
+            rec.update(finished_at=utc_now(), trigger=trigger or f"{type(exc).__name__}: {str(exc)[:300]}",
+                       status="failed" if trigger is None or n == opts.max_attempts else "restarted")
+            if trigger is None:
+                raise
+            log.warning("%s, attempt %d of %d: %s; restarting", what, n, opts.max_attempts, trigger)
+        finally:
+            if progress:
+                rec["shards_written"] = progress() - done0
+            if monitor:
+                monitor.stop()
+            stop_executors(before)
+    raise RunFailed(f"{what} did not finish in {opts.max_attempts} attempts (last: {trigger})")
+
+
+def run(plan: Plan, opts, what: str, build: Callable[[list[str]], object],
+        writer: Callable[[str, dict, float], None], on_batch: Callable[[dict], None] | None = None) -> None:
+    """stream + drain, healing: a lost node, actor or object ends the attempt and the stream
+    restarts over the shards not yet written (finished shards are kept, a partial one is
+    redone from its start: nothing is lost or written twice), up to opts.max_attempts. The
+    attempts and what ended each go into the manifest (`attempts`)."""
+    def write(shard: str, cols: dict, t_read: float) -> None:
+        writer(shard, cols, t_read)
+        plan.done.add(shard)
+
+    def attempt(abort):
+        todo = plan.todo
+        if todo:
+            drain(build(todo), opts, what, write, on_batch, abort, todo)
+
+    try:
+        retry(opts, what, attempt, plan.manifest.setdefault("attempts", []), lambda: len(plan.done))
+    except RunFailed as exc:
+        raise RunFailed(f"{exc}; {len(plan.done)} of {len(plan.names)} shards are on disk: rerun the same command "
+                        "to resume") from exc
+    finally:
+        plan.save()
 
 
 def batches(ds) -> Iterator[dict]:

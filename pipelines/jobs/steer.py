@@ -200,19 +200,21 @@ def run_steer(cfg: SteerOptions) -> dict:
     log.info("steer: class %d (%s) -> %r", class_index, clf.class_names[class_index], target)
     stage = defaultdict(float)
     if plan.todo:
-        ap = spine.ActorPlan.resolve(cfg)
         actor = spine.ActorSpec(SteerActor, dict(
             prefix="s", model_spec=cfg.model, translator_path=str(cfg.translator), target_text=text,
             class_index=class_index, eps=cfg.eps, is_deg=cfg.is_deg, rank_atol=cfg.rank_atol, rank_rtol=cfg.rank_rtol,
             view=clf.preprocess, precision=cfg.precision))
-        ds = spine.stream(plan.todo, cfg, [clf.preprocess], [actor], ap, [f"img:{clf.preprocess.view_key}"],
-                          {"only_label": class_index})
+
+        def build(todo):
+            return spine.stream(todo, cfg, [clf.preprocess], [actor], spine.ActorPlan.resolve(cfg),
+                                [f"img:{clf.preprocess.view_key}"], {"only_label": class_index})
 
         def timings(batch):
             stage["forward"] += float(batch["s/t_forward"].sum())
             stage["sing_ops"] += float(batch["s/t_ops"].sum())
 
-        spine.drain(ds, cfg, "the steer stream", _writer(cfg.out, clf.slug, plan.run_id, target, stage), timings)
+        spine.run(plan, cfg, "the steer stream", build, _writer(cfg.out, clf.slug, plan.run_id, target, stage),
+                  timings)
     n_rows = count_rows(cfg.out, "steer", clf.slug, plan.run_id)
     if n_rows == 0:
         log.warning("no image of class %d (%s) in the shards", class_index, clf.class_names[class_index])

@@ -130,13 +130,17 @@ def clip_identity(clip_spec: str, checkpoint_sha256: str | None = None) -> str:
 
 
 def text_embeddings(clip_spec: str, names: list[str], templates: list[str], get_clip, sha: str | None = None):
-    """embed_texts(get_clip(), names, templates), cached: on a hit CLIP is not even loaded."""
+    """(N, d) float32 prompt embeddings of `names` by get_clip(), cached: on a hit CLIP is not
+    even loaded."""
     key = entry_key("text", [clip_identity(clip_spec, sha), list(templates), list(names)])
     hit = load(key, {"embeddings": None})
     if hit is not None and hit["embeddings"].shape[0] == len(names):
         return hit["embeddings"]
-    from pipelines.models.text import compute_text_embeddings
+    import torch
 
-    emb = compute_text_embeddings(get_clip(), names, templates)
+    from pipelines.models.clip import embed_prompts
+
+    with torch.inference_mode():
+        emb = embed_prompts(get_clip(), names, templates).float().cpu().numpy()
     store(key, {"embeddings": emb})
     return emb

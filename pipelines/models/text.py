@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from pipelines.io.layout import write_table_atomic
 from pipelines.io.remote import local_copy
@@ -48,13 +47,6 @@ def embed_texts(clip, names: list[str], templates: list[str]) -> np.ndarray:
     from pipelines.models.derived_cache import text_embeddings
 
     return text_embeddings(clip.model_id, names, templates, lambda: clip, clip.checkpoint_sha256)
-
-
-def compute_text_embeddings(clip, names: list[str], templates: list[str]) -> np.ndarray:
-    from pipelines.models.clip import embed_prompts
-
-    with torch.inference_mode():
-        return embed_prompts(clip, names, templates).float().cpu().numpy()
 
 
 def save_embeddings(path, names: list[str], emb: np.ndarray, clip_model: str, templates: list[str],

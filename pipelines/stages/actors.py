@@ -38,6 +38,10 @@ def _set_threads(threads: int | None):
         torch.set_num_threads(threads)
 
 
+DEGENERATE = ("score: the translated feature T(f) or T(f~) is zero or not finite, so the angles are undefined "
+              "(a degenerate translator or feature)")
+
+
 class _ModelActor:
     """Common to the model actors: device, CUDA stream per thread, precision, inputs."""
 
@@ -225,6 +229,9 @@ class ScoreActor(_ModelActor):
                 host = torch.cat(parts, 1).cpu().numpy()
                 for j, name in enumerate(names):
                     cols[name][idx] = host[:, j]
+                if self.scorer.null_dim:  # undefined angles (T(f) zero or not finite) are errors, not NULLs
+                    degenerate = idx[~(np.isfinite(cols["as_deg"][idx]) & np.isfinite(cols["is_deg"][idx]))]
+                    err[degenerate] = DEGENERATE
                 if k:
                     before[idx] = host[:, len(names):len(names) + k]
                     after[idx] = host[:, len(names) + k:]

@@ -48,10 +48,15 @@ def _f32_nullable(a: np.ndarray) -> pa.Array:
     return pa.array(a, mask=np.isnan(a), type=pa.float32())
 
 
+def _stage(reason: str, default: str) -> str:
+    head = str(reason).split(": ", 1)[0]
+    return head if head in ("decode", "score") else default
+
+
 def error_table(cols: dict, shard: str, model_err: np.ndarray | None = None, stage: str = "model") -> pa.Table:
     """The errors table of one shard: the rows the read stage could not read or decode, then
     the rows a model could not score (model_err: its per-row reason, "" for none; a reason
-    starting "decode: " is a decode error of device mode)."""
+    starting "decode: " is a decode error of device mode, "score: " a degenerate score)."""
     status = cols["status"]
     bad_read = status == "error"
     bad_model = (status == "ok") & (model_err != "") if model_err is not None else np.zeros(len(status), bool)
@@ -59,8 +64,7 @@ def error_table(cols: dict, shard: str, model_err: np.ndarray | None = None, sta
     return pa.table({
         "key": pa.array(list(cols["key"][bad_read]) + list(cols["key"][bad_model]), pa.string()),
         "shard": pa.array([shard] * int(bad_read.sum() + bad_model.sum()), pa.string()),
-        "stage": pa.array(list(cols["stage"][bad_read]) + [
-            "decode" if str(r).startswith("decode: ") else stage for r in reasons], pa.string()),
+        "stage": pa.array(list(cols["stage"][bad_read]) + [_stage(r, stage) for r in reasons], pa.string()),
         "reason": pa.array(list(cols["reason"][bad_read]) + reasons, pa.string()),
     }, schema=ERRORS_SCHEMA)
 

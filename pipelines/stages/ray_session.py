@@ -18,8 +18,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
 
     if ray.is_initialized():
         return ray
+    from pipelines.console import ray_logging_level
+
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"include_dashboard": False, "log_to_driver": not quiet}
+    kwargs = {"include_dashboard": False, "log_to_driver": not quiet, "logging_level": ray_logging_level()}
     env = worker_env_vars()
     if env:  # e.g. offline: workers on other nodes do not inherit this process's environment
         kwargs["runtime_env"] = {"env_vars": env}
@@ -54,9 +56,11 @@ def configure_data_context(progress: bool = True, buffer_gb: float | None = None
     actors, so peak memory grows with the dataset until it reaches that budget."""
     import ray.data
 
+    from pipelines.console import quiet_ray_data
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # the collector regroups by shard itself
-    ctx.enable_progress_bars = progress
+    quiet_ray_data(ctx, progress)  # Ray Data's progress only with --verbose (pipelines.console)
     # set every time: the context outlives one job in a long-lived driver
     limit = float("inf") if buffer_gb is None else buffer_gb * 2**30
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=limit)

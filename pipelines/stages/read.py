@@ -28,7 +28,7 @@ import numpy as np
 from pipelines.stages.device_decode import device_can_take, host_view_bytes
 from pipelines.io.images import ImageDecodeError, decode_image, open_image, to_uint8_view
 from pipelines.models.preprocess import PreprocessSpec
-from pipelines.io.shards import SampleError, iter_shard, shard_name
+from pipelines.io.shards import DEFAULT_MAX_SAMPLE_BYTES, SampleError, iter_shard, shard_name
 
 IMG_PREFIX = "img:"
 ENC_COLUMN = "enc"  # encoded image bytes (device-decode mode)
@@ -114,7 +114,8 @@ def host_pick(share: float, n: int) -> bool:
 
 def read_decode(batch: dict, views: list[PreprocessSpec], chunk_size: int = 64,
                 max_pixels: int | None = None, only_label: int | None = None,
-                encoded: bool = False, host_share: float = 0.0) -> Iterator[dict]:
+                encoded: bool = False, host_share: float = 0.0,
+                max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES) -> Iterator[dict]:
     """map_batches UDF (batch_size=1 over shard paths): yields chunks of decoded samples.
 
     only_label: decode and emit only samples of this class (`sing steer`: one class is ~0.1%
@@ -131,7 +132,7 @@ def read_decode(batch: dict, views: list[PreprocessSpec], chunk_size: int = 64,
         shard = shard_name(path)
         chunk = _Chunk(shard, views, encoded)
         emitted = n_device = 0
-        for item in iter_shard(path):
+        for item in iter_shard(path, max_sample_bytes=max_sample_bytes):
             if isinstance(item, SampleError):
                 chunk.add(item.key, status="error", stage=item.stage, reason=item.reason)
             elif only_label is not None and item.label != only_label:
