@@ -772,7 +772,9 @@ def test_nightly_example_config():
     assert au["templates"] in ("single", "ensemble")
     assert cfg["baseline"] == "previous" or set(cfg["baseline"]) <= {"run", "model"}
     th = cfg["thresholds"]
-    assert set(th) == {"max_median_abs_as_increase_deg", "max_is_as_ratio_drop_rel", "is_as_ratio", "max_error_rate"}
+    assert set(th) == {"max_median_abs_as_increase_deg", "max_is_as_ratio_drop_rel", "is_as_ratio", "max_error_rate",
+                       "alarm_on", "confidence", "bootstrap_resamples"}
+    assert th["alarm_on"] in ("point", "interval") and 0.5 <= th["confidence"] < 1 and th["bootstrap_resamples"] >= 100
     assert th["is_as_ratio"] in ("median_ratio", "ratio_of_means")
     assert th["max_median_abs_as_increase_deg"] > 0 and 0 < th["max_is_as_ratio_drop_rel"] < 1
     assert 0 <= th["max_error_rate"] < 1

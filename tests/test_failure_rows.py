@@ -97,7 +97,7 @@ def test_the_read_limit_reaches_the_audit(shards, tmp_path, capsys):
 def test_fit_sums_leave_out_non_finite_samples_and_name_them():
     from sing_ops import RidgeStats
 
-    from pipelines.jobs.fit import NONFINITE, _ridge_aggregation
+    from pipelines.jobs.fit import NONFINITE, _ridge_aggregation, unpack_stats
 
     m, d = 4, 3
     rng = np.random.default_rng(0)
@@ -112,9 +112,9 @@ def test_fit_sums_leave_out_non_finite_samples_and_name_them():
     agg = _ridge_aggregation(m, d)
     # two blocks merged as Ray merges them: the first five rows, then the unreadable one
     merged = agg.combine(agg.aggregate_block(block.slice(0, 5)), agg.aggregate_block(block.slice(5, 1)))
-    stats = RidgeStats.from_state_dict(merged["stats"])
+    stats, errors = unpack_stats(merged, m, d)
     assert stats.n == 3 and torch.isfinite(stats.sum_ff).all()
     direct = RidgeStats(m, d).update(torch.from_numpy(f[[0, 2, 4]]), torch.from_numpy(z[[0, 2, 4]]))
     torch.testing.assert_close(stats.sum_fz, direct.sum_fz)
-    assert sorted(map(tuple, merged["errors"])) == [("b", "s", "model", NONFINITE), ("d", "s", "model", NONFINITE),
+    assert sorted(map(tuple, errors)) == [("b", "s", "model", NONFINITE), ("d", "s", "model", NONFINITE),
                                                     ("x", "s", "decode", "broken jpeg")]
