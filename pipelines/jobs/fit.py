@@ -154,18 +154,19 @@ def split_shards(cfg: FitOptions):
 
 def _feature_stream(shards, clf, clip, cfg: FitOptions):
     """Classifier features (f/emb) and CLIP image embeddings (z/emb) of every sample, from
-    one decode: the spine's stream with two feature actors."""
-    from pipelines.stages.actors import FeatureActor
+    one decode: the spine's stream with both feature actors in one actor process (ChainActor)."""
+    from pipelines.stages.actors import ChainActor, FeatureActor
     from pipelines.stages.prepared import share
     from pipelines.stages.read import unique_views, view_column
 
     views = unique_views([clf.preprocess, clip.preprocess])
-    ap = spine.ActorPlan.resolve(cfg, 2)
+    ap = spine.ActorPlan.resolve(cfg, 1)
     # the driver's models through the object store: the actors rebuild nothing (stages.prepared)
-    actors = [spine.ActorSpec(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision,
-                                                 prepared=share(model)))
-              for prefix, kind, spec, model in (("f", "classifier", cfg.model, clf), ("z", "clip", cfg.clip, clip))]
-    return spine.stream(shards, cfg, views, actors, ap, [view_column(v) for v in views])
+    parts = [(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision,
+                                 prepared=share(model)))
+             for prefix, kind, spec, model in (("f", "classifier", cfg.model, clf), ("z", "clip", cfg.clip, clip))]
+    return spine.stream(shards, cfg, views, [spine.ActorSpec(ChainActor, dict(parts=parts))], ap,
+                        [view_column(v) for v in views])
 
 
 def _held_out(held, clf, clip, cfg: FitOptions, abort):

@@ -298,6 +298,23 @@ class FeatureActor(_ModelActor):
         return out
 
 
+class ChainActor:
+    """Several model actors in one actor process, each batch passed through them in order as
+    through a chain of pools (fit-translator: the classifier's and CLIP's FeatureActors). One
+    process start and one set of imports (seconds each: torch, timm, open_clip) instead of
+    one per model; on a GPU both models share it anyway. parts: [(actor class, its kwargs)];
+    the last one drops the image columns."""
+
+    def __init__(self, parts, drop_views=(), **common):
+        last = len(parts) - 1
+        self.parts = [cls(**common, **kw, drop_views=drop_views if i == last else ()) for i, (cls, kw) in enumerate(parts)]
+
+    def __call__(self, batch: dict) -> dict:
+        for part in self.parts:
+            batch = part(batch)
+        return batch
+
+
 def _build_score_parts(model_spec, translator_path, translator_match, rank_atol, rank_rtol):
     """(classifier, head decomposition, translator) built in the actor (no prepared model)."""
     from sing_ops import HeadDecomposition
