@@ -104,14 +104,15 @@ def test_fit_sums_leave_out_non_finite_samples_and_name_them():
     f, z = rng.normal(size=(5, m)).astype(np.float32), rng.normal(size=(5, d)).astype(np.float32)
     f[1, 2] = np.nan
     z[3, 0] = np.inf
-    block = pa.table({"key": ["a", "b", "c", "d", "e", "x"], "shard": ["s"] * 6,
-                      "status": ["ok"] * 5 + ["error"], "stage": [""] * 5 + ["decode"],
-                      "reason": [""] * 5 + ["broken jpeg"],
-                      "f/emb": list(np.vstack([f, np.zeros((1, m), np.float32)])),
-                      "z/emb": list(np.vstack([z, np.zeros((1, d), np.float32)]))})
+    # the shard's "end" row is a marker: neither used nor an error
+    block = pa.table({"key": ["a", "b", "c", "d", "e", "x", "s#end"], "shard": ["s"] * 7,
+                      "status": ["ok"] * 5 + ["error", "end"], "stage": [""] * 5 + ["decode", ""],
+                      "reason": [""] * 5 + ["broken jpeg", ""],
+                      "f/emb": list(np.vstack([f, np.zeros((2, m), np.float32)])),
+                      "z/emb": list(np.vstack([z, np.zeros((2, d), np.float32)]))})
     agg = _ridge_aggregation(m, d)
-    # two blocks merged as Ray merges them: the first five rows, then the unreadable one
-    merged = agg.combine(agg.aggregate_block(block.slice(0, 5)), agg.aggregate_block(block.slice(5, 1)))
+    # two blocks merged as Ray merges them: the first five rows, then the unreadable one and the end
+    merged = agg.combine(agg.aggregate_block(block.slice(0, 5)), agg.aggregate_block(block.slice(5, 2)))
     stats, errors = unpack_stats(merged, m, d)
     assert stats.n == 3 and torch.isfinite(stats.sum_ff).all()
     direct = RidgeStats(m, d).update(torch.from_numpy(f[[0, 2, 4]]), torch.from_numpy(z[[0, 2, 4]]))

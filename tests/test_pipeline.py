@@ -70,6 +70,8 @@ def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     root, _ = data
     rep = json.loads(Path(f"{translator}.report.json").read_text())
     assert rep["n_train"] + rep["n_heldout"] == 24 and rep["heldout_shards"] == 1
+    # clean shards: nothing left out (a shard's end marker is not an error row)
+    assert rep["errors"]["rows"] == 0 and rep["heldout_read_errors"] == 0
     assert len(rep["lambda_grid"]) == 13 and rep["heldout"]["mse"] == min(r["mse"] for r in rep["lambda_grid"])
     tr = load_translator(translator, source_model=CLASSIFIER, clip_model=CLIP)
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)

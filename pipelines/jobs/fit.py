@@ -54,6 +54,18 @@ def _matrix(col, dim: int) -> np.ndarray:
     return a.astype(np.float32, copy=False).reshape(-1, dim)
 
 
+def _left_out(cols: dict, f: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, list]:
+    """(mask of the rows the fit uses, error rows [key, shard, stage, reason] of the samples it
+    leaves out): unreadable samples, and non-finite features or embeddings, which would poison
+    every sum. A shard's "end" row is a marker, neither."""
+    ok, failed = cols["status"] == "ok", cols["status"] == "error"
+    finite = np.isfinite(f).all(1) & np.isfinite(z).all(1)
+    errors = [[str(k), str(s), str(st), str(r)] for k, s, st, r in
+              zip(cols["key"][failed], cols["shard"][failed], cols["stage"][failed], cols["reason"][failed])]
+    errors += [[str(k), str(s), "model", NONFINITE] for k, s in zip(cols["key"][ok & ~finite], cols["shard"][ok & ~finite])]
+    return ok & finite, errors
+
+
 def pack_stats(stats, errors: list | None = None) -> bytes:
     """RidgeStats (and the samples left out) as one byte string: the count of numbers (int64),
     float64 [n, sum_f, sum_z, sum_ff, sum_fz, sum_zz], then the error rows as JSON. Ray Data keeps an
@@ -107,17 +119,12 @@ def _ridge_aggregation(m: int, d: int, counter=None):
             cols = BlockAccessor.for_block(block).to_numpy(["key", "shard", "status", "stage", "reason", "f/emb",
                                                             "z/emb"])
             f, z = _matrix(cols["f/emb"], m), _matrix(cols["z/emb"], d)
-            ok = cols["status"] == "ok"
-            finite = np.isfinite(f).all(1) & np.isfinite(z).all(1)
+            keep, errors = _left_out(cols, f, z)
             stats = RidgeStats(m, d)
             if counter is not None:
                 counter.add.remote(int((cols["status"] != "end").sum()))  # end rows mark shard ends
-            if (ok & finite).any():
-                stats.update(torch.from_numpy(f[ok & finite]), torch.from_numpy(z[ok & finite]))
-            errors = [[str(k), str(s), str(st), str(r)] for k, s, st, r in
-                      zip(cols["key"][~ok], cols["shard"][~ok], cols["stage"][~ok], cols["reason"][~ok])]
-            errors += [[str(k), str(s), "model", NONFINITE]
-                       for k, s in zip(cols["key"][ok & ~finite], cols["shard"][ok & ~finite])]
+            if keep.any():
+                stats.update(torch.from_numpy(f[keep]), torch.from_numpy(z[keep]))
             return pack_stats(stats, errors)
 
         def combine(self, a, b):
@@ -178,11 +185,8 @@ def _held_out(held, clf, clip, cfg: FitOptions, abort):
     with job_progress("held-out", held, cfg.progress) as bar:
         for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
             bar.add(int((b["status"] != "end").sum()))
-            ok = b["status"] == "ok"
-            finite = np.isfinite(b["f/emb"]).all(1) & np.isfinite(b["z/emb"]).all(1)
-            errors += [[k, s, st, r] for k, s, st, r in zip(b["key"][~ok], b["shard"][~ok], b["stage"][~ok], b["reason"][~ok])]
-            errors += [[k, s, "model", NONFINITE] for k, s in zip(b["key"][ok & ~finite], b["shard"][ok & ~finite])]
-            keep = ok & finite
+            keep, left_out = _left_out(b, b["f/emb"], b["z/emb"])
+            errors += left_out
             fh.append(b["f/emb"][keep]), zh.append(b["z/emb"][keep]), yh.append(b["label"][keep])
     return (*(np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh)), errors)
 
