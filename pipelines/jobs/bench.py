@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.jobs.bench_data import bench_shards, bench_translator
-from pipelines.jobs.bench_fixed import fixed_cost, format_breakdown
+from pipelines.jobs.bench_fixed import fixed_cost, floor_split, format_breakdown, format_floor
 from pipelines.jobs.bench_forward import bare_forward_rate, naive_loop_rate, peak_pss_of
 from pipelines.models.compiled import COMPILE_MODES, torch_mode
 from pipelines.models.precision import DEFAULT_PRECISION
@@ -104,6 +104,27 @@ def _pipeline_run(ctx: _Ctx, mult: int, precision: str, compile_mode: str) -> di
           f"start (first result {run['first_result_s'] or float('nan'):.1f} s), process {process_wall:.1f} s, "
           f"{n / run['to_last_row_s']:.2f} img/s end to end, peak PSS {run['peak_rss_mb']:.0f} MiB")
     return run
+
+
+def _floor(ctx: _Ctx) -> dict:
+    """pipelines.jobs.bench_floor over the 1x shards, as a subprocess (a fresh process, like the
+    audit's)."""
+    import dataclasses
+    import subprocess
+
+    from pipelines.jobs.bench_floor import library_imports
+
+    args = {"shards": ctx.shards[1], "view": dataclasses.asdict(ctx.clf.preprocess), "model_spec": ctx.cfg.model,
+            "batch_size": ctx.cfg.batch_size, "device": ctx.device, "decode": ctx.decode}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench_floor", json.dumps(args)], env=env,
+                          capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLOOR ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark floor failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    floor = {**json.loads(lines[-1][len("FLOOR "):]), "imports": library_imports(ctx.cfg.model)}
+    print("[bench] " + format_floor(floor))
+    return floor
 
 
 def _bare(ctx: _Ctx, precision: str, compile_mode: str = "off") -> tuple[float, float]:
@@ -200,9 +221,14 @@ def run_bench(cfg: BenchConfig) -> dict:
                                 ctx.device)
         print(f"[bench] naive per-image loop: {naive:.2f} img/s")
     per = {p: _bench_precision(ctx, p) for p in cfg.precisions}
+    floor = _floor(ctx)
+    for p, r in per.items():
+        r["floor_split_1x"] = floor_split(r["timeline_1x"]["finished"], floor["timeline"]["last_result"], ctx.n,
+                                          r["bare_fastest_ips"])
     _summary(per, naive, ctx)
     first = per[cfg.precisions[0]]
-    return {**first, "bare_forward_ips": first["bare_fastest_ips"], "naive_ips": naive, "precisions": per}
+    return {**first, "bare_forward_ips": first["bare_fastest_ips"], "naive_ips": naive, "precisions": per,
+            "floor": floor}
 
 
 def _summary(per: dict, naive: float | None, ctx: _Ctx) -> None:
@@ -215,6 +241,10 @@ def _summary(per: dict, naive: float | None, ctx: _Ctx) -> None:
               f"{r['end_to_end_1x_ips'] / r['bare_fastest_ips']:11.3f} "
               f"{r['pipeline_end_to_end_ips'] / r['bare_fastest_ips']:6.3f} {r['fixed_cost_s']:10.1f} "
               f"{r['first_result_1x_s'] or float('nan'):10.1f}")
+    for p, r in per.items():
+        f = r["floor_split_1x"]
+        print(f"{p} 1x run: last row {f['to_last_row_s']:.1f} s = floor {f['floor_s']:.1f} + the model's compute at "
+              f"the bare rate {f['model_s']:.1f} + sing's own {f['sing_s']:.1f}")
     r = per[ctx.cfg.precisions[0]]
     print(f"peak PSS 1x {r['peak_rss_mb_1x']:.0f} MiB, 4x {r['peak_rss_mb_4x']:.0f} MiB "
           f"(ratio {r['peak_rss_mb_4x'] / r['peak_rss_mb_1x']:.2f}; streaming keeps it ~1)")

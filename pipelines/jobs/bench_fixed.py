@@ -64,3 +64,20 @@ def format_breakdown(manifest: dict, process_wall: float | None = None) -> list[
     if parts:
         lines.append("         spans (s): " + ", ".join(parts))
     return lines
+
+
+def floor_split(audit_last: float, floor_last: float, images: int, bare_ips: float) -> dict:
+    """The audit's seconds to its last row, split: the floor (the same process shape with no
+    model work: pipelines.jobs.bench_floor), the model's compute at the bare forward's rate,
+    and the rest, sing's own (model load and checks, transfer, scoring, writing, waits)."""
+    model = images / bare_ips if bare_ips > 0 else float("nan")
+    return {"to_last_row_s": audit_last, "floor_s": floor_last, "model_s": model,
+            "sing_s": audit_last - floor_last - model}
+
+
+def format_floor(floor: dict) -> str:
+    tl = floor["timeline"]
+    return (f"floor (a fresh process: Ray start, the audit's stream over the 1x shards, a model actor that only "
+            f"imports {' + '.join(floor['imports'])}, no model work): last row {tl['last_result']:.1f} s (Ray up "
+            f"{tl['ray_up']:.1f}, actor entered {tl['actor_entered']:.1f}, ready {tl['actor_ready']:.1f}), exit "
+            f"{tl['exit']:.1f} s")
