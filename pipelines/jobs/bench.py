@@ -54,6 +54,7 @@ class BenchConfig:
     compile: str = "auto"  # the mode raced against eager ("off": eager only)
     cold: bool = False
     naive: bool = True
+    floor: bool = True  # the floor run (pipelines.jobs.bench_floor)
 
 
 @dataclass
@@ -221,8 +222,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                                 ctx.device)
         print(f"[bench] naive per-image loop: {naive:.2f} img/s")
     per = {p: _bench_precision(ctx, p) for p in cfg.precisions}
-    floor = _floor(ctx)
-    for p, r in per.items():
+    floor = _floor(ctx) if cfg.floor else None
+    for p, r in per.items() if floor else ():
         r["floor_split_1x"] = floor_split(r["timeline_1x"]["finished"], floor["timeline"]["last_result"], ctx.n,
                                           r["bare_fastest_ips"])
     _summary(per, naive, ctx)
@@ -242,6 +243,8 @@ def _summary(per: dict, naive: float | None, ctx: _Ctx) -> None:
               f"{r['pipeline_end_to_end_ips'] / r['bare_fastest_ips']:6.3f} {r['fixed_cost_s']:10.1f} "
               f"{r['first_result_1x_s'] or float('nan'):10.1f}")
     for p, r in per.items():
+        if "floor_split_1x" not in r:
+            continue
         f = r["floor_split_1x"]
         print(f"{p} 1x run: last row {f['to_last_row_s']:.1f} s = floor {f['floor_s']:.1f} + the model's compute at "
               f"the bare rate {f['model_s']:.1f} + sing's own {f['sing_s']:.1f}")
@@ -274,11 +277,14 @@ def cli_args(p) -> None:
     p.add_argument("--buffer-gb", type=float, help="passed to the audit (default: Ray's budget)")
     p.add_argument("--cold", action="store_true", help="no derived caches in either run (a first run on a node)")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive per-image loop")
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="skip the floor run (the audit's stream with no model work)")
     p.add_argument("--out", help="keep the benchmark's shards and results here")
 
 
 def cli_run(args) -> int:
     run_bench(BenchConfig(args.model, args.images, args.batch_size, args.out, args.device, args.decode,
                           args.host_decode_share, args.actors_per_gpu, args.actor_threads, args.buffer_gb,
-                          tuple(args.precisions), args.compile, args.cold, args.naive))
+                          tuple(args.precisions), args.compile, args.cold, args.naive,
+                          args.floor))
     return 0

@@ -43,8 +43,8 @@ def torch_mode(mode: str | None) -> str | None:
 
 def _capture(module, head):
     """module(x) -> (f, logits) as one module torch.compile can trace whole: the head's input
-    is captured by a hook registered once, which overwrites one slot (eager calls of the same
-    module elsewhere keep at most one tensor alive there). Built here so that importing this
+    is captured by a hook registered once into one slot, which each call empties (eager calls
+    of the same module elsewhere keep at most one tensor alive there). Built here so that importing this
     module (the CLI's option list) does not import torch."""
     import torch
 
@@ -57,7 +57,9 @@ def _capture(module, head):
 
         def forward(self, x):
             logits = self.module(x)
-            return self._got["f"].flatten(1), logits
+            # popped, so the slot is empty between calls: Dynamo guards on it (a filled slot
+            # recompiled the second call) and no batch's features outlive it
+            return self._got.pop("f").flatten(1), logits
 
     return Capture()
 
@@ -90,8 +92,14 @@ class CompiledClassifier:
         if n > b:  # never with Ray Data's batches; kept correct for other callers
             parts = [self.features_and_logits(x[i:i + b]) for i in range(0, n, b)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        if n < b:
-            x = torch.cat([x, x[-1:].expand(b - n, *x.shape[1:])]).contiguous(memory_format=_layout(x))
+        # one kind of tensor reaches the graph: Dynamo guards on inference tensors, and a padded
+        # copy made under the caller's inference_mode is one while the warm-up's input was not
+        # (seen: the first padded batch recompiled, seconds inside the stream)
+        with torch.inference_mode(False):
+            if n < b:
+                x = torch.cat([x, x[-1:].expand(b - n, *x.shape[1:])]).contiguous(memory_format=_layout(x))
+            elif x.is_inference():
+                x = x.clone()
         f, logits = self._fn(x)
         return f[:n].float(), logits[:n].float()
 

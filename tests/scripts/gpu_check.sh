@@ -11,7 +11,8 @@
 #    (device decode = nvJPEG in the actors, host = PIL in the read tasks; threads = batches per
 #    actor at once, --actor-threads): pipeline/bare-forward ratio, speed-up over a naive loop,
 #    peak RSS, stream rate; each run also races the bare eager forward against torch.compile
-#    (--compile $COMPILE, default auto), at fp32 and bf16, and prints the fixed cost step by step.
+#    (--compile $COMPILE, default auto), at fp32 and bf16, and prints the fixed cost step by step
+#    and the floor under it (the same stream with no model work: pipelines.jobs.bench_floor).
 #    All configs share one set of shards ($BENCH_DIR);
 # 5. `large`: the same for one large paper model (ViT-L/16, random weights: the speed is the
 #    architecture's), compute-bound, where the pipeline should reach >= 0.95 of the bare forward.
@@ -41,7 +42,7 @@ STEPS=${STEPS:-tests precision bench large}
 BENCH_DIR=${BENCH_DIR:-/tmp/sing-bench}
 [[ " $STEPS " == *" large "* ]] && timeout 100 $PY -m pipelines.cli -q bench --device cuda --decode device \
     --model timm:vit_large_patch16_224@random --images ${LARGE_IMAGES:-1024} --batch-size 64 --precisions fp32 bf16 \
-    --compile off --no-naive 2>&1 | tee "$OUT/bench_large_vitl16.log"
+    --compile off --no-naive --no-floor 2>&1 | tee "$OUT/bench_large_vitl16.log"
 [[ " $STEPS " == *" bench "* ]] || exit 0
 for cfg in ${CONFIGS:-device:0:2:4}; do
   IFS=: read -r mode share apg threads <<< "$cfg"
