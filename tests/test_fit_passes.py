@@ -1,8 +1,8 @@
-"""The fit's training aggregation and held-out stream run at once (pipelines.jobs.fit
-._both_passes): both results come back, each pass gets its shards' share of the actors, and
-either failing stops the other promptly with the cause raised (not the stop it caused).
-The Ray Data streams are replaced by stand-ins; the real passes run in test_pipeline and
-test_healing."""
+"""The fit's training aggregation and held-out stream run at once when the cluster has room
+for both pools (pipelines.jobs.fit._both_passes, held_out_pool), else one after the other:
+both results come back, and either failing stops the other promptly with the cause raised
+(not the stop it caused). The Ray Data streams are replaced by stand-ins; the real passes
+run in test_pipeline and test_healing."""
 from __future__ import annotations
 
 import threading
@@ -32,16 +32,25 @@ def models():
     return SimpleNamespace(num_features=4), SimpleNamespace(embed_dim=3)
 
 
+def _cluster(monkeypatch, n_actors=1, cpus=2.0, gpus=0.0, cpus_per_actor=0.5, gpus_per_actor=0.0):
+    from pipelines.jobs import spine
+    from pipelines.stages import ray_session
+
+    ap = spine.ActorPlan(n_actors, 1, gpus_per_actor, cpus_per_actor, None)
+    monkeypatch.setattr(spine.ActorPlan, "resolve", classmethod(lambda cls, opts, n_models=1: ap))
+    monkeypatch.setattr(ray_session, "cluster_cpus", lambda: cpus)
+    monkeypatch.setattr(ray_session, "cluster_gpus", lambda: gpus)
+
+
 @pytest.fixture
 def stub(monkeypatch):
-    calls = {}
     monkeypatch.setattr(fit, "_ridge_aggregation", lambda m, d, counter=None: ("agg", m, d))
-    return calls
+    _cluster(monkeypatch)  # the 2-core CPU: one training actor and one held-out actor fit
 
 
 def _held_waiting_for_abort(seen):
     """A held-out pass that runs until told to stop, as with_stall_timeout does."""
-    def held(held, clf, clip, cfg, abort, counter=None, share_of_pool=1.0):
+    def held(held, clf, clip, cfg, abort, counter=None, n_actors=None):
         t0 = time.monotonic()
         while time.monotonic() - t0 < 20:
             why = abort()
@@ -53,22 +62,57 @@ def _held_waiting_for_abort(seen):
     return held
 
 
-def test_both_results_and_the_actor_shares(monkeypatch, models, stub):
-    shares = {}
+def test_both_results_and_the_pool_sizes(monkeypatch, models, stub):
+    pools, running = {}, threading.Event()
 
-    def stream(shards, clf, clip, cfg, share_of_pool=1.0):
-        shares["train"] = share_of_pool
+    def stream(shards, clf, clip, cfg, n_actors=None):
+        pools["train"] = n_actors
+        assert running.wait(10)  # the held-out stream runs meanwhile
         return _Stream({"ridge": b"sums"})
 
-    def held(held, clf, clip, cfg, abort, counter=None, share_of_pool=1.0):
-        shares["held"] = share_of_pool
+    def held(held, clf, clip, cfg, abort, counter=None, n_actors=None):
+        pools["held"] = n_actors
+        running.set()
         return ("f", "z", "y", [])
 
     monkeypatch.setattr(fit, "_feature_stream", stream)
     monkeypatch.setattr(fit, "_held_out", held)
     agg, out = fit._both_passes(["a", "b", "c"], ["d"], *models, SimpleNamespace(), None, lambda: None)
     assert agg == {"ridge": b"sums"} and out == ("f", "z", "y", [])
-    assert shares == {"train": 0.75, "held": 0.25}
+    assert pools == {"train": None, "held": 1}  # the training pool as planned, the held-out one beside it
+
+
+def test_without_room_the_passes_run_one_after_the_other(monkeypatch, models, stub):
+    _cluster(monkeypatch, n_actors=2, cpus=16.0, gpus=1.0, cpus_per_actor=1.0, gpus_per_actor=0.5)
+    order = []
+
+    def stream(shards, clf, clip, cfg, n_actors=None):
+        order.append(("train", n_actors))
+        return _Stream({"ridge": b"sums"})
+
+    def held(held, clf, clip, cfg, abort, counter=None, n_actors=None):
+        order.append(("held", n_actors))
+        return ("f", "z", "y", [])
+
+    monkeypatch.setattr(fit, "_feature_stream", stream)
+    monkeypatch.setattr(fit, "_held_out", held)
+    agg, out = fit._both_passes(["a"] * 9, ["b"], *models, SimpleNamespace(), None, lambda: None)
+    assert agg == {"ridge": b"sums"} and out[0] == "f"
+    assert order == [("train", None), ("held", None)]
+
+
+@pytest.mark.parametrize("n_actors, cpus, gpus, cpa, gpa, share, expected", [
+    (1, 2.0, 0.0, 0.5, 0.0, 0.25, 1),  # the 2-core CPU: 0.5 + 0.5 + one read task
+    (1, 1.0, 0.0, 0.5, 0.0, 0.25, None),  # no CPU left for the read task
+    (2, 16.0, 1.0, 1.0, 0.5, 0.1, None),  # one GPU, two actors on it: full
+    (16, 128.0, 8.0, 1.0, 0.5, 0.1, None),  # every GPU taken by the training pool
+    (2, 64.0, 8.0, 1.0, 1.0, 0.1, 1),  # --num-actors 2 on eight GPUs: room
+    (10, 64.0, 16.0, 1.0, 1.0, 0.25, 3),  # a quarter of ten, rounded up
+])
+def test_held_out_pool(n_actors, cpus, gpus, cpa, gpa, share, expected):
+    from pipelines.jobs.spine import ActorPlan
+
+    assert fit.held_out_pool(ActorPlan(n_actors, 1, gpa, cpa, None), share, cpus, gpus) == expected
 
 
 def test_a_failed_held_out_stream_stops_the_training_pass_and_is_the_error(monkeypatch, models, stub):

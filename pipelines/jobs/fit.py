@@ -159,12 +159,11 @@ def split_shards(cfg: FitOptions):
     return train, held
 
 
-def _feature_stream(shards, clf, clip, cfg: FitOptions, share_of_pool: float = 1.0):
+def _feature_stream(shards, clf, clip, cfg: FitOptions, n_actors: int | None = None):
     """Classifier features (f/emb) and CLIP image embeddings (z/emb) of every sample, from
     one decode: the spine's stream with both feature actors in one actor process (ChainActor).
-    share_of_pool: this stream's share of the actors the cluster's plan sizes (at least one)."""
+    n_actors: this stream's pool (default: the cluster's plan, spine.ActorPlan)."""
     import dataclasses
-    import math
 
     from pipelines.stages.actors import ChainActor, FeatureActor
     from pipelines.stages.prepared import share
@@ -172,7 +171,8 @@ def _feature_stream(shards, clf, clip, cfg: FitOptions, share_of_pool: float = 1
 
     views = unique_views([clf.preprocess, clip.preprocess])
     ap = spine.ActorPlan.resolve(cfg, 1)
-    ap = dataclasses.replace(ap, n_actors=max(1, math.ceil(ap.n_actors * share_of_pool - 1e-9)))
+    if n_actors:
+        ap = dataclasses.replace(ap, n_actors=n_actors)
     # the driver's models through the object store: the actors rebuild nothing (stages.prepared)
     parts = [(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision,
                                  prepared=share(model)))
@@ -181,13 +181,13 @@ def _feature_stream(shards, clf, clip, cfg: FitOptions, share_of_pool: float = 1
                         [view_column(v) for v in views])
 
 
-def _held_out(held, clf, clip, cfg: FitOptions, abort, counter=None, share_of_pool: float = 1.0):
+def _held_out(held, clf, clip, cfg: FitOptions, abort, counter=None, n_actors: int | None = None):
     """(features, CLIP embeddings, labels, read errors) of the held-out shards. counter: the
     fit's progress counter (pipelines.console.counted_progress), or None."""
     from pipelines.stages.watchdog import with_stall_timeout
 
     fh, zh, yh, errors = [], [], [], []
-    stream = spine.batches(_feature_stream(held, clf, clip, cfg, share_of_pool))
+    stream = spine.batches(_feature_stream(held, clf, clip, cfg, n_actors))
     for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
         if counter is not None:
             counter.add.remote(int((b["status"] != "end").sum()))
@@ -197,29 +197,49 @@ def _held_out(held, clf, clip, cfg: FitOptions, abort, counter=None, share_of_po
     return (*(np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh)), errors)
 
 
+def held_out_pool(ap, share_held: float, cpus: float, gpus: float) -> int | None:
+    """Actors for a held-out stream running beside the training pass (its shards' share of
+    the plan's, at least one), or None when they would not fit beside the training pool and
+    one read task: then the passes run one after the other. Never waiting for room matters:
+    a held-out actor queued behind the training pool would wait the whole pass, and its
+    stall watchdog would end the fit (on GPUs the plan's actors fill every GPU)."""
+    import math
+
+    n_held = max(1, math.ceil(ap.n_actors * share_held - 1e-9))
+    n = ap.n_actors + n_held
+    fits = n * ap.cpus_per_actor + 1 <= cpus + 1e-9 and n * ap.gpus_per_actor <= gpus + 1e-9
+    return n_held if fits else None
+
+
 def _both_passes(train, held, clf, clip, cfg: FitOptions, counter, abort):
-    """The training aggregation and the held-out stream at once: two Ray Data executions side
-    by side, so the held-out actors start up while the training ones do instead of after the
-    whole training pass (a second actor start-up on the critical path: the demo's held-out
-    pass of 18 images took 7.8 s). The held-out pool gets its shards' share of the actors.
-    Either failing stops the other; the attempt (both passes) is then redone whole."""
+    """The training aggregation and the held-out stream, at once when the cluster has room for
+    both pools (held_out_pool): two Ray Data executions side by side, so the held-out actors
+    start up with the training ones instead of after the whole training pass (a second actor
+    start-up on the critical path: the demo's held-out pass of 18 images took 7.8 s). Either
+    failing stops the other; the attempt (both passes) is then redone whole."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from pipelines.stages.ray_session import cluster_cpus, cluster_gpus
+
     m, d = clf.num_features, clip.embed_dim
-    share_held = len(held) / (len(train) + len(held))
+    n_held = held_out_pool(spine.ActorPlan.resolve(cfg, 1), len(held) / (len(train) + len(held)), cluster_cpus(),
+                           cluster_gpus())
+
+    def training(stop_when):
+        return call_abortable(lambda: _feature_stream(train, clf, clip, cfg).aggregate(
+            _ridge_aggregation(m, d, counter)), stop_when)
+
+    if n_held is None:
+        return training(abort), _held_out(held, clf, clip, cfg, abort, counter)
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="sing-heldout") as pool:
         held_job = pool.submit(_held_out, held, clf, clip, cfg,
                                lambda: abort() or ("the training pass failed" if stop.is_set() else None), counter,
-                               share_held)
-
-        def train_abort():
-            return abort() or ("the held-out stream failed" if held_job.done() and held_job.exception() else None)
-
+                               n_held)
         try:
-            agg = call_abortable(lambda: _feature_stream(train, clf, clip, cfg, 1.0 - share_held).aggregate(
-                _ridge_aggregation(m, d, counter)), train_abort)
+            agg = training(lambda: abort() or (
+                "the held-out stream failed" if held_job.done() and held_job.exception() else None))
         except BaseException:
             stop.set()
             if held_job.done() and held_job.exception() is not None and not abort():
