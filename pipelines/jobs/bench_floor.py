@@ -3,7 +3,7 @@
 `sing bench` runs this as a subprocess over the 1x shards: a fresh process starts Ray with
 the audit's settings (pipelines.stages.ray_session), builds the audit's stream (the spine's
 read stage and actor pool) with a model actor that only imports torch and the model's
-library, drains it, and exits like `sing` (Ray's shutdown, no interpreter teardown). What
+library (on a GPU it also creates its CUDA context), drains it, and exits like `sing` (Ray's shutdown, no interpreter teardown). What
 the audit spends on top of this floor and of the model's own compute is sing's: loading and
 checking the model on the driver, the prepared model's transfer, scoring, writing Parquet.
 
@@ -19,8 +19,9 @@ from pipelines import timeline
 
 
 class FloorActor:
-    """A model actor that imports what a real one must (torch, the model's library) and does
-    nothing else: it hands back the keys and when it was ready."""
+    """A model actor that does what a real one must before any model work (import torch and
+    the model's library; on a GPU, create the CUDA context) and nothing else: it hands back
+    the keys and when it was ready."""
 
     def __init__(self, imports=(), device=None, threads=None, drop_views=()):
         import importlib
@@ -28,6 +29,11 @@ class FloorActor:
         t_enter = time.time()
         for name in imports:
             importlib.import_module(name)
+        if device is None or str(device).startswith("cuda"):  # any GPU model work needs a CUDA context
+            import torch
+
+            if torch.cuda.is_available():
+                torch.zeros(1, device=device or "cuda")
         self.ready = (timeline.process_start(), t_enter, time.time())
 
     def __call__(self, batch: dict) -> dict:
