@@ -203,7 +203,7 @@ def _context(cfg: BenchConfig) -> _Ctx:
     threads = os.cpu_count() or 1
     clf = load_classifier(cfg.model)
     tpath = bench_translator(clf, work / "translator.safetensors")
-    shards = {mult: bench_shards(work, n, mult, threads) for mult in (1, 4)}
+    shards = {mult: bench_shards(work, n, mult, threads, cfg.batch_size) for mult in (1, 4)}
     if not cfg.cold:
         _warm_caches(clf, tpath)
     return _Ctx(cfg, clf, device, cuda, cfg.decode or ("device" if cuda else "host"), n, threads, work, tpath, shards)

@@ -65,7 +65,7 @@ def bench_translator(clf, path: Path) -> Path:
     return save_translator(t, path)
 
 
-def bench_shards(work: Path, n_images: int, mult: int, threads: int) -> list[str]:
+def bench_shards(work: Path, n_images: int, mult: int, threads: int, batch_size: int = 1) -> list[str]:
     """The JPEG shards of the mult-x run, made once (named by size, so a kept --out serves
     later runs of the same size only)."""
     from pipelines.jobs.make_shards import make_shards
@@ -73,9 +73,14 @@ def bench_shards(work: Path, n_images: int, mult: int, threads: int) -> list[str
     src = work / f"jpeg_{n_images * mult}"
     if not src.is_dir():
         make_jpegs(src, n_images * mult, seed=mult)
-    sd = work / f"shards_{n_images * mult}"
+    # as many shards in the 1x run as read tasks can run at once, so both runs have the same
+    # parallelism and peak memory compares data size, not process count; each a whole number
+    # of batches: Ray Data batches follow blocks (one per shard), and shards smaller than a
+    # batch made short batches that a compiled model pads to its batch size (24-image shards
+    # under --batch-size 32: a third of the compiled forward was padding)
+    per = max(8, n_images // (2 * threads))
+    per = max(batch_size, round(per / batch_size) * batch_size)
+    sd = work / f"shards_{n_images * mult}_{per}"
     if not any(sd.glob("*.tar")):
-        # as many shards in the 1x run as read tasks can run at once, so both runs have
-        # the same parallelism and peak memory compares data size, not process count
-        make_shards(str(src), str(sd), per_shard=max(8, n_images // (2 * threads)))
+        make_shards(str(src), str(sd), per_shard=per)
     return sorted(str(p) for p in sd.glob("*.tar"))
