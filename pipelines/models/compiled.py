@@ -16,9 +16,10 @@ forwards ran 1.7-3.5x faster than eager (ResNet50 fp32 22.0 vs 12.2 img/s, bf16 
 Lite0 fp32 76 vs 33) after 20-27 s of compiling; at fp32 the scores stay within the
 precision budget of eager (|dIS| max 1e-5 deg), at bf16 they do not (compiled bf16 moves
 |dIS| by 0.05 deg against eager bf16). It stays off by default: the compile time is a fixed
-cost paid by every model actor. In the CPU pipeline a compiled Lite0 fp32 audit streams 62
-img/s against 38.6 eager (2026-12-02, after the recompile fix in features_and_logits and
-_capture), still short of the compiled bare rate (README "Speed"). `auto` avoids CUDA graphs
+cost paid by every model actor. In the CPU pipeline (2026-12-02, after the recompile fix in
+features_and_logits and _capture) compiled Lite0 fp32 runs at 0.94 of its compiled bare
+forward and ResNet50 fp32 at 1.01, over shards that hold whole batches: a short batch is
+padded to the batch size (README "Speed"). `auto` avoids CUDA graphs
 because an actor runs several batches at once on several CUDA streams (--actor-threads),
 which the graph trees of reduce-overhead do not support.
 """
