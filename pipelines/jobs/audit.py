@@ -127,22 +127,14 @@ def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prep
 
 
 def _prepare_while_ray_starts(opts: AuditOptions, concepts) -> list[_Prepared]:
-    """prepare_models in a thread while this thread starts Ray (or joins it): the driver's
-    model loading and Ray's start-up, each seconds, overlap. Not the other way round: Ray's
-    processes exit with the thread that started them. The shards were expanded first, so a
-    bad glob, or weights that cannot be had, still exit before Ray starts."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """prepare_models while Ray starts (ray_session.while_ray_starts). The shards were
+    expanded first, so a bad glob, or weights that cannot be had, still exit before Ray starts."""
     from pipelines.models.hub import require_weights
-    from pipelines.stages.ray_session import ensure_ray
+    from pipelines.stages.ray_session import while_ray_starts
 
     for spec in opts.models:  # weights that cannot be had: exit 2 in seconds, before Ray starts
         require_weights(spec)
-    with ThreadPoolExecutor(1, thread_name_prefix="sing-prepare") as pool:
-        job = pool.submit(prepare_models, opts, concepts)
-        ensure_ray()
-        timeline.mark("ray_up")
-        return job.result()
+    return while_ray_starts(lambda: prepare_models(opts, concepts))
 
 
 def decode_modes(view_keys: list[str], decode: Decode) -> list[tuple[ActorDecode, bool]]:

@@ -282,20 +282,24 @@ def run_fit(cfg: FitOptions) -> dict:
     from pipelines.models.clip import TEMPLATES, load_clip
     from pipelines.models.text import embed_texts
 
+    from pipelines.models.hub import require_weights
+    from pipelines.stages.ray_session import while_ray_starts
+
     check(cfg)
     started = utc_now()
-    clf, clip = load_classifier(cfg.model), load_clip(cfg.clip)  # unknown names fail first
+    for spec in (cfg.model, cfg.clip):  # weights that cannot be had: exit 2 before Ray starts
+        require_weights(spec)
     if is_url(cfg.out):
         url_fs(cfg.out)  # an --out URL without its fsspec backend fails now, not after the pass
+    # the models load while Ray starts (this process's Ray, before the bar's counter actor);
+    # an unknown model name is reported once Ray is up, before the shards are looked at
+    clf, clip = while_ray_starts(lambda: (load_classifier(cfg.model), load_clip(cfg.clip)))
     train, held = split_shards(cfg)
     m, d = clf.num_features, clip.embed_dim
     t0 = time.perf_counter()
     attempts: list = []
     # the sums are redone whole on a restart: a lost attempt's partial sums are dropped, so no
     # shard is ever counted twice
-    from pipelines.stages.ray_session import ensure_ray
-
-    ensure_ray()  # this process's Ray (ensure_ray's rules), before the bar's counter actor
     with counted_progress("fit", train + held, cfg.progress) as counter:  # a tqdm bar in a terminal only
         agg, (fh, zh, yh, held_errors) = spine.retry(
             cfg, "the fit's passes", lambda abort: _both_passes(train, held, clf, clip, cfg, counter, abort), attempts)

@@ -32,6 +32,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     return ray
 
 
+def while_ray_starts(prepare):
+    """prepare() in a thread while this thread starts (or joins) Ray; its result. The driver's
+    model loading (imports of torch and the model library, seconds) and Ray's start-up
+    overlap. Not the other way round: Ray's processes exit with the thread that started them.
+    An error of prepare() is raised once Ray is up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines import timeline
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sing-prepare") as pool:
+        job = pool.submit(prepare)
+        ensure_ray()
+        timeline.mark("ray_up")
+        return job.result()
+
+
 def worker_env_vars() -> dict[str, str]:
     """Variables the Ray workers get through the job's runtime environment: this process's
     offline decision (pipelines.models.hub), so model actors never retry an unreachable hub. A
