@@ -5,6 +5,7 @@ both results come back, and either failing stops the other promptly with the cau
 run in test_pipeline and test_healing."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ class _Stream:
 
 @pytest.fixture
 def models():
-    return SimpleNamespace(num_features=4), SimpleNamespace(embed_dim=3)
+    return SimpleNamespace(clf=SimpleNamespace(num_features=4), clip=SimpleNamespace(embed_dim=3), actor=None)
 
 
 def _cluster(monkeypatch, n_actors=1, cpus=2.0, gpus=0.0, cpus_per_actor=0.5, gpus_per_actor=0.0):
@@ -40,6 +41,7 @@ def _cluster(monkeypatch, n_actors=1, cpus=2.0, gpus=0.0, cpus_per_actor=0.5, gp
     monkeypatch.setattr(spine.ActorPlan, "resolve", classmethod(lambda cls, opts, n_models=1: ap))
     monkeypatch.setattr(ray_session, "cluster_cpus", lambda: cpus)
     monkeypatch.setattr(ray_session, "cluster_gpus", lambda: gpus)
+    return ap
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def stub(monkeypatch):
 
 def _held_waiting_for_abort(seen):
     """A held-out pass that runs until told to stop, as with_stall_timeout does."""
-    def held(held, clf, clip, cfg, abort, counter=None, n_actors=None):
+    def held(held, models, cfg, ap, abort, counter=None):
         t0 = time.monotonic()
         while time.monotonic() - t0 < 20:
             why = abort()
@@ -65,40 +67,42 @@ def _held_waiting_for_abort(seen):
 def test_both_results_and_the_pool_sizes(monkeypatch, models, stub):
     pools, running = {}, threading.Event()
 
-    def stream(shards, clf, clip, cfg, n_actors=None):
-        pools["train"] = n_actors
+    def stream(shards, models, cfg, ap):
+        pools["train"] = ap
         assert running.wait(10)  # the held-out stream runs meanwhile
         return _Stream({"ridge": b"sums"})
 
-    def held(held, clf, clip, cfg, abort, counter=None, n_actors=None):
-        pools["held"] = n_actors
+    def held(held, models, cfg, ap, abort, counter=None):
+        pools["held"] = ap
         running.set()
         return ("f", "z", "y", [])
 
     monkeypatch.setattr(fit, "_feature_stream", stream)
     monkeypatch.setattr(fit, "_held_out", held)
-    agg, out = fit._both_passes(["a", "b", "c"], ["d"], *models, SimpleNamespace(), None, lambda: None)
+    agg, out = fit._both_passes(["a", "b", "c"], ["d"], models, SimpleNamespace(), None, lambda: None)
     assert agg == {"ridge": b"sums"} and out == ("f", "z", "y", [])
-    assert pools == {"train": None, "held": 1}  # the training pool as planned, the held-out one beside it
+    plan = fit.spine.ActorPlan.resolve(None)
+    assert pools["train"] is plan  # the training pool as planned, the held-out one beside it
+    assert pools["held"] == dataclasses.replace(plan, n_actors=1)
 
 
 def test_without_room_the_passes_run_one_after_the_other(monkeypatch, models, stub):
-    _cluster(monkeypatch, n_actors=2, cpus=16.0, gpus=1.0, cpus_per_actor=1.0, gpus_per_actor=0.5)
+    plan = _cluster(monkeypatch, n_actors=2, cpus=16.0, gpus=1.0, cpus_per_actor=1.0, gpus_per_actor=0.5)
     order = []
 
-    def stream(shards, clf, clip, cfg, n_actors=None):
-        order.append(("train", n_actors))
+    def stream(shards, models, cfg, ap):
+        order.append(("train", ap))
         return _Stream({"ridge": b"sums"})
 
-    def held(held, clf, clip, cfg, abort, counter=None, n_actors=None):
-        order.append(("held", n_actors))
+    def held(held, models, cfg, ap, abort, counter=None):
+        order.append(("held", ap))
         return ("f", "z", "y", [])
 
     monkeypatch.setattr(fit, "_feature_stream", stream)
     monkeypatch.setattr(fit, "_held_out", held)
-    agg, out = fit._both_passes(["a"] * 9, ["b"], *models, SimpleNamespace(), None, lambda: None)
+    agg, out = fit._both_passes(["a"] * 9, ["b"], models, SimpleNamespace(), None, lambda: None)
     assert agg == {"ridge": b"sums"} and out[0] == "f"
-    assert order == [("train", None), ("held", None)]
+    assert order == [("train", plan), ("held", plan)]  # each the plan's pool, one after the other
 
 
 @pytest.mark.parametrize("n_actors, cpus, gpus, cpa, gpa, share, expected", [
@@ -127,7 +131,7 @@ def test_a_failed_held_out_stream_stops_the_training_pass_and_is_the_error(monke
     t0 = time.monotonic()
     try:
         with pytest.raises(ValueError, match="corrupt held-out shard"):
-            fit._both_passes(["a"], ["b"], *models, SimpleNamespace(), None, lambda: None)
+            fit._both_passes(["a"], ["b"], models, SimpleNamespace(), None, lambda: None)
         assert time.monotonic() - t0 < 10  # not the 30 s the training pass would have taken
     finally:
         release.set()
@@ -139,7 +143,7 @@ def test_a_failed_training_pass_stops_the_held_out_stream(monkeypatch, models, s
     monkeypatch.setattr(fit, "_held_out", _held_waiting_for_abort(seen))
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="bad aggregation"):
-        fit._both_passes(["a"], ["b"], *models, SimpleNamespace(), None, lambda: None)
+        fit._both_passes(["a"], ["b"], models, SimpleNamespace(), None, lambda: None)
     assert seen == ["the training pass failed"] and time.monotonic() - t0 < 10
 
 
@@ -153,7 +157,7 @@ def test_a_lost_node_reaches_both_passes_as_a_restartable_error(monkeypatch, mod
     threading.Timer(0.3, lost.set).start()
     try:
         with pytest.raises(NodeLost, match="node n1 died"):
-            fit._both_passes(["a"], ["b"], *models, SimpleNamespace(), None,
+            fit._both_passes(["a"], ["b"], models, SimpleNamespace(), None,
                              lambda: "node n1 died" if lost.is_set() else None)
         assert seen == ["node n1 died"]
     finally:

@@ -80,6 +80,12 @@ def _audit_flags(cfg: BenchConfig) -> list[tuple[str, str, object]]:
         ("--buffer-gb", "buffer {} GB", cfg.buffer_gb)) if value]
 
 
+def _child_env(cfg: BenchConfig) -> dict:
+    """The environment of the bench's fresh processes (the audits and the floor)."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+            **({"SING_DERIVED_CACHE": "0"} if cfg.cold else {})}
+
+
 def _pipeline_run(ctx: _Ctx, mult: int, precision: str, compile_mode: str) -> dict:
     cfg, res_dir = ctx.cfg, ctx.work / f"results_{precision}_{mult}x"
     cmd = [sys.executable, "-m", "pipelines.cli", "-q", "audit", "--model", cfg.model, "--translator", str(ctx.tpath),
@@ -87,8 +93,7 @@ def _pipeline_run(ctx: _Ctx, mult: int, precision: str, compile_mode: str) -> di
            "--run-id", f"bench-{precision}-{mult}x-{int(time.time())}", "--device", ctx.device, "--decode", ctx.decode,
            "--precision", precision, "--compile", compile_mode]
     cmd += [str(x) for flag, _, value in _audit_flags(cfg) for x in (flag, value)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
-           **({"SING_DERIVED_CACHE": "0"} if cfg.cold else {})}
+    env = _child_env(cfg)
     t0 = time.perf_counter()
     peak, rc, tail = peak_pss_of(cmd, env)
     wall = time.perf_counter() - t0
@@ -117,8 +122,7 @@ def _floor(ctx: _Ctx) -> dict:
 
     args = {"shards": ctx.shards[1], "view": dataclasses.asdict(ctx.clf.preprocess), "model_spec": ctx.cfg.model,
             "batch_size": ctx.cfg.batch_size, "device": ctx.device, "decode": ctx.decode}
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench_floor", json.dumps(args)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench_floor", json.dumps(args)], env=_child_env(ctx.cfg),
                           capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLOOR ")]
     if proc.returncode != 0 or not lines:

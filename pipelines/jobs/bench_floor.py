@@ -49,8 +49,10 @@ class FloorActor:
 def library_imports(model_spec: str) -> list[str]:
     """torch, and the library that defines the model's classes (an actor unpickling a model
     imports it)."""
-    lib = model_spec.split(":", 1)[0] if ":" in model_spec else "timm"  # bare names: timm / the zoo's Lite0
-    return ["torch", {"torchvision": "torchvision", "hf": "transformers"}.get(lib, "timm")]
+    from pipelines.models.spec import parse_model_spec
+
+    source = parse_model_spec(model_spec).source  # the zoo's Lite0 is a timm model
+    return ["torch", {"torchvision": "torchvision", "hf": "transformers"}.get(source, "timm")]
 
 
 def run_floor(shards: list[str], view: dict, model_spec: str, batch_size: int, device: str | None,

@@ -159,35 +159,42 @@ def split_shards(cfg: FitOptions):
     return train, held
 
 
-def _feature_stream(shards, clf, clip, cfg: FitOptions, n_actors: int | None = None):
-    """Classifier features (f/emb) and CLIP image embeddings (z/emb) of every sample, from
-    one decode: the spine's stream with both feature actors in one actor process (ChainActor).
-    n_actors: this stream's pool (default: the cluster's plan, spine.ActorPlan)."""
-    import dataclasses
+@dataclass
+class _Models:
+    """The fit's classifier and CLIP, and the one model actor that runs both (ChainActor: one
+    decode, one process) with the driver's models shared through the object store once per
+    fit: both passes and every restart reuse the references (stages.prepared)."""
+    clf: object
+    clip: object
+    actor: object  # spine.ActorSpec
 
-    from pipelines.stages.actors import ChainActor, FeatureActor
-    from pipelines.stages.prepared import share
+    @classmethod
+    def share(cls, clf, clip, cfg: FitOptions) -> "_Models":
+        from pipelines.stages.actors import ChainActor, FeatureActor
+        from pipelines.stages.prepared import share
+
+        parts = [(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision,
+                                     prepared=share(model)))
+                 for prefix, kind, spec, model in (("f", "classifier", cfg.model, clf), ("z", "clip", cfg.clip, clip))]
+        return cls(clf, clip, spine.ActorSpec(ChainActor, dict(parts=parts)))
+
+
+def _feature_stream(shards, models: _Models, cfg: FitOptions, ap):
+    """Classifier features (f/emb) and CLIP image embeddings (z/emb) of every sample, from
+    one decode: the spine's stream with the fit's model actor, in a pool sized by `ap`."""
     from pipelines.stages.read import unique_views, view_column
 
-    views = unique_views([clf.preprocess, clip.preprocess])
-    ap = spine.ActorPlan.resolve(cfg, 1)
-    if n_actors:
-        ap = dataclasses.replace(ap, n_actors=n_actors)
-    # the driver's models through the object store: the actors rebuild nothing (stages.prepared)
-    parts = [(FeatureActor, dict(prefix=prefix, kind=kind, model_spec=spec, precision=cfg.precision,
-                                 prepared=share(model)))
-             for prefix, kind, spec, model in (("f", "classifier", cfg.model, clf), ("z", "clip", cfg.clip, clip))]
-    return spine.stream(shards, cfg, views, [spine.ActorSpec(ChainActor, dict(parts=parts))], ap,
-                        [view_column(v) for v in views])
+    views = unique_views([models.clf.preprocess, models.clip.preprocess])
+    return spine.stream(shards, cfg, views, [models.actor], ap, [view_column(v) for v in views])
 
 
-def _held_out(held, clf, clip, cfg: FitOptions, abort, counter=None, n_actors: int | None = None):
+def _held_out(held, models: _Models, cfg: FitOptions, ap, abort, counter=None):
     """(features, CLIP embeddings, labels, read errors) of the held-out shards. counter: the
     fit's progress counter (pipelines.console.counted_progress), or None."""
     from pipelines.stages.watchdog import with_stall_timeout
 
     fh, zh, yh, errors = [], [], [], []
-    stream = spine.batches(_feature_stream(held, clf, clip, cfg, n_actors))
+    stream = spine.batches(_feature_stream(held, models, cfg, ap))
     for b in with_stall_timeout(stream, cfg.stall_timeout, "the held-out stream", abort):
         if counter is not None:
             counter.add.remote(int((b["status"] != "end").sum()))
@@ -211,32 +218,33 @@ def held_out_pool(ap, share_held: float, cpus: float, gpus: float) -> int | None
     return n_held if fits else None
 
 
-def _both_passes(train, held, clf, clip, cfg: FitOptions, counter, abort):
+def _both_passes(train, held, models: _Models, cfg: FitOptions, counter, abort):
     """The training aggregation and the held-out stream, at once when the cluster has room for
     both pools (held_out_pool): two Ray Data executions side by side, so the held-out actors
     start up with the training ones instead of after the whole training pass (a second actor
     start-up on the critical path: the demo's held-out pass of 18 images took 7.8 s). Either
-    failing stops the other; the attempt (both passes) is then redone whole."""
+    failing stops the other; the attempt (both passes) is then redone whole. The pools are
+    sized per attempt: a restart sizes them for the nodes left."""
+    import dataclasses
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from pipelines.stages.ray_session import cluster_cpus, cluster_gpus
 
-    m, d = clf.num_features, clip.embed_dim
-    n_held = held_out_pool(spine.ActorPlan.resolve(cfg, 1), len(held) / (len(train) + len(held)), cluster_cpus(),
-                           cluster_gpus())
+    m, d = models.clf.num_features, models.clip.embed_dim
+    ap = spine.ActorPlan.resolve(cfg, 1)
+    n_held = held_out_pool(ap, len(held) / (len(train) + len(held)), cluster_cpus(), cluster_gpus())
 
     def training(stop_when):
-        return call_abortable(lambda: _feature_stream(train, clf, clip, cfg).aggregate(
+        return call_abortable(lambda: _feature_stream(train, models, cfg, ap).aggregate(
             _ridge_aggregation(m, d, counter)), stop_when)
 
     if n_held is None:
-        return training(abort), _held_out(held, clf, clip, cfg, abort, counter)
+        return training(abort), _held_out(held, models, cfg, ap, abort, counter)
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="sing-heldout") as pool:
-        held_job = pool.submit(_held_out, held, clf, clip, cfg,
-                               lambda: abort() or ("the training pass failed" if stop.is_set() else None), counter,
-                               n_held)
+        held_job = pool.submit(_held_out, held, models, cfg, dataclasses.replace(ap, n_actors=n_held),
+                               lambda: abort() or ("the training pass failed" if stop.is_set() else None), counter)
         try:
             agg = training(lambda: abort() or (
                 "the held-out stream failed" if held_job.done() and held_job.exception() else None))
@@ -280,9 +288,8 @@ def run_fit(cfg: FitOptions) -> dict:
     from pipelines.io.shards import shard_name
     from pipelines.models.classifiers import load_classifier
     from pipelines.models.clip import TEMPLATES, load_clip
-    from pipelines.models.text import embed_texts
-
     from pipelines.models.hub import require_weights
+    from pipelines.models.text import embed_texts
     from pipelines.stages.ray_session import while_ray_starts
 
     check(cfg)
@@ -300,9 +307,10 @@ def run_fit(cfg: FitOptions) -> dict:
     attempts: list = []
     # the sums are redone whole on a restart: a lost attempt's partial sums are dropped, so no
     # shard is ever counted twice
+    models = _Models.share(clf, clip, cfg)  # held for the whole fit: a restarted actor needs them again
     with counted_progress("fit", train + held, cfg.progress) as counter:  # a tqdm bar in a terminal only
         agg, (fh, zh, yh, held_errors) = spine.retry(
-            cfg, "the fit's passes", lambda abort: _both_passes(train, held, clf, clip, cfg, counter, abort), attempts)
+            cfg, "the fit's passes", lambda abort: _both_passes(train, held, models, cfg, counter, abort), attempts)
     stats, train_errors = unpack_stats(agg["ridge"], m, d)
     t_train = time.perf_counter() - t0
     log.info("fit: %d training and %d held-out images from %d + %d shards in %.1fs", stats.n, len(yh), len(train),

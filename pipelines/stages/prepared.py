@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
-import warnings
 from dataclasses import dataclass
 
 
@@ -47,8 +46,8 @@ def pack(obj) -> Packed:
 
     class _Pickler(cloudpickle.CloudPickler):
         def persistent_id(self, o):
-            if not isinstance(o, torch.Tensor) or type(o) not in (torch.Tensor, torch.nn.Parameter) \
-                    or o.device.type != "cpu" or o.layout != torch.strided or o.is_quantized:
+            if type(o) not in (torch.Tensor, torch.nn.Parameter) or o.device.type != "cpu" \
+                    or o.layout != torch.strided or o.is_quantized:
                 return None  # pickled as usual
             t = o.detach().contiguous()
             arrays.append(t.reshape(-1).view(torch.uint8).numpy())  # any dtype, bf16 included
@@ -69,10 +68,8 @@ def unpack(p: Packed):
             _, i, dtype, shape, is_param, grad = pid
             if p.arrays[i].size == 0:  # no bytes to view as `dtype`
                 t = torch.empty(shape, dtype=dtype)
-            else:
-                with warnings.catch_warnings():  # a copy: the store's arrays are read-only
-                    warnings.simplefilter("ignore")
-                    t = torch.from_numpy(np.array(p.arrays[i], copy=True)).view(dtype).reshape(shape)
+            else:  # a writable copy: the store's arrays are read-only
+                t = torch.from_numpy(np.array(p.arrays[i], copy=True)).view(dtype).reshape(shape)
             return torch.nn.Parameter(t, requires_grad=grad) if is_param else t
 
     return _Unpickler(io.BytesIO(p.blob)).load()
