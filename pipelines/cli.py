@@ -25,8 +25,9 @@ COMMANDS = {
     "reproduce": ("pipelines.jobs.reproduce", "the paper's IS/|AS| sweep and Table 1, beside the paper's numbers"),
     "nightly": ("pipelines.jobs.nightly", "audit new checkpoints, compare with a baseline, alarm (exit 3)"),
     "demo": ("pipelines.jobs.demo", "end to end on real photos shipped with scikit-image/scikit-learn"),
-    "bench": ("pipelines.jobs.bench", "pipeline throughput vs bare model forward, naive loop, memory"),
-    "bench-precision": ("pipelines.jobs.bench_precision", "each --precision against a float64 forward"),
+    "bench": ("pipelines.jobs.bench.pipeline", "pipeline throughput vs bare model forward, naive loop, memory"),
+    "bench-precision": ("pipelines.jobs.bench.precision", "each --precision against a float64 forward"),
+    "bench-scale": ("pipelines.jobs.bench.scale", "can one driver feed many GPUs: stand-in models, local multi-node Ray"),
     "models": ("pipelines.jobs.model_list", "MODEL sources; --paper: the paper's 13 models as they resolve"),
     "cache": ("pipelines.jobs.cache", "the download cache of URL inputs (per node; $SING_CACHE)"),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tarfile
 
-from pipelines.jobs.bench_data import bench_shards
+from pipelines.jobs.bench.data import bench_shards
 
 
 def _images(path: str) -> int:

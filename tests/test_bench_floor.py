@@ -1,4 +1,4 @@
-"""`sing bench`'s floor (pipelines.jobs.bench_floor): the audit's stream with a model actor
+"""`sing bench`'s floor (pipelines.jobs.bench.floor): the audit's stream with a model actor
 that only imports, over real shards, counted against the shards' own contents; and the
 split of an audit's seconds into floor, model compute and sing's own."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipelines.jobs.bench_fixed import fixed_cost, floor_split
-from pipelines.jobs.bench_floor import FloorActor, library_imports, run_floor
+from pipelines.jobs.bench.fixed import fixed_cost, floor_split
+from pipelines.jobs.bench.floor import FloorActor, library_imports, run_floor
 from tests.pipeline_data import CLASSIFIER, bad_shard, photo_folder
 
 

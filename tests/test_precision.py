@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.cli import main as sing
 from pipelines.models.precision import check_precision
-from pipelines.jobs.bench_precision import _summary, measure, within_budget
+from pipelines.jobs.bench.precision import _summary, measure, within_budget
 from tests.test_multimodel import random_translator
 
 

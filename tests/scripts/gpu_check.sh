@@ -12,7 +12,7 @@
 #    actor at once, --actor-threads): pipeline/bare-forward ratio, speed-up over a naive loop,
 #    peak RSS, stream rate; each run also races the bare eager forward against torch.compile
 #    (--compile $COMPILE, default auto), at fp32 and bf16, and prints the fixed cost step by step
-#    and the floor under it (the same stream with no model work: pipelines.jobs.bench_floor).
+#    and the floor under it (the same stream with no model work: pipelines.jobs.bench.floor).
 #    All configs share one set of shards ($BENCH_DIR);
 # 5. `large`: the same for one large paper model (ViT-L/16, random weights: the speed is the
 #    architecture's), compute-bound, where the pipeline should reach >= 0.95 of the bare forward.

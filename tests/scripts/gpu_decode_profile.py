@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pipelines.jobs.bench_data import imagenet_like_photos  # noqa: E402
+from pipelines.jobs.bench.data import imagenet_like_photos  # noqa: E402
 from pipelines.stages.device_decode import device_decodable, resize_views  # noqa: E402
 from pipelines.io.images import normalise  # noqa: E402
 from pipelines.models.preprocess import PreprocessSpec  # noqa: E402

@@ -68,7 +68,7 @@ def format_breakdown(manifest: dict, process_wall: float | None = None) -> list[
 
 def floor_split(audit_last: float, floor_last: float, images: int, bare_ips: float) -> dict:
     """The audit's seconds to its last row, split: the floor (the same process shape with no
-    model work: pipelines.jobs.bench_floor), the model's compute at the bare forward's rate,
+    model work: pipelines.jobs.bench.floor), the model's compute at the bare forward's rate,
     and the rest, sing's own (model load and checks, transfer, scoring, writing, waits)."""
     model = images / bare_ips if bare_ips > 0 else float("nan")
     return {"to_last_row_s": audit_last, "floor_s": floor_last, "model_s": model,

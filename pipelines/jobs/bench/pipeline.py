@@ -12,7 +12,7 @@ for each precision asked (default: the default precision and bf16):
      fixed cost (the intercept) and the steady rate (3N over the difference: start-up costs
      the same in both runs and cancels out; timing rows as they reach the driver would not,
      Ray Data hands them over in bursts). The 1x run's fixed cost is printed step by step
-     (pipelines.jobs.bench_fixed). The stream rate (first result to last) is a one-run estimate;
+     (pipelines.jobs.bench.fixed). The stream rate (first result to last) is a one-run estimate;
   3. naive loop: what single-image code does (decode, forward, score, one at a time);
   4. peak memory (PSS, shared pages counted once) of the whole process tree, 1x vs 4x.
 Derived caches (head SVD, text embeddings) are warmed first so both runs see the same
@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.jobs.bench_data import bench_shards, bench_translator
-from pipelines.jobs.bench_fixed import fixed_cost, floor_split, format_breakdown, format_floor
-from pipelines.jobs.bench_forward import bare_forward_rate, naive_loop_rate, peak_pss_of
+from pipelines.jobs.bench.data import bench_shards, bench_translator
+from pipelines.jobs.bench.fixed import fixed_cost, floor_split, format_breakdown, format_floor
+from pipelines.jobs.bench.forward import bare_forward_rate, naive_loop_rate, peak_pss_of
 from pipelines.models.compiled import COMPILE_MODES, torch_mode
 from pipelines.models.precision import DEFAULT_PRECISION
 
@@ -54,7 +54,7 @@ class BenchConfig:
     compile: str = "auto"  # the mode raced against eager ("off": eager only)
     cold: bool = False
     naive: bool = True
-    floor: bool = True  # the floor run (pipelines.jobs.bench_floor)
+    floor: bool = True  # the floor run (pipelines.jobs.bench.floor)
 
 
 @dataclass
@@ -113,16 +113,16 @@ def _pipeline_run(ctx: _Ctx, mult: int, precision: str, compile_mode: str) -> di
 
 
 def _floor(ctx: _Ctx) -> dict:
-    """pipelines.jobs.bench_floor over the 1x shards, as a subprocess (a fresh process, like the
+    """pipelines.jobs.bench.floor over the 1x shards, as a subprocess (a fresh process, like the
     audit's)."""
     import dataclasses
     import subprocess
 
-    from pipelines.jobs.bench_floor import library_imports
+    from pipelines.jobs.bench.floor import library_imports
 
     args = {"shards": ctx.shards[1], "view": dataclasses.asdict(ctx.clf.preprocess), "model_spec": ctx.cfg.model,
             "batch_size": ctx.cfg.batch_size, "device": ctx.device, "decode": ctx.decode}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench_floor", json.dumps(args)], env=_child_env(ctx.cfg),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench.floor", json.dumps(args)], env=_child_env(ctx.cfg),
                           capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLOOR ")]
     if proc.returncode != 0 or not lines:
