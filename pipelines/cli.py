@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": ("pipelines.jobs.demo", "end to end on real photos shipped with scikit-image/scikit-learn"),
     "bench": ("pipelines.jobs.bench.pipeline", "pipeline throughput vs bare model forward, naive loop, memory"),
     "bench-precision": ("pipelines.jobs.bench.precision", "each --precision against a float64 forward"),
+    "bench-layout": ("pipelines.jobs.bench.layout", "the concept angles on disk: long table vs lists (bytes, write cost, queries)"),
     "bench-scale": ("pipelines.jobs.bench.scale", "can one driver feed many GPUs: stand-in models, local multi-node Ray"),
     "models": ("pipelines.jobs.model_list", "MODEL sources; --paper: the paper's 13 models as they resolve"),
     "cache": ("pipelines.jobs.cache", "the download cache of URL inputs (per node; $SING_CACHE)"),

@@ -7,7 +7,9 @@
 --
 -- Parameters (bound by DuckDB; NULL = no filter):
 --   $images_glob    VARCHAR  auto  DIR/images/**/*.parquet (class names), bound by the runner
---   $concepts_glob  VARCHAR  auto  DIR/concepts/**/*.parquet, bound by the runner
+--   $concept_angles_glob  VARCHAR  auto  DIR/concept_angles/**/*.parquet (lists), bound by the runner
+--   $concept_vocab_glob   VARCHAR  auto  DIR/concept_vocab/**/*.parquet, bound by the runner
+--   $concepts_glob        VARCHAR  auto  DIR/concepts/**/*.parquet (long, runs before 2026-12-03)
 --   $model          VARCHAR  NULL  only this model slug
 --   $run            VARCHAR  NULL  only this run id
 --   $class_name     VARCHAR  NULL  only this true class (exact class_name)
@@ -38,7 +40,8 @@ con AS (
            angle_before_deg::DOUBLE AS b,
            angle_after_deg::DOUBLE AS af,
            CASE WHEN NOT isnan(as_deg) THEN as_deg::DOUBLE END AS a
-    FROM result_rows($concepts_glob, $model, $run)
+    FROM concept_rows($images_glob, $concept_angles_glob, $concept_vocab_glob, $concepts_glob, $model, $run,
+                      only_label := $label, only_key := $key, only_concept := $concept)
     WHERE ($label IS NULL OR label = $label)
       AND ($concept IS NULL OR concept = $concept)
       AND ($key IS NULL OR key = $key)

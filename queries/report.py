@@ -28,7 +28,7 @@ from . import report_figures as figures
 from .api import class_leakage, model_summary, steer_summary
 from .errors import QueryError
 from .report_page import index_html
-from .runner import has_table, results_dir
+from .runner import has_concepts, has_table, results_dir
 
 
 def _safe(s: str) -> str:
@@ -88,7 +88,7 @@ def _draw_figures(root: Path, out: Path, summary: pl.DataFrame, names: list[str]
     for r, name in zip(rows, names):
         if figures.violins(root, r, o.top_classes, o.per_class, out / f"class_as_{name}", written, notes):
             files["violins"].append(out / f"class_as_{name}")
-    if not has_table(root, "concepts"):
+    if not has_concepts(root):
         notes.append(f"No concepts table under {root / 'concepts'} (audit run without --concepts): "
                      "concept-shift figures skipped.")
         return files

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from .api import class_leakage
-from .runner import has_table, sql_frame
+from .runner import has_concepts, sql_frame
 
 KINDS = (("top_abs_as", "Highest |AS|: hide the most class semantics in the null space"),
          ("low_abs_as", "Lowest |AS|: hide the least"),
@@ -54,7 +54,8 @@ ORDER BY grp, kind, pos
 """
 _CONCEPTS_SQL = """
 SELECT shard, key, concept, as_deg::DOUBLE AS as_deg
-FROM result_rows($concepts_glob, $model, $run)
+FROM concept_rows($images_glob, $concept_angles_glob, $concept_vocab_glob, $concepts_glob, $model, $run,
+                  only_ids := $ids)
 WHERE list_contains($ids, shard || '#' || key) AND NOT isnan(as_deg)
 QUALIFY row_number() OVER (PARTITION BY shard, key ORDER BY abs(as_deg) DESC, concept) <= $top
 ORDER BY shard, key, abs(as_deg) DESC, concept
@@ -111,7 +112,7 @@ def pick_gallery(results, model: str, run: str, top_classes: int, per_group: int
             part = by_group.get((g.label, kind))
             g.strips[kind] = [] if part is None else part.sort("pos").to_dicts()
     gal = Gallery(model, run, groups, {}, n_classes)
-    if has_table(results, "concepts"):
+    if has_concepts(results):
         ids = sorted(f"{s}#{k}" for s, k in gal.keys())
         con = sql_frame(results, _CONCEPTS_SQL, {"model": model, "run": run, "ids": ids, "top": TOP_CONCEPTS},
                         "report gallery concepts")

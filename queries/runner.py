@@ -7,6 +7,9 @@ parameters bound by the runner from `--results DIR`:
     $concepts_glob = DIR/concepts/**/*.parquet
     $steer_glob    = DIR/steer/**/*.parquet
     $errors_glob   = DIR/errors/**/*.parquet
+    $concept_angles_glob, $concept_vocab_glob, $concepts_glob: the concept angles, as lists
+                     (since 2026-12-03) or long (before); the layout a directory lacks is
+                     bound to an empty file (empty_table_glob)
 
 Every value reaches DuckDB as a bound parameter (`$name`), never as SQL text. Each run gets
 a fresh in-memory connection with the shared macros of `_macros.sql` defined on it.
@@ -20,7 +23,7 @@ import polars as pl
 
 from .errors import QueryError
 from .params import check_known, coerce
-from .sqlfile import GLOB_PARAMS, QUERY_DIR, QuerySpec, load_query, sql_parameters
+from .sqlfile import GLOB_PARAMS, LAYOUT_SETS, LAYOUTS, QUERY_DIR, QuerySpec, load_query, sql_parameters
 
 
 def results_dir(results) -> Path:
@@ -41,14 +44,44 @@ def has_table(results, table: str) -> bool:
     return d.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in d.rglob("*.parquet"))
 
 
+def has_concepts(results) -> bool:
+    """Concept angles in either layout (lists + vocabulary, or the long table of older runs)."""
+    return (has_table(results, "concept_angles") and has_table(results, "concept_vocab")) \
+        or has_table(results, "concepts")
+
+
 def _bind_globs(root: Path, names, what: str) -> dict:
     out = {}
     for p in names:
         table = GLOB_PARAMS[p]
-        if not has_table(root, table):
+        if has_table(root, table):
+            out[p] = table_glob(root, table)
+        elif p in LAYOUTS:
+            out[p] = empty_table_glob(table)
+        else:
             raise QueryError(f"no Parquet files under {root / table} ({what} reads the {table} table)")
-        out[p] = table_glob(root, table)
+    for kind, sets in LAYOUT_SETS.items():
+        wanted = [s for s in sets if any(p in names for p in s)]
+        if wanted and not any(all(has_table(root, GLOB_PARAMS[p]) for p in s) for s in wanted):
+            tables = " or ".join("+".join(GLOB_PARAMS[p] for p in s) for s in wanted)
+            raise QueryError(f"no {kind} under {root} ({what} reads the {tables} tables; audit with --concepts)")
     return out
+
+
+@functools.cache
+def empty_table_glob(table: str) -> str:
+    """A glob matching one empty Parquet file of `table`'s schema, in the hive layout (a layout
+    a results directory does not hold contributes no rows). Written once per process."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from .layouts import SCHEMAS
+
+    d = Path(tempfile.mkdtemp(prefix="sing-empty-")) / table / "model=-" / "run=-"
+    d.mkdir(parents=True)
+    pq.write_table(SCHEMAS[table].empty_table(), d / "empty.parquet")
+    return str(d.parents[1] / "**" / "*.parquet")
 
 
 @functools.cache

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.io.shards import Sample, iter_shard, shard_name
-from pipelines.stages.collect import CONCEPTS_SCHEMA, IMAGES_SCHEMA
+from pipelines.stages.audit_tables import IMAGES_SCHEMA
+from pipelines.stages.audit_tables import LONG_CONCEPTS_SCHEMA as CONCEPTS_SCHEMA  # an older run's layout
 from tests.pipeline_data import photo_folder
 
 NAMES = ["tench", "goldfish", "great white shark"]  # ImageNet classes 0, 1, 2 (pipeline_data.SYNSETS)

@@ -1,7 +1,10 @@
 """Synthetic result trees in the documented layout (docs/ARCHITECTURE.md, "Results layout").
 
     OUT/images/model=<slug>/run=<run_id>/<shard>.parquet
-    OUT/concepts/model=<slug>/run=<run_id>/<shard>.parquet     (with_concepts)
+    OUT/concept_angles/model=<slug>/run=<run_id>/<shard>.parquet  (with_concepts; lists, as the
+    OUT/concept_vocab/model=<slug>/run=<run_id>/vocab.parquet     audit writes since 2026-12-03)
+    OUT/concepts/model=<slug>/run=<run_id>/<shard>.parquet        (with_concepts, concept_layout
+                                                                  "long": runs written before)
     OUT/steer/model=<slug>/run=<run_id>/<shard>.parquet        (with_steer)
     OUT/errors/model=<slug>/run=<run_id>/<shard>.parquet
     OUT/runs/<run_id>.json
@@ -36,7 +39,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The writers' own schemas: generated results are exactly what `sing audit`/`sing steer` write.
-from pipelines.stages.collect import CONCEPTS_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA  # noqa: E402,F401
+from pipelines.stages.audit_tables import (CONCEPT_ANGLES_SCHEMA, ERRORS_SCHEMA, IMAGES_SCHEMA,  # noqa: E402,F401
+                                           LONG_CONCEPTS_SCHEMA, concept_angles_table, vocab_table)
+
+CONCEPTS_SCHEMA = LONG_CONCEPTS_SCHEMA  # the long layout (runs before 2026-12-03)
 from pipelines.jobs.steer import STEER_SCHEMA  # noqa: E402,F401
 
 # The paper's 16 classes, one name with a quote (SQL-literal hazard), then generated names.
@@ -82,8 +88,10 @@ def write_results(root, models: dict[str, dict] | None = None, n_per_class: int 
                   seed: int = 0, null_dim: int = 64, with_concepts: bool = True, with_steer: bool = False,
                   runs: tuple[str, ...] | list[str] = ("run-0",), n_shards: int = 2,
                   concepts: list[str] | None = None, targets: list[str] | None = None,
-                  with_errors: bool = True) -> WrittenResults:
-    """Write a synthetic results tree under `root`; see the module docstring."""
+                  with_errors: bool = True, concept_layout: str = "lists") -> WrittenResults:
+    """Write a synthetic results tree under `root`; see the module docstring. concept_layout:
+    "lists" (the audit's), "long" (older runs') or "mixed" (a run resumed across the change:
+    the first shard long, the others lists)."""
     root = Path(root)
     models = models if models is not None else {"resnet50": {}, "vit_large_patch16_224": {"as_scale": 0.3}}
     names = class_names(n_classes)
@@ -170,8 +178,18 @@ def write_results(root, models: dict[str, dict] | None = None, n_per_class: int 
                         "angle_after_deg": _f32(after.reshape(-1)),
                         "as_deg": _f32((before - after).reshape(-1)),
                     }, schema=CONCEPTS_SCHEMA)
-                    _write(ctab, root / "concepts" / f"model={slug}" / f"run={run}" / f"{shard}.parquet", files)
                     con_frames.append(_frame(ctab, slug, run))
+                    part = root / "{}" / f"model={slug}" / f"run={run}"
+                    if concept_layout == "long" or (concept_layout == "mixed" and s == 0):
+                        _write(ctab, Path(str(part).format("concepts")) / f"{shard}.parquet", files)
+                    else:
+                        cols = {"key": np.asarray(keys, dtype=object), "label": lab, "concept_before": before,
+                                "concept_after": after}
+                        _write(concept_angles_table(cols, np.ones(m, bool), shard),
+                               Path(str(part).format("concept_angles")) / f"{shard}.parquet", files)
+                        vocab = Path(str(part).format("concept_vocab")) / "vocab.parquet"
+                        if not vocab.exists():
+                            _write(vocab_table(concepts), vocab, files)
                 if with_steer:
                     t = len(targets)
                     reachable = rng.random((m, t)) < 0.85

@@ -58,10 +58,14 @@ def _np_std(x) -> float | None:
 # ----------------------------------------------------------------------- factory
 
 def test_factory_matches_pipeline_schemas(res):
-    collect = pytest.importorskip("pipelines.stages.collect")
-    assert IMAGES_SCHEMA == collect.IMAGES_SCHEMA
-    assert CONCEPTS_SCHEMA == collect.CONCEPTS_SCHEMA
-    assert ERRORS_SCHEMA == collect.ERRORS_SCHEMA
+    tables = pytest.importorskip("pipelines.stages.audit_tables")
+    from queries.layouts import SCHEMAS
+
+    assert IMAGES_SCHEMA == tables.IMAGES_SCHEMA
+    assert CONCEPTS_SCHEMA == tables.LONG_CONCEPTS_SCHEMA == SCHEMAS["concepts"]
+    assert tables.CONCEPT_ANGLES_SCHEMA == SCHEMAS["concept_angles"]
+    assert tables.CONCEPT_VOCAB_SCHEMA == SCHEMAS["concept_vocab"]
+    assert ERRORS_SCHEMA == tables.ERRORS_SCHEMA
     import pyarrow.parquet as pq
 
     f = next(p for p in res.files if "/images/" in str(p))
@@ -388,7 +392,8 @@ def test_errors(res, tmp_path):
 
 def test_no_concept_or_steer_table(tmp_path):
     w = write_results(tmp_path / "r", models={"m": {}}, n_per_class=3, n_classes=3, with_concepts=False)
-    with pytest.raises(QueryError, match="no Parquet files under .*concepts"):
+    with pytest.raises(QueryError, match="no concepts under .*concept_angles\\+concept_vocab or concepts tables; "
+                                         "audit with --concepts"):
         queries.concept_shift(w.root)
     with pytest.raises(QueryError, match="no Parquet files under .*steer"):
         queries.steer_summary(w.root)

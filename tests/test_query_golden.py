@@ -229,3 +229,44 @@ if __name__ == "__main__" and "--write" in sys.argv:
         # one line per case: a changed case reads as one changed line in a diff
         GOLDEN.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in out.items()) + "\n}\n")
     print(f"wrote {GOLDEN}")
+
+
+CONCEPT_CASES = [c for c, name, _ in CASES if name == "concept_shift"]
+
+
+@pytest.mark.parametrize("layout", ["long", "mixed"])
+def test_concept_queries_answer_alike_in_every_layout(tmp_path, expected, layout):
+    """The concept angles as older runs wrote them (one row per image and concept) and a run
+    resumed across the layout change (one shard long, the other lists) answer every concept
+    case exactly as the stored outputs, which the long layout produced."""
+    res = write_results(tmp_path, models=MODELS, n_per_class=4, n_classes=18, seed=11, runs=("run-a", "20240101"),
+                        with_concepts=True, with_steer=True, n_shards=2, concepts=["water", "stripes", "grass"],
+                        concept_layout=layout)
+    assert any("/concepts/" in str(f) for f in res.files)
+    assert any("/concept_angles/" in str(f) for f in res.files) == (layout == "mixed")
+    for case in CONCEPT_CASES:
+        e = expected[case]
+        try:
+            df = run_query("concept_shift", res.root, _params(CASES_BY_ID[case][1], res))
+        except QueryError as exc:
+            assert {"error": str(exc).replace(str(res.root), "<ROOT>")} == e, case
+            continue
+        assert df.columns == e["columns"], case
+        _same(_rows(df), e["rows"], case)
+
+
+def test_a_shard_in_both_layouts_counts_once(tmp_path, expected):
+    """A shard whose lists and long file both exist (a migration cut short) is read once, from
+    the lists."""
+    import shutil
+
+    res = write_results(tmp_path / "a", models=MODELS, n_per_class=4, n_classes=18, seed=11,
+                        runs=("run-a", "20240101"), with_concepts=True, with_steer=True, n_shards=2,
+                        concepts=["water", "stripes", "grass"], concept_layout="long")
+    lists = write_results(tmp_path / "b", models=MODELS, n_per_class=4, n_classes=18, seed=11,
+                          runs=("run-a", "20240101"), with_concepts=True, with_steer=True, n_shards=2,
+                          concepts=["water", "stripes", "grass"])
+    for table in ("concept_angles", "concept_vocab"):
+        shutil.copytree(lists.root / table, res.root / table)
+    df = run_query("concept_shift", res.root, {"model": "ties", "run": "run-a"})
+    _same(_rows(df), expected["concepts_model_run"]["rows"], "both layouts")

@@ -1,9 +1,14 @@
-"""fsspec URLs for inputs (translators, checkpoints) and results, on fsspec's in-process
-memory:// filesystem (what works there works on s3:// and gs://, whose backends are not
-installed in the test environment)."""
+"""fsspec URLs for inputs (translators, checkpoints) and results: on fsspec's in-process
+memory:// filesystem for what one process reads and writes, and on objstore:// (a local
+filesystem that behaves like an object store: tests/objstore.py) for results that the model
+actors write from their own processes (s3fs and gcsfs are not reachable from here)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,41 +181,59 @@ def _keys(mem, pattern: str) -> tuple[int, list[str]]:
     return len(files), sorted(keys)
 
 
-@pytest.mark.slow
-def test_audit_writes_results_to_a_url(mem, job_inputs, ray_session):
-    """The driver writes every file, so an in-process memory:// OUT sees the whole run."""
-    from pipelines.jobs.audit import AuditOptions, run_audit
-    from tests.pipeline_data import CLASSIFIER
+def _sing_on_objstore(*args: str) -> subprocess.CompletedProcess:
+    """`sing` in a fresh process (its own Ray) where objstore:// is registered in every Python
+    process, the model actors' included (tests/objstore.py)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "tests" / "objstore_site"), str(repo)])
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", *args], env=env, capture_output=True,
+                          text=True, timeout=900)
 
-    shards, samples, slug, tr = job_inputs
-    cfg = AuditOptions(models=[CLASSIFIER], translators=[f"file://{tr}"], shards=[str(p) for p in shards],
-                      out="memory://results", run_id="u1", progress=False, batch_size=8)
-    man = run_audit(cfg)
-    n = len(samples)
-    assert man["counts"][slug] == {"images": n, "errors": 0, "images_this_session": n}
-    assert _keys(mem, f"/results/images/model={slug}/run=u1/*.parquet") == (len(shards), sorted(samples))
-    assert _keys(mem, f"/results/errors/model={slug}/run=u1/*.parquet") == (len(shards), [])
-    assert json.loads(mem.cat_file("/results/runs/u1.json"))["status"] == "complete"
 
-    again = run_audit(cfg)  # resume: every shard is done on the URL, nothing rewritten
-    assert again["shards"]["skipped_done"] == len(shards) and again["shards"]["written"] == 0
-    assert again["counts"][slug]["images"] == n and "resumed_from" in again
+def _store_keys(root: Path, pattern: str) -> tuple[int, list[str]]:
+    files = sorted(root.glob(pattern))
+    return len(files), sorted(k for f in files for k in pq.read_table(f).column("key").to_pylist())
 
 
 @pytest.mark.slow
-def test_steer_writes_results_to_a_url(mem, job_inputs, ray_session):
-    from pipelines.jobs.steer import SteerOptions, run_steer
+def test_audit_and_steer_write_results_to_an_object_store(job_inputs, tmp_path):
+    """The model actors, in other processes, write each shard to an object-store URL (objstore://:
+    whole objects, no rename) and read the translator from one; the rerun finds every shard
+    done there and writes nothing; no staging object is left behind."""
     from tests.pipeline_data import CLASSIFIER
 
     shards, samples, slug, tr = job_inputs
-    cfg = SteerOptions(model=CLASSIFIER, translator=str(tr), shards=[str(p) for p in shards], out="memory://st",
-                      target_class="1", prompt="an image of a jellyfish", is_deg=40.0, run_id="s1", progress=False)
-    man = run_steer(cfg)
+    store = tmp_path / "store"
+    (store / "models").mkdir(parents=True)
+    for suffix in ("", ".json"):
+        shutil.copyfile(f"{tr}{suffix}", store / "models" / f"t.safetensors{suffix}")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("water\nstripes\ngrass\n")
+    out = f"objstore://{store}/results"
+    audit = ["audit", "--model", CLASSIFIER, "--translator", f"objstore://{store}/models/t.safetensors",
+             "--shards", *map(str, shards), "--out", out, "--run-id", "u1", "--batch-size", "8",
+             "--concepts", str(vocab)]
+    first = _sing_on_objstore(*audit)
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = store / "results"
+    assert _store_keys(res, f"images/model={slug}/run=u1/*.parquet") == (len(shards), sorted(samples))
+    assert _store_keys(res, f"concept_angles/model={slug}/run=u1/*.parquet") == (len(shards), sorted(samples))
+    assert _store_keys(res, f"errors/model={slug}/run=u1/*.parquet") == (len(shards), [])
+    assert json.loads((res / "runs" / "u1.json").read_text())["status"] == "complete"
+    again = _sing_on_objstore(*audit)
+    assert again.returncode == 0, again.stderr[-3000:]
+    man = json.loads((res / "runs" / "u1.json").read_text())
+    assert man["shards"]["skipped_done"] == len(shards) and man["shards"]["written"] == 0
+    assert man["counts"][slug]["images"] == len(samples) and "resumed_from" in man
+
+    steer = _sing_on_objstore("steer", "--model", CLASSIFIER, "--translator", str(tr), "--shards",
+                              *map(str, shards), "--out", out, "--class", "1", "--prompt", "an image of a jellyfish",
+                              "--is-deg", "40", "--run-id", "s1")
+    assert steer.returncode == 0, steer.stderr[-3000:]
     of_class = sorted(k for k, y in samples.items() if y == 1)
-    assert man["counts"]["images"] == len(of_class) > 0
-    assert _keys(mem, f"/st/steer/model={slug}/run=s1/*.parquet") == (len(shards), of_class)
-    again = run_steer(cfg)
-    assert again["shards"]["skipped_done"] == len(shards) and again["counts"]["images"] == len(of_class)
+    assert _store_keys(res, f"steer/model={slug}/run=s1/*.parquet") == (len(shards), of_class)
+    assert not [p for p in store.rglob(".upload-*")] and not [p for p in store.rglob("*.tmp")]
 
 
 def test_save_translator_to_a_url_uploads_sidecar_and_file(mem, tmp_path):

@@ -151,12 +151,17 @@ def test_rerun_resumes_without_work_and_summary_query_reads_the_table(setup, ste
     assert row["mean_abs_as"] == pytest.approx(rows["abs_as_deg"].mean(), abs=1e-4)
 
 
-def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
-    """In process, no Ray: the class-filtered reader, the actor in --eps mode, the regrouping."""
+def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup, tmp_path):
+    """In process, no Ray: the class-filtered reader, the actor in --eps mode writing the shard
+    itself (one record at the shard's end row)."""
+    import functools
+
+    import pyarrow.parquet as pq
+
     from pipelines.models.classifiers import load_classifier
     from pipelines.stages.read import read_decode
-    from pipelines.stages.regroup import ShardGrouper
-    from pipelines.jobs.steer import steer_table
+    from pipelines.jobs.steer import steer_files
+    from pipelines.stages.shard_writer import WriterSpec
     from pipelines.stages.steer_actor import SteerActor
 
     root, tr = setup
@@ -166,16 +171,17 @@ def test_reader_keeps_only_the_class_and_actor_steers_by_a_fixed_eps(setup):
                                [clf.preprocess], chunk_size=2, only_label=1))
     assert sum((b["status"] == "ok").sum() for b in batches) == 3
     assert all((b["label"][b["status"] == "ok"] == 1).all() for b in batches)
+    out = str(tmp_path / "out")
+    writer = WriterSpec(functools.partial(steer_files, out=out, slug="m", run_id="r", target="a target"))
     actor = SteerActor("s", CLASSIFIER, str(tr), np.random.default_rng(0).standard_normal(32), 1, eps=0.5,
-                       view=clf.preprocess)
-    grouper, done = ShardGrouper(), []
-    for b in batches:
-        done += grouper.add(actor(b))
-    assert not grouper.unfinished() and len(done) == 1
-    shard, cols, _ = done[0]
-    table, model_err = steer_table(cols, "s", shard, "a target")
-    assert shard == "shard-000001" and table.num_rows == 3 and not model_err.any()
-    rows = table.to_pylist()
+                       view=clf.preprocess, writer=writer, final=True)
+    records = [actor(b) for b in batches]
+    assert [len(r["shard"]) for r in records] == [0] * (len(batches) - 1) + [1]  # the end row only
+    rec = records[-1]
+    assert rec["shard"][0] == "shard-000001" and rec["s/rows"][0] == 3 and rec["s/images"][0] == 3
+    assert rec["s/write_error"][0] == ""
+    rows = pq.read_table(tmp_path / "out" / "steer" / "model=m" / "run=r" / "shard-000001.parquet").to_pylist()
+    assert len(rows) == 3
     assert all(r["eps"] == 0.5 and r["reachable"] and 0 < r["is_deg"] < 180 for r in rows)
     assert max(r["logit_drift"] for r in rows) < 1e-9
     assert all(r["abs_as_deg"] == abs(r["as_deg"]) for r in rows)

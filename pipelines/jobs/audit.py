@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.errors import BadInput
-from pipelines.io.layout import count_rows, is_done
+from pipelines.io.layout import count_rows, done_shards
 from pipelines import timeline
 from pipelines.jobs import spine
 from pipelines.models.compiled import COMPILE_HELP, COMPILE_MODES
 from pipelines.options import (ActorDecode, Decode, DecodeOptions, OutputOptions, PrecisionOptions, RankOptions, StreamOptions,
                                _templates, add_arguments, check, from_namespace, opt)
-from pipelines.stages.collect import ModelTarget, ShardCollector
+from pipelines.stages.collect import ShardTally, Writer
 
 log = logging.getLogger("sing.audit")
 
@@ -169,11 +169,63 @@ def _resolved(prepared: list[_Prepared], concepts) -> dict:
             "concept_text": (first.concept_info or {}).get("sha256")}
 
 
-def run_audit(opts: AuditOptions) -> dict:
-    from pipelines.models.text import concept_names
+def _writers(opts: AuditOptions, plan, prepared: list[_Prepared], concepts) -> list:
+    """Each model actor's WriterSpec: its model's files of every shard (stages.shard_writer),
+    shards an earlier run finished for that model skipped; the run's concept vocabulary is
+    written first, once per model."""
+    import functools
+
+    from pipelines.io.layout import vocab_file, write_table_atomic
+    from pipelines.stages.audit_tables import audit_files, vocab_table
+    from pipelines.stages.shard_writer import WriterSpec
+
+    specs = []
+    for i, p in enumerate(prepared):
+        if concepts:
+            write_table_atomic(vocab_table(concepts), vocab_file(opts.out, p.clf.slug, plan.run_id))
+        build = functools.partial(audit_files, out=opts.out, run_id=plan.run_id, slug=p.clf.slug, prefix=f"m{i}",
+                                  class_names=tuple(p.clf.class_names), null_dim=p.decomposition.null_dim,
+                                  concepts=bool(concepts))
+        specs.append(WriterSpec(build, frozenset(done_shards(opts.out, "images", p.clf.slug, plan.run_id))))
+    return specs
+
+
+def _stream(opts: AuditOptions, plan, prepared: list[_Prepared], concepts, tally: ShardTally) -> None:
+    """The stream of the shards to do: one decode, a chain of model actors that each score and
+    write their model's files (healing spine)."""
     from pipelines.stages.actors import ScoreActor
     from pipelines.stages.prepared import share
     from pipelines.stages.read import encoded_columns, unique_views, view_column
+
+    modes = decode_modes([p.clf.preprocess.view_key for p in prepared], opts.decode)
+    views = unique_views([p.clf.preprocess for p in prepared])
+    device = opts.decode == Decode.DEVICE
+    refs = [share(p.clf, p.decomposition, p.translator) for p in prepared]  # held until the stream ends
+    actors = [spine.ActorSpec(ScoreActor, dict(
+        prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path), class_text=p.class_text,
+        concept_text=p.concept_text, rank_atol=opts.rank_atol, rank_rtol=opts.rank_rtol, view=p.clf.preprocess,
+        translator_match=opts.translator_match, decode=mode, share_decoded=share_, max_pixels=opts.max_pixels,
+        precision=opts.precision, prepared=ref, compile=opts.compile, batch_size=opts.batch_size, writer=writer))
+        for i, (p, (mode, share_), ref, writer) in enumerate(zip(prepared, modes, refs,
+                                                               _writers(opts, plan, prepared, concepts)))]
+    drop = encoded_columns(views) if device else [view_column(v) for v in views]
+
+    def build(todo):  # per attempt: a restart sizes the pool for the nodes left
+        ap = spine.ActorPlan.resolve(opts, len(prepared))
+        plan.manifest["actor_pool"] = ap.as_manifest()
+        ds = spine.stream(todo, opts, views, actors, ap, drop, {"encoded": device, "host_share": opts.host_decode_share})
+        timeline.mark("stream_started")  # Ray Data executes lazily: from the first pull on
+        return ds
+
+    startup = timeline.ActorStartup([f"m{i}" for i in range(len(prepared))])
+    spine.run(plan, opts, "the audit stream", build, [f"m{i}" for i in range(len(prepared))],
+              lambda b: (tally.batch(b), startup(b)), tally.shard)
+    timeline.mark("last_result")
+    plan.manifest["startup_seconds"] = startup.finish()
+
+
+def run_audit(opts: AuditOptions) -> dict:
+    from pipelines.models.text import concept_names
 
     check(opts)  # options built in Python (nightly, reproduce, demo) get the CLI's checks too
     timeline.begin_run()
@@ -183,55 +235,29 @@ def run_audit(opts: AuditOptions) -> dict:
     modes = decode_modes([p.clf.preprocess.view_key for p in prepared], opts.decode)
     slugs = [p.clf.slug for p in prepared]
     plan = spine.plan("audit", opts, _resolved(prepared, concepts),
-                      lambda run, n: all(is_done(opts.out, s, run, n) for s in slugs),
+                      lambda run: set.intersection(*(done_shards(opts.out, "images", s, run) for s in slugs)),
                       {"precision": opts.precision, "concepts": concepts, **opts.extra,
                        "models": [_model_record(p, m) for p, (m, _) in zip(prepared, modes)]}, shards)
     timeline.mark("planned")
-    targets = [ModelTarget(f"m{i}", p.clf.slug, list(p.clf.class_names), p.decomposition.null_dim, concepts or [],
-                           {n for n in plan.names if is_done(opts.out, p.clf.slug, plan.run_id, n)})
-               for i, p in enumerate(prepared)]
-    collector = ShardCollector(opts.out, plan.run_id, targets, total=len(plan.todo))
+    tally = ShardTally([Writer(f"m{i}", s) for i, s in enumerate(slugs)], total=len(plan.todo))
     if plan.todo:
-        views = unique_views([p.clf.preprocess for p in prepared])
-        device = opts.decode == Decode.DEVICE
-        refs = [share(p.clf, p.decomposition, p.translator) for p in prepared]  # held until the stream ends
-        actors = [spine.ActorSpec(ScoreActor, dict(
-            prefix=f"m{i}", model_spec=p.spec, translator_path=str(p.translator_path), class_text=p.class_text,
-            concept_text=p.concept_text, rank_atol=opts.rank_atol, rank_rtol=opts.rank_rtol, view=p.clf.preprocess,
-            translator_match=opts.translator_match, decode=mode, share_decoded=share_, max_pixels=opts.max_pixels,
-            precision=opts.precision, prepared=ref, compile=opts.compile, batch_size=opts.batch_size))
-            for i, (p, (mode, share_), ref) in enumerate(zip(prepared, modes, refs))]
-        drop = encoded_columns(views) if device else [view_column(v) for v in views]
-
-        def build(todo):  # per attempt: a restart sizes the pool for the nodes left
-            ap = spine.ActorPlan.resolve(opts, len(prepared))
-            plan.manifest["actor_pool"] = ap.as_manifest()
-            ds = spine.stream(todo, opts, views, actors, ap, drop,
-                              {"encoded": device, "host_share": opts.host_decode_share})
-            timeline.mark("stream_started")  # Ray Data executes lazily: from the first pull on
-            return ds
-
-        startup = timeline.ActorStartup([f"m{i}" for i in range(len(prepared))])
-        spine.run(plan, opts, "the audit stream", build, collector.write, lambda b: (collector.timings(b), startup(b)))
-        timeline.mark("last_result")
-        plan.manifest["startup_seconds"] = startup.finish()
-        del refs
+        _stream(opts, plan, prepared, concepts, tally)
     wall = time.perf_counter() - plan.t0
-    stream = collector.stream_rate()
+    stream = tally.stream_rate()
     timeline.mark("finished")
     plan.manifest["timeline"] = timeline.marks()
     plan.manifest["startup_seconds"] = {**timeline.spans(), **plan.manifest.get("startup_seconds", {})}
     return spine.finish(
-        plan, stage_seconds={k: round(v, 3) for k, v in collector.stage_seconds.items()},
+        plan, stage_seconds={k: round(v, 3) for k, v in tally.stage_seconds.items()},
         # end to end, Ray and actor start-up included; `sing bench` derives the steady rate
         # from two run sizes (start-up cancels out)
-        images_per_second=round(collector.rows_written / wall, 3) if wall > 0 else None,
+        images_per_second=round(tally.rows_written / wall, 3) if wall > 0 else None,
         # after the first result arrived: start-up excluded, one run suffices
         stream_images_per_second=None if stream is None else round(stream, 3),
-        shards={**plan.manifest["shards"], "written": len(collector.done_shards)},
+        shards={**plan.manifest["shards"], "written": len(tally.done_shards)},
         counts={s: {"images": count_rows(opts.out, "images", s, plan.run_id),
                     "errors": count_rows(opts.out, "errors", s, plan.run_id),
-                    "images_this_session": collector.counts.get(f"{s}/images", 0)} for s in slugs})
+                    "images_this_session": tally.counts.get(f"{s}/images", 0)} for s in slugs})
 
 
 def cli_args(p) -> None:

@@ -13,6 +13,7 @@ are written atomically per shard; a shard whose part exists is done, so a rerun 
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -26,6 +27,8 @@ import pyarrow.parquet as pq
 from pipelines.errors import BadInput
 from pipelines.options import PrecisionOptions, StreamOptions, add_arguments, check, from_namespace, opt
 from pipelines.stages.actors import FeatureActor
+from pipelines.stages.collect import ShardTally, Writer
+from pipelines.stages.shard_writer import WriterSpec
 
 log = logging.getLogger("sing.index")
 
@@ -55,25 +58,21 @@ class IndexActor(FeatureActor):
     """CLIP image embeddings (FeatureActor kind="clip") plus a JPEG thumbnail per image."""
 
     def __init__(self, prefix, model_spec, thumb_col, quality=85, device=None, threads=None, precision="fp32",
-                 drop_views=()):
-        # the image columns go after this actor's own __call__ (it needs the thumbnail view)
-        super().__init__(prefix, "clip", model_spec, drop_views=(), device=device, threads=threads,
-                         precision=precision)
+                 drop_views=(), writer=None, final=False):
         self.thumb_col, self.quality = thumb_col, quality
+        super().__init__(prefix, "clip", model_spec, drop_views=drop_views, device=device, threads=threads,
+                         precision=precision, writer=writer, final=final)
 
-    def __call__(self, batch: dict) -> dict:
+    def _extra(self, batch: dict, ok: np.ndarray) -> dict:
         from PIL import Image
 
-        out = super().__call__(batch)
         thumbs = np.empty(len(batch["key"]), dtype=object)
         thumbs[:] = b""
-        for i in np.flatnonzero(batch["status"] == "ok"):
+        for i in np.flatnonzero(ok):
             buf = io.BytesIO()
             Image.fromarray(np.asarray(batch[self.thumb_col][i])).save(buf, "JPEG", quality=self.quality)
             thumbs[i] = buf.getvalue()
-        out = {k: v for k, v in out.items() if not k.startswith("img:")}
-        out[f"{self.prefix}/thumb"] = thumbs
-        return out
+        return {"thumb": thumbs}
 
 
 # ----------------------------------------------------------------------------- building
@@ -95,26 +94,22 @@ def part_file(out, shard: str) -> Path:
     return Path(out) / "parts" / f"{shard}.parquet"
 
 
-def _writer(cfg: IndexOptions, dim: int):
-    from pipelines.io.layout import write_table_atomic
-    from pipelines.stages.collect import error_table
+def index_files(cols: dict, shard: str, out: str, dim: int, dtype: str) -> list[tuple]:
+    """One shard's index files (built and written by the index actor: stages.shard_writer): its
+    errors, then its part (the marker)."""
+    from pipelines.stages.audit_tables import error_table
 
-    schema = _schema(dim, cfg.dtype)
-    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
-
-    def write(shard: str, cols: dict, _t_read: float) -> None:
-        ok = cols["status"] == "ok"
-        write_table_atomic(error_table(cols, shard), Path(cfg.out) / "errors" / f"{shard}.parquet")
-        emb = np.asarray(cols["z/emb"][ok], dtype=np.float32).reshape(-1, dim).astype(np_dtype)
-        table = pa.table({
-            "key": pa.array(cols["key"][ok].tolist(), pa.string()),
-            "shard": pa.array([shard] * int(ok.sum()), pa.string()),
-            "label": pa.array(cols["label"][ok].astype(np.int32), pa.int32()),
-            "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), DTYPES[cfg.dtype]), dim),
-            "thumb": pa.array(list(cols["z/thumb"][ok]), pa.binary())}, schema=schema)
-        write_table_atomic(table, part_file(cfg.out, shard))  # last: marks the shard done
-        log.info("index: shard %s (%d images, %d errors)", shard, table.num_rows, int((~ok).sum()))
-    return write
+    ok = cols["status"] == "ok"
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    emb = np.asarray(cols["z/emb"][ok], dtype=np.float32).reshape(-1, dim).astype(np_dtype)
+    table = pa.table({
+        "key": pa.array(cols["key"][ok].tolist(), pa.string()),
+        "shard": pa.array([shard] * int(ok.sum()), pa.string()),
+        "label": pa.array(cols["label"][ok].astype(np.int32), pa.int32()),
+        "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), DTYPES[dtype]), dim),
+        "thumb": pa.array(list(cols["z/thumb"][ok]), pa.binary())}, schema=_schema(dim, dtype))
+    return [("errors", str(Path(out) / "errors" / f"{shard}.parquet"), error_table(cols, shard)),
+            ("parts", str(part_file(out, shard)), table)]
 
 
 def build_index(cfg: IndexOptions) -> dict:
@@ -137,18 +132,21 @@ def build_index(cfg: IndexOptions) -> dict:
             raise ImageIndexError(f"{cfg.out} already holds an index built differently ("
                                   + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
                                   + "); use another --out")
-    plan = spine.plan("index", cfg, {}, lambda _run, n: part_file(cfg.out, n).is_file(),
+    plan = spine.plan("index", cfg, {}, lambda _run: {p.stem for p in (Path(cfg.out) / "parts").glob("*.parquet")},
                       {**meta, "clip_sha256": clip.weights_sha256(), "preprocess": asdict(clip.preprocess)},
                       shards, run_id="index", manifest_file=str(old))
     if plan.todo:
         tspec = thumb_spec(cfg.thumb_size)
         views = unique_views([clip.preprocess, tspec])
+        writer = WriterSpec(functools.partial(index_files, out=cfg.out, dim=clip.embed_dim, dtype=cfg.dtype),
+                            frozenset(plan.done))
         actor = spine.ActorSpec(IndexActor, dict(prefix="z", model_spec=cfg.clip, thumb_col=view_column(tspec),
-                                                 precision=cfg.precision))
+                                                 precision=cfg.precision, writer=writer))
         drop = [view_column(v) for v in views]
+        tally = ShardTally([Writer("z", "index")], total=len(plan.todo), what="index: shard")
         spine.run(plan, cfg, "the index stream",
-                  lambda todo: spine.stream(todo, cfg, views, [actor], spine.ActorPlan.resolve(cfg), drop),
-                  _writer(cfg, clip.embed_dim))
+                  lambda todo: spine.stream(todo, cfg, views, [actor], spine.ActorPlan.resolve(cfg), drop), ["z"],
+                  tally.batch, tally.shard)
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "parts").glob("*.parquet"))
     n_err = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "errors").glob("*.parquet"))
     return spine.finish(plan, images=n, errors=n_err)

@@ -4,12 +4,15 @@
              the job's options (every option that changes results, none that only schedules)
              plus what the job resolved (model ids, checkpoint hashes, translator ids, text
              files), the shards already done, the manifest written as "running"
-    stream   the read tasks and the chain of model actors, sized by one ActorPlan
-    drain    the results regrouped per shard and handed to the job's writer, stall-guarded;
-             a stream that ends with a shard incomplete is a failed run (a rerun resumes)
+    stream   the read tasks and the chain of model actors, sized by one ActorPlan; the model
+             actors write each shard's files where they computed its rows
+             (stages.shard_writer, under the one rule of io.layout.commit_shard)
+    drain    one small record per shard reaches the driver, stall-guarded: the shard is done;
+             a stream that ends with a shard missing, or whose files could not be written,
+             is restarted over the shards not done (a rerun resumes too)
     finish   the manifest, complete
 
-A job (audit, steer, index, fit) is its options, its actors and its writer.
+A job (audit, steer, index, fit) is its options, its actors and its writers.
 """
 from __future__ import annotations
 
@@ -43,6 +46,13 @@ class Plan:
     manifest: dict
     manifest_file: str | None = None  # default OUT/runs/<run_id>.json
     t0: float = field(default_factory=time.perf_counter)
+    done_now: Callable[[str], set] | None = None  # the finished shards, listed afresh
+
+    def refresh(self) -> None:
+        """Add the shards whose files landed although their records never reached the driver
+        (an attempt that ended between the two), so a restart does not write them again."""
+        if self.done_now:
+            self.done |= set(self.done_now(self.run_id)) & set(self.names)
 
     def save(self) -> None:
         if self.manifest_file:
@@ -77,14 +87,15 @@ def expand(shard_globs) -> tuple[list[str], list[str]]:
     return shards, names
 
 
-def plan(kind: str, opts, resolved: dict, is_done: Callable[[str, str], bool], manifest: dict,
+def plan(kind: str, opts, resolved: dict, done_now: Callable[[str], set], manifest: dict,
          shards: tuple[list[str], list[str]] | None = None, *, run_id: str | None = None,
          manifest_file: str | None = None) -> Plan:
-    """is_done(run_id, shard_name): whether an earlier attempt finished that shard. A job with
-    one output per directory (the image index) passes its own run_id and manifest_file."""
+    """done_now(run_id): the names of the shards an earlier attempt finished (from listings:
+    io.layout.done_shards). A job with one output per directory (the image index) passes its
+    own run_id and manifest_file."""
     shards, names = shards or expand(opts.shards)
     run_id = run_id or run_id_for(kind, opts, {**resolved, "shards": names})
-    done = {n for n in names if is_done(run_id, n)}
+    done = set(done_now(run_id)) & set(names)
     config = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
     man = {"kind": kind, "status": "running", "started_at": utc_now(), "code_version": code_version(),
            **manifest, "config": {**config, "argv": sys.argv},
@@ -98,7 +109,7 @@ def plan(kind: str, opts, resolved: dict, is_done: Callable[[str, str], bool], m
         previous = load_manifest(opts.out, run_id)
     if previous:
         man["resumed_from"] = {k: previous.get(k) for k in ("started_at", "status", "stage_seconds")}
-    p = Plan(kind, run_id, opts.out, shards, names, done, man, manifest_file)
+    p = Plan(kind, run_id, opts.out, shards, names, done, man, manifest_file, done_now=done_now)
     p.save()
     log.info("%s run %s: %d shards, %d already done, %d to do", kind, run_id, len(shards), len(done),
              len(shards) - len(done))
@@ -150,7 +161,8 @@ class ActorSpec:
 def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan, drop: list[str],
            read_kwargs: dict | None = None):
     """The Ray Data stream over the shards `todo` (usually plan.todo): read tasks, then each
-    actor in turn (the last one drops the image columns). Returns the Dataset."""
+    actor in turn (the last one drops the image columns and, when the actors write, hands on
+    the records alone). Returns the Dataset."""
     from pipelines.stages.ray_session import configure_data_context, ensure_ray
     from pipelines.stages.read import read_decode
 
@@ -163,6 +175,8 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
         kwargs = {"device": opts.device, "threads": ap.torch_threads, **spec.kwargs}
         if i == len(actors) - 1:
             kwargs["drop_views"] = drop
+            if spec.kwargs.get("writer") is not None:
+                kwargs["final"] = True
         ds = ds.map_batches(spec.cls, batch_size=opts.batch_size, compute=actor_pool(ap.n_actors, ap.threads),
                             num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs,
                             **ACTOR_REMOTE_ARGS)
@@ -177,27 +191,38 @@ def read_options(opts) -> dict:
     return {f.name: getattr(opts, f.name) for f in dataclasses.fields(ReadOptions)}
 
 
-def drain(ds, opts, what: str, writer: Callable[[str, dict, float], None],
-          on_batch: Callable[[dict], None] | None = None, abort=None, todo: list[str] = ()) -> None:
-    """Regroup the stream per shard and call writer(shard, columns, read_seconds) for each
-    shard once all its rows are in. Stall-guarded (opts.stall_timeout); abort() may end it.
-    todo: the shards streamed (the progress bar's estimate of the images to come)."""
+def drain(ds, opts, what: str, writers: list[str], on_shard: Callable[[str, int, dict, int], None],
+          on_batch: Callable[[dict], None] | None = None, abort=None, todo: list[str] = ()) -> dict[str, str]:
+    """The stream's records: one per shard (its end row), once every model actor wrote the
+    shard's files (stages.shard_writer; `writers`: their prefixes). on_shard(shard, rows,
+    batch, i) for each shard written; on_batch(batch) for every batch of records.
+    Stall-guarded (opts.stall_timeout); abort() may end it. Returns {shard: why} of the shards
+    whose files could not be written; a shard of `todo` (paths) with no record fails the run."""
     from pipelines.console import job_progress
-    from pipelines.stages.regroup import ShardGrouper
+    from pipelines.io.shards import shard_name
     from pipelines.stages.watchdog import with_stall_timeout
 
-    grouper = ShardGrouper()
+    seen, failed = set(), {}
     label = what.removeprefix("the ").removesuffix(" stream")
     with job_progress(label, todo, opts.progress) as bar:  # a tqdm bar in a terminal only
         for batch in with_stall_timeout(batches(ds), opts.stall_timeout, what, abort):
-            bar.add(int((batch["status"] != "end").sum()))  # end rows mark a shard's end
             if on_batch:
                 on_batch(batch)
-            for shard, cols, t_read in grouper.add(batch):
-                writer(shard, cols, t_read)
-                bar.shard_done(len(cols["key"]))
-    if grouper.unfinished():
-        raise RunFailed(f"{what} ended with incomplete shards {grouper.unfinished()}; rerun to retry them")
+            for i, shard in enumerate(batch["shard"]):
+                shard, rows = str(shard), int(batch["n_rows"][i])
+                seen.add(shard)
+                why = next((str(batch[f"{p}/write_error"][i]) for p in writers if batch[f"{p}/write_error"][i]), "")
+                if why:
+                    failed[shard] = why
+                    log.warning("%s: %s", what, why)
+                    continue
+                on_shard(shard, rows, batch, i)
+                bar.add(rows)
+                bar.shard_done(rows)
+    missing = sorted({shard_name(s) for s in todo} - seen)
+    if missing:
+        raise RunFailed(f"{what} ended with incomplete shards {missing[:10]}; rerun to retry them")
+    return failed
 
 
 def retry(opts, what: str, attempt: Callable, record: list, progress: Callable[[], int] | None = None):
@@ -239,20 +264,33 @@ def retry(opts, what: str, attempt: Callable, record: list, progress: Callable[[
     raise RunFailed(f"{what} did not finish in {opts.max_attempts} attempts (last: {trigger})")
 
 
-def run(plan: Plan, opts, what: str, build: Callable[[list[str]], object],
-        writer: Callable[[str, dict, float], None], on_batch: Callable[[dict], None] | None = None) -> None:
-    """stream + drain, healing: a lost node, actor or object ends the attempt and the stream
-    restarts over the shards not yet written (finished shards are kept, a partial one is
-    redone from its start: nothing is lost or written twice), up to opts.max_attempts. The
-    attempts and what ended each go into the manifest (`attempts`)."""
-    def write(shard: str, cols: dict, t_read: float) -> None:
-        writer(shard, cols, t_read)
+def run(plan: Plan, opts, what: str, build: Callable[[list[str]], object], writers: list[str],
+        on_batch: Callable[[dict], None] | None = None,
+        on_shard: Callable[[str, int, dict, int], None] | None = None) -> None:
+    """stream + drain, healing: a lost node, actor or object, or a shard whose files could not
+    be written, ends the attempt and the stream restarts over the shards not yet written
+    (finished shards are kept, a partial one is redone from its start: nothing is lost or
+    written twice), up to opts.max_attempts. The attempts and what ended each go into the
+    manifest (`attempts`). writers: the prefixes of the actors that write (their records)."""
+    from pipelines.stages.watchdog import ShardWritesFailed
+
+    def shard_done(shard: str, rows: int, batch: dict, i: int) -> None:
         plan.done.add(shard)
+        if on_shard:
+            on_shard(shard, rows, batch, i)
+
+    attempts = [0]
 
     def attempt(abort):
+        attempts[0] += 1
+        if attempts[0] > 1:
+            plan.refresh()
         todo = plan.todo
         if todo:
-            drain(build(todo), opts, what, write, on_batch, abort, todo)
+            failed = drain(build(todo), opts, what, writers, shard_done, on_batch, abort, todo)
+            if failed:
+                raise ShardWritesFailed(f"{len(failed)} shard(s) could not be written, e.g. "
+                                        f"{next(iter(failed.values()))}")
 
     try:
         retry(opts, what, attempt, plan.manifest.setdefault("attempts", []), lambda: len(plan.done))

@@ -1,8 +1,8 @@
 """`sing steer`: null-space steering of every image of one class toward a text prompt
 (paper Table 1) as a Ray Data job.
 
-    shards -> read (only samples of the requested class are decoded) -> SteerActor
-           -> driver regroups rows per shard -> OUT/steer/model=<slug>/run=<run_id>/<shard>.parquet
+    shards -> read (only samples of the requested class are decoded) -> SteerActor, which
+           writes each shard -> OUT/steer/model=<slug>/run=<run_id>/<shard>.parquet
 
 Per image the actor computes f, then (sing_ops.steer, float64) the unit null direction of
 the cosine gradient toward the prompt's CLIP text embedding and the exact step eps giving
@@ -14,18 +14,18 @@ file; a shard whose steer file exists is done, so rerunning the command resumes.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines.errors import BadInput
-from pipelines.io.layout import count_rows, is_done, shard_file, write_table_atomic
+from pipelines.io.layout import count_rows, done_shards, shard_file
 from pipelines.jobs import spine
+from pipelines.stages.collect import ShardTally, Writer
 from pipelines.options import (OutputOptions, PrecisionOptions, RankOptions, StreamOptions, add_arguments, check,
                                from_namespace, opt)
 
@@ -161,20 +161,15 @@ def prepare(cfg: SteerOptions):
     return shards, clf, dec, class_index, tr, clip_id, text, text_info
 
 
-def _writer(out: str, slug: str, run_id: str, target: str, stage: dict):
-    from pipelines.stages.collect import error_table
+def steer_files(cols: dict, shard: str, out: str, slug: str, run_id: str, target: str) -> list[tuple]:
+    """One shard's steer files (built and written by the steer actor: stages.shard_writer): its
+    errors, then its steer table (the marker)."""
+    from pipelines.stages.audit_tables import error_table
 
-    def write(shard: str, cols: dict, t_read: float) -> None:
-        tw = time.perf_counter()
-        table, model_err = steer_table(cols, "s", shard, target)
-        errors = error_table(cols, shard, np.where(model_err, cols["s/error"], ""))
-        write_table_atomic(errors, shard_file(out, "errors", slug, run_id, shard))
-        write_table_atomic(table, shard_file(out, "steer", slug, run_id, shard))  # last: marks the shard done
-        stage["read_decode"] += t_read
-        stage["write"] += time.perf_counter() - tw
-        stage["written"] += 1
-        log.info("steer: shard %s written (%d images of the class)", shard, table.num_rows)
-    return write
+    table, model_err = steer_table(cols, "s", shard, target)
+    errors = error_table(cols, shard, np.where(model_err, cols["s/error"], ""))
+    return [("errors", shard_file(out, "errors", slug, run_id, shard), errors),
+            ("steer", shard_file(out, "steer", slug, run_id, shard), table)]
 
 
 def run_steer(cfg: SteerOptions) -> dict:
@@ -195,34 +190,32 @@ def run_steer(cfg: SteerOptions) -> dict:
            "target": {"prompt": target, "class_index": class_index, "class_name": clf.class_names[class_index],
                       "is_deg": cfg.is_deg, "eps": cfg.eps, "templates": "raw prompt (no template)"},
            "target_text": text_info}
-    plan = spine.plan("steer", cfg, resolved, lambda run, n: is_done(cfg.out, clf.slug, run, n, table="steer"),
-                      man, shards)
+    plan = spine.plan("steer", cfg, resolved, lambda run: done_shards(cfg.out, "steer", clf.slug, run), man, shards)
     log.info("steer: class %d (%s) -> %r", class_index, clf.class_names[class_index], target)
-    stage = defaultdict(float)
+    tally = ShardTally([Writer("s", clf.slug)], total=len(plan.todo), what="steer: shard")
     if plan.todo:
+        from pipelines.stages.shard_writer import WriterSpec
+
+        writer = WriterSpec(functools.partial(steer_files, out=cfg.out, slug=clf.slug, run_id=plan.run_id,
+                                              target=target), frozenset(plan.done))
         actor = spine.ActorSpec(SteerActor, dict(
             prefix="s", model_spec=cfg.model, translator_path=str(cfg.translator), target_text=text,
             class_index=class_index, eps=cfg.eps, is_deg=cfg.is_deg, rank_atol=cfg.rank_atol, rank_rtol=cfg.rank_rtol,
-            view=clf.preprocess, precision=cfg.precision))
+            view=clf.preprocess, precision=cfg.precision, writer=writer))
 
         def build(todo):
             return spine.stream(todo, cfg, [clf.preprocess], [actor], spine.ActorPlan.resolve(cfg),
                                 [f"img:{clf.preprocess.view_key}"], {"only_label": class_index})
 
-        def timings(batch):
-            stage["forward"] += float(batch["s/t_forward"].sum())
-            stage["sing_ops"] += float(batch["s/t_ops"].sum())
-
-        spine.run(plan, cfg, "the steer stream", build, _writer(cfg.out, clf.slug, plan.run_id, target, stage),
-                  timings)
+        spine.run(plan, cfg, "the steer stream", build, ["s"], tally.batch, tally.shard)
     n_rows = count_rows(cfg.out, "steer", clf.slug, plan.run_id)
     if n_rows == 0:
         log.warning("no image of class %d (%s) in the shards", class_index, clf.class_names[class_index])
-    written = int(stage.pop("written", 0))
-    return spine.finish(plan, stage_seconds={k: round(v, 3) for k, v in stage.items()},
+    written = len(tally.done_shards)
+    return spine.finish(plan, stage_seconds={k: round(v, 3) for k, v in tally.stage_seconds.items()},
                         shards={**plan.manifest["shards"], "written": written},
                         counts={"images": n_rows, "errors": count_rows(cfg.out, "errors", clf.slug, plan.run_id),
-                                "shards_done": len(plan.done) + written, "shards_skipped": len(plan.done)})
+                                "shards_done": len(plan.done), "shards_skipped": plan.manifest["shards"]["skipped_done"]})
 
 
 def cli_args(p) -> None:

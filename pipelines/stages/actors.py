@@ -46,7 +46,7 @@ class _ModelActor:
     """Common to the model actors: device, CUDA stream per thread, precision, inputs."""
 
     def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
-                 max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION):
+                 max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION, writer=None, final=False):
         _set_threads(threads)
         configure_precision(precision)  # this actor process runs one precision
         self.precision = precision
@@ -58,6 +58,12 @@ class _ModelActor:
         self.share_decoded = bool(share_decoded) and self.decode == ActorDecode.DEVICE
         self._local = threading.local()
         self._startup_lock, self._startup = threading.Lock(), None
+        # writer: a shard_writer.WriterSpec: this actor writes its model's files of each shard and
+        # hands on records; final: the stream's last actor, whose output is the records alone
+        from pipelines.stages.shard_writer import ShardWriter
+
+        self.writer = ShardWriter(prefix, writer) if writer is not None else None
+        self.final = bool(final)
 
     def _started(self, t_enter: float, t_warmup: float = 0.0) -> None:
         """The constructor is done: its seconds ride on this actor's first batch to the driver
@@ -67,11 +73,31 @@ class _ModelActor:
         now = time.time()
         self._startup = {"t_ready": now, "t_setup": now - t_enter, "t_warmup": t_warmup, "t_spawned": process_start()}
 
-    def _startup_columns(self, out: dict, n: int) -> None:
+    def _startup_columns(self, out: dict, rows: np.ndarray) -> None:
+        """The start-up numbers on the first of `rows` (a mask over the batch) of one batch."""
+        first = np.flatnonzero(rows)[:1]
         with self._startup_lock:  # threaded actors: exactly one batch carries the numbers
-            s, self._startup = (self._startup, None) if n else (None, self._startup)
+            s, self._startup = (self._startup, None) if len(first) else (None, self._startup)
         for c in STARTUP_COLUMNS:
-            out[f"{self.prefix}/{c}"] = _first_only(n, s[c] if s else 0.0)
+            out[f"{self.prefix}/{c}"] = col = np.zeros(len(rows), dtype=np.float64)
+            if s:
+                col[first] = s[c]
+
+    def _emit(self, batch: dict, out: dict, own: dict, seconds: dict) -> dict:
+        """This batch's results. With a writer they stay here until each shard's end row,
+        when the shard's files are written, and only the records travel on (the last actor's
+        output is the records alone); without one, per-row columns `<prefix>/<name>`."""
+        n, p = len(batch["key"]), self.prefix
+        if self.writer is None:
+            out.update({f"{p}/{k}": v for k, v in own.items()})
+            out.update({f"{p}/{k}": _first_only(n, v) for k, v in seconds.items()})
+            self._startup_columns(out, np.arange(n) == 0)
+            return out
+        self.writer.add_timings(**seconds)
+        rec, end = self.writer.add(batch, own)
+        out.update(rec)
+        self._startup_columns(out, end)
+        return {k: v[end] for k, v in out.items()} if self.final else out
 
     def _on_stream(self):
         """Each calling thread works on its own CUDA stream (Ray runs several batches of one
@@ -163,7 +189,7 @@ class ScoreActor(_ModelActor):
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
                  rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
                  decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION, prepared=None,
-                 compile="off", batch_size=64):
+                 compile="off", batch_size=64, writer=None, final=False):
         t_enter = time.time()
         from sing_ops import AuditScorer
 
@@ -175,7 +201,7 @@ class ScoreActor(_ModelActor):
         else:
             clf, dec, tr = _build_score_parts(model_spec, translator_path, translator_match, rank_atol, rank_rtol)
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels,
-                         share_decoded, precision)
+                         share_decoded, precision, writer, final)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.scorer = AuditScorer(clf.head_weight, dec, tr, class_text, concept_text, device=self.device)
         self.num_classes = clf.num_classes
@@ -188,7 +214,6 @@ class ScoreActor(_ModelActor):
     def _score(self, batch: dict) -> dict:
         out = self._passthrough(batch)
         n = len(batch["key"])
-        p = self.prefix
         ok = batch["status"] == "ok"
         labels = batch["label"]
         bad_label = ok & ((labels < 0) | (labels >= self.num_classes))
@@ -237,18 +262,9 @@ class ScoreActor(_ModelActor):
                     after[idx] = host[:, len(names) + k:]
             self._sync()
             t_ops = time.perf_counter() - t0 - t_fwd
-        for name, arr in cols.items():
-            out[f"{p}/{name}"] = arr
-        if k:
-            out[f"{p}/concept_before"] = before
-            out[f"{p}/concept_after"] = after
-        out[f"{p}/error"] = err
-        out[f"{p}/t_forward"] = _first_only(n, t_fwd)
-        out[f"{p}/t_ops"] = _first_only(n, t_ops)
-        if self.decode == ActorDecode.DEVICE:
-            out[f"{p}/t_decode"] = _first_only(n, t_dec)
-        self._startup_columns(out, n)
-        return out
+        own = {**cols, "error": err, **({"concept_before": before, "concept_after": after} if k else {})}
+        seconds = {"t_forward": t_fwd, "t_ops": t_ops, **({"t_decode": t_dec} if self.decode == ActorDecode.DEVICE else {})}
+        return self._emit(batch, out, own, seconds)
 
 
 class FeatureActor(_ModelActor):
@@ -256,7 +272,7 @@ class FeatureActor(_ModelActor):
     prepared: the driver's model through the object store (pipelines.stages.prepared)."""
 
     def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None,
-                 precision=DEFAULT_PRECISION, prepared=None, batch_size=64):
+                 precision=DEFAULT_PRECISION, prepared=None, batch_size=64, writer=None, final=False):
         t_enter = time.time()
         if kind not in ("classifier", "clip"):
             raise ValueError(f"unknown feature kind {kind!r}")
@@ -272,7 +288,8 @@ class FeatureActor(_ModelActor):
             from pipelines.models.clip import load_clip
 
             model = load_clip(model_spec)
-        super().__init__(prefix, model.preprocess, drop_views, device, threads, precision=precision)
+        super().__init__(prefix, model.preprocess, drop_views, device, threads, precision=precision, writer=writer,
+                         final=final)
         self.kind = kind
         self.dim = model.num_features if kind == "classifier" else model.embed_dim
         self.model = self.clf = model.to(self.device)
@@ -292,10 +309,12 @@ class FeatureActor(_ModelActor):
                 with torch.inference_mode(), self._autocast():
                     e = self.model.encode_image(x)
             emb[ok] = e.float().cpu().numpy()
-        out[f"{self.prefix}/emb"] = emb
-        out[f"{self.prefix}/t_forward"] = _first_only(n, time.perf_counter() - t0)
-        self._startup_columns(out, n)
-        return out
+        return self._emit(batch, out, {"emb": emb, **self._extra(batch, ok)},
+                          {"t_forward": time.perf_counter() - t0})
+
+    def _extra(self, batch: dict, ok: np.ndarray) -> dict:
+        """More per-row columns of a subclass (the index's thumbnails)."""
+        return {}
 
 
 class ChainActor:

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from pipelines.stages.watchdog import NodeLost, StallError
+from pipelines.stages.watchdog import NodeLost, ShardWritesFailed, StallError
 
 log = logging.getLogger("sing.healing")
 
@@ -32,7 +32,7 @@ def trigger_of(exc: BaseException) -> str | None:
     seen, e = set(), exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (NodeLost, StallError)) or isinstance(e, kinds):
+        if isinstance(e, (NodeLost, StallError, ShardWritesFailed)) or isinstance(e, kinds):
             return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         cause = getattr(e, "cause", None)  # RayTaskError carries the remote exception here
         e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)

@@ -75,7 +75,11 @@ def configure_data_context(progress: bool = True, buffer_gb: float | None = None
     from pipelines.console import quiet_ray_data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = False  # the collector regroups by shard itself
+    ctx.execution_options.preserve_order = False  # shards are written by the actors, in any order
+    # no block splitting: a read task's shard leaves as one block, and an actor task's output
+    # as one block, so every shard reaches one model actor whole and in order: that actor
+    # writes it (pipelines.stages.shard_writer; checked there, never assumed)
+    ctx.target_max_block_size = None
     quiet_ray_data(ctx, progress)  # Ray Data's progress only with --verbose (pipelines.console)
     # set every time: the context outlives one job in a long-lived driver
     limit = float("inf") if buffer_gb is None else buffer_gb * 2**30

@@ -5,6 +5,7 @@ Output batches are dicts of numpy arrays, one row per sample:
     label                 int64 (-1 when unknown)
     status                "ok" | "error" | "end"
     stage, reason         str (error rows)
+    seq                   int64 (the row's position in its shard, 0..n_rows-1; end row: -1)
     n_rows                int64 (end row: rows emitted for this shard before it)
     t_read                float64 (end row: seconds spent reading + decoding the shard)
     img:<view_key>        uint8 (N, H, W, 3), one column per distinct eval transform
@@ -15,8 +16,9 @@ Output batches are dicts of numpy arrays, one row per sample:
     u8:<view_key>         object (bytes): the (H, W, 3) uint8 view decoded here, for images
                           the device cannot take (PNG, CMYK, truncated ...) and the host
                           share; b"" for rows the actor decodes
-Each shard ends with exactly one "end" row, so the driver knows when a shard is complete
-however the rows were spread over actors.
+Each shard ends with exactly one "end" row, after all of its rows, and the whole shard leaves
+the task as one block (pipelines.stages.ray_session: no block splitting), so the model actor
+that writes the shard (pipelines.stages.shard_writer) sees all of its rows, then the end row.
 """
 from __future__ import annotations
 
@@ -66,11 +68,14 @@ def unique_views(specs) -> list[PreprocessSpec]:
 class _Chunk:
     def __init__(self, shard: str, views: list[PreprocessSpec], encoded: bool = False):
         self.shard, self.views, self.encoded = shard, views, encoded
-        self.rows: list[tuple] = []  # (key, label, status, stage, reason, n_rows, t_read, images|bytes|None)
+        self.rows: list[tuple] = []  # (key, label, status, stage, reason, n_rows, t_read, images|bytes|None, seq)
+        self.seq = 0  # rows of the shard so far
         # images: {view_key: (S, S, 3) uint8} decoded here, or (encoded mode) JPEG bytes
 
     def add(self, key, label=-1, status="ok", stage="", reason="", n_rows=0, t_read=0.0, images=None):
-        self.rows.append((key, label, status, stage, reason, n_rows, t_read, images))
+        seq = -1 if status == "end" else self.seq
+        self.seq += status != "end"
+        self.rows.append((key, label, status, stage, reason, n_rows, t_read, images, seq))
 
     def flush(self) -> dict:
         rows, self.rows = self.rows, []
@@ -84,6 +89,7 @@ class _Chunk:
             "reason": np.array([r[4] for r in rows], dtype=object),
             "n_rows": np.array([r[5] for r in rows], dtype=np.int64),
             "t_read": np.array([r[6] for r in rows], dtype=np.float64),
+            "seq": np.array([r[8] for r in rows], dtype=np.int64),
         }
         if self.encoded:
             out[ENC_COLUMN] = _objects([r[7] if isinstance(r[7], bytes) else b"" for r in rows])

@@ -9,7 +9,7 @@ import torch
 
 from pipelines.io.translator_file import load_translator
 from pipelines.models.precision import features_and_logits as forward
-from pipelines.stages.actors import _first_only, _ModelActor
+from pipelines.stages.actors import _ModelActor
 
 
 class SteerActor(_ModelActor):
@@ -20,14 +20,15 @@ class SteerActor(_ModelActor):
 
     def __init__(self, prefix, model_spec, translator_path, target_text, class_index, eps=None, is_deg=None,
                  rank_atol=1e-5, rank_rtol=None, drop_views=(), device=None, threads=None, view=None,
-                 precision="fp32"):
+                 precision="fp32", writer=None, final=False):
         from sing_ops import HeadDecomposition
 
         from pipelines.models.classifiers import load_classifier
         from pipelines.io.remote import local_copy
 
         clf = load_classifier(model_spec)
-        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, precision=precision)
+        super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, precision=precision,
+                         writer=writer, final=final)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         # local_copy here too: the actor may run on another node, whose cache is its own
@@ -41,7 +42,7 @@ class SteerActor(_ModelActor):
         from sing_ops import logit_drift, steer
 
         out = self._passthrough(batch)
-        n, p = len(batch["key"]), self.prefix
+        n = len(batch["key"])
         sel = (batch["status"] == "ok") & (batch["label"] == self.class_index)
         cols = {k: np.full(n, np.nan, dtype=np.float64) for k in self.COLS}
         reachable = np.zeros(n, dtype=bool)
@@ -65,11 +66,5 @@ class SteerActor(_ModelActor):
                 cols["logit_drift"][idx] = drift.numpy()
                 reachable[idx] = res.reachable.numpy()
             t_ops = time.perf_counter() - t0 - t_fwd
-        for k, v in cols.items():
-            out[f"{p}/{k}"] = v
-        out[f"{p}/reachable"] = reachable
-        out[f"{p}/selected"] = sel
-        out[f"{p}/error"] = err
-        out[f"{p}/t_forward"] = _first_only(n, t_fwd)
-        out[f"{p}/t_ops"] = _first_only(n, t_ops)
-        return out
+        return self._emit(batch, out, {**cols, "reachable": reachable, "selected": sel, "error": err},
+                          {"t_forward": t_fwd, "t_ops": t_ops})

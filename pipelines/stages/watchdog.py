@@ -24,6 +24,11 @@ class NodeLost(RunFailed):
     """A node of the cluster died (or no capacity is left) during an attempt."""
 
 
+class ShardWritesFailed(RunFailed):
+    """Model actors could not write some shards' files (after their own retries): those shards
+    are not done; another attempt writes them again."""
+
+
 _END = object()
 
 

@@ -1,4 +1,5 @@
-"""`sing` with the driver SIGKILLed right after it wrote N shards (the kill-and-resume test):
+"""`sing` with the driver SIGKILLed right after N shards were written (their records reached it:
+the kill-and-resume test; the model actors write the shards):
 
     python tests/scripts/kill_after.py N [sing arguments ...]
 
@@ -12,16 +13,16 @@ from pipelines.stages import collect
 
 
 def _arm(n: int) -> None:
-    write = collect.ShardCollector.write
+    shard = collect.ShardTally.shard
     done = [0]
 
-    def write_then_maybe_die(self, *args, **kwargs):
-        write(self, *args, **kwargs)
+    def written_then_maybe_die(self, *args, **kwargs):
+        shard(self, *args, **kwargs)
         done[0] += 1
         if done[0] >= n:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    collect.ShardCollector.write = write_then_maybe_die
+    collect.ShardTally.shard = written_then_maybe_die
 
 
 if __name__ == "__main__":

@@ -133,8 +133,9 @@ def run_driver(shards: list[str], out: str, models: int, concepts: int, rate: fl
 
     probe = DriverProbe()
     stats = scale_stream(shards, out, models, concepts, actors, batch_size, probe,
-                         lambda i: spine.ActorSpec(StandInActor, {"prefix": f"m{i}", "n_concepts": concepts,
-                                                                  "rate": rate, "seed": i}))
+                         lambda i, view, writer: spine.ActorSpec(StandInActor, {
+                             "prefix": f"m{i}", "view": view, "n_concepts": concepts, "rate": rate, "seed": i,
+                             "writer": writer}))
     return {**probe.result(), **stats}
 
 

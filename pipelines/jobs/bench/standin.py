@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from pipelines.timeline import STARTUP_COLUMNS
+from pipelines.stages.actors import _ModelActor
 
 SCORE_COLUMNS = ("as_deg", "is_deg", "pred_as_deg", "logit_drift", "null_norm_frac")
 
@@ -35,43 +35,27 @@ def standin_columns(rng: np.random.Generator, labels: np.ndarray, n_concepts: in
             "concept_after": (before + rng.normal(0.0, 0.8, (n, n_concepts))).astype(np.float32)}
 
 
-class StandInActor:
+class StandInActor(_ModelActor):
     """Rows of one stand-in model: `rate` images per second per actor, `n_concepts` concept
-    angles per image. Rows the read stage could not read pass through as they would."""
+    angles per image, written like a real model's (writer: a shard_writer.WriterSpec). Rows the
+    read stage could not read pass through as they would."""
 
-    def __init__(self, prefix: str, n_concepts: int, rate: float, seed: int = 0, drop_views=(), device=None,
-                 threads=None):
+    def __init__(self, prefix: str, view, n_concepts: int, rate: float, seed: int = 0, drop_views=(), device=None,
+                 threads=None, writer=None, final=False):
         t_enter = time.time()
-        self.prefix, self.k, self.rate = prefix, int(n_concepts), float(rate)
-        self.drop = set(drop_views)
+        super().__init__(prefix, view, drop_views, device="cpu", threads=threads, writer=writer, final=final)
+        self.k, self.rate = int(n_concepts), float(rate)
         self.rng = np.random.default_rng(seed)
-        from pipelines.timeline import process_start
-
-        self._startup = (time.time(), time.time() - t_enter, 0.0, process_start())
+        self._started(t_enter)
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
-        n, p = len(batch["key"]), self.prefix
-        out = {k: v for k, v in batch.items() if k not in self.drop}
+        out = self._passthrough(batch)
         ok = batch["status"] == "ok"
-        cols = standin_columns(self.rng, batch["label"], self.k)
+        own = standin_columns(self.rng, batch["label"], self.k)
         for name in (*SCORE_COLUMNS, "pred"):
-            cols[name][~ok] = -1 if name == "pred" else np.nan
+            own[name][~ok] = -1 if name == "pred" else np.nan
+        own["error"] = np.full(len(ok), "", dtype=object)
         if self.rate > 0:  # the GPU's time for this batch
             time.sleep(max(0.0, int(ok.sum()) / self.rate - (time.perf_counter() - t0)))
-        for name, arr in cols.items():
-            out[f"{p}/{name}"] = arr
-        out[f"{p}/error"] = np.full(n, "", dtype=object)
-        out[f"{p}/t_forward"] = _first_only(n, time.perf_counter() - t0)
-        out[f"{p}/t_ops"] = np.zeros(n)
-        startup, self._startup = self._startup, None
-        for c, v in zip(STARTUP_COLUMNS, startup or (0.0,) * 4):
-            out[f"{p}/{c}"] = _first_only(n, v)
-        return out
-
-
-def _first_only(n: int, value: float) -> np.ndarray:
-    a = np.zeros(n, dtype=np.float64)
-    if n:
-        a[0] = value
-    return a
+        return self._emit(batch, out, own, {"t_forward": time.perf_counter() - t0, "t_ops": 0.0})
