@@ -4,6 +4,7 @@ runner behind `sing query`, and the figure/HTML report behind `sing report`.
     import queries
     queries.list_queries()
     queries.model_summary("results/")                       # Polars DataFrame
+    queries.concept_rows("results/", model="resnet50")      # every concept angle, one row each
     queries.run_query("class_leakage", "results/", {"model": "resnet50", "top": 10})
     queries.rank_correlation("results/", "resnet50", "vit_large_patch16_224")
     queries.checkpoint_diff("results/", model="resnet50", baseline_run="a", candidate_run="b")
@@ -16,6 +17,7 @@ from .api import (
     checkpoint_diff,
     checkpoint_intervals,
     class_leakage,
+    concept_rows,
     concept_shift,
     image_leakage,
     model_summary,
@@ -45,6 +47,6 @@ def cli_report(args=None) -> int:
 
 __all__ = [
     "QueryError", "RankCorrelation", "build_report", "checkpoint_diff", "checkpoint_intervals", "class_leakage", "cli_query",
-    "cli_report", "concept_shift", "format_frame", "image_leakage", "list_queries", "load_query",
+    "cli_report", "concept_rows", "concept_shift", "format_frame", "image_leakage", "list_queries", "load_query",
     "model_summary", "rank_correlation", "run_query", "spearman_p_value", "steer_summary",
 ]

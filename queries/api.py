@@ -32,6 +32,22 @@ def steer_summary(results, **params) -> pl.DataFrame:
     return run_query("steer_summary", results, params)
 
 
+_CONCEPT_ROWS_SQL = """
+SELECT model, run, key, shard, label, concept, angle_before_deg, angle_after_deg, as_deg
+FROM concept_rows($images_glob, $concept_angles_glob, $concept_vocab_glob, $concepts_glob, $model, $run)
+ORDER BY model, run, shard, key, concept
+"""
+
+
+def concept_rows(results, model: str | None = None, run: str | None = None) -> pl.DataFrame:
+    """Every concept angle of done shards, one row per image and concept (model, run, key,
+    shard, label, concept, angle_before_deg, angle_after_deg, as_deg), whichever layout wrote
+    them: the table that older runs wrote, from the lists the audit writes now."""
+    from .runner import sql_frame
+
+    return sql_frame(results, _CONCEPT_ROWS_SQL, {"model": model, "run": run}, "concept rows")
+
+
 class RankCorrelation(NamedTuple):
     rho: float | None
     p_value: float | None

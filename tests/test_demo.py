@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import polars as pl
+
+import queries
 import pytest
 
 from pipelines.cli import main as sing
@@ -58,7 +60,7 @@ def test_demo_runs_end_to_end_offline(tmp_path, ray_session, capsys):
     # the real weights at work: augmented copies of the cat and the coffee are recognised
     top1 = dict(images.group_by("class_name").agg((pl.col("pred") == pl.col("label")).mean()).iter_rows())
     assert top1["Egyptian cat"] >= 0.75 and top1["espresso"] >= 0.75, top1
-    concepts = pl.read_parquet(str(out / "results" / "concepts" / "**" / "*.parquet"))
+    concepts = queries.concept_rows(out / "results")
     assert concepts["key"].n_unique() == n and concepts["concept"].n_unique() > 10
     assert f"{n} images" in printed and "median_|AS|" in printed
     _next_steps(out, printed, images)
