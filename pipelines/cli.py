@@ -29,6 +29,8 @@ COMMANDS = {
     "bench-precision": ("pipelines.jobs.bench_precision", "each --precision against a float64 forward"),
     "models": ("pipelines.jobs.model_list", "MODEL sources; --paper: the paper's 13 models as they resolve"),
     "cache": ("pipelines.jobs.cache", "the download cache of URL inputs (per node; $SING_CACHE)"),
+    "cluster": ("pipelines.jobs.cluster_check", "check a KubeRay manifest's pods against node types before "
+                                                 "submitting it (sing cluster check MANIFEST)"),
 }
 # commands of other packages, which parse their own arguments: name: (module, function, help)
 FOREIGN = {

@@ -26,7 +26,10 @@ def _cpu_plan(n=1, models=1):
 @pytest.mark.parametrize("nodes, cpa, gpa, expected", [
     ([(2, 0)], 0.5, 0, 2),  # the 2-core CPU: two half-CPU actors and a read task
     ([(1, 0)], 0.5, 0, 0),  # a 1-CPU head alone: the read task takes its CPU
-    ([(1, 0), (1, 0)], 0.5, 0, 2),  # a read task on one node, two actors on the other
+    # two 1-CPU nodes: two actors might be spread one per node, leaving no whole CPU to read
+    ([(1, 0), (1, 0)], 0.5, 0, 1),
+    ([(1, 0), (2, 0)], 0.5, 0, 3),  # a fourth could leave 0.5 + 0.5 free
+    ([(2, 0), (2, 0)], 0.5, 0, 5),
     ([(0, 0), (96, 8)], 1, 0.5, 16),  # a 0-CPU head and one 8-GPU node: 16 actors at 1/2 GPU
     ([(2, 0), (1, 2)], 1, 1, 1),  # CPUs on one node, GPUs on the other: one actor only
     ([(0, 0)], 0.5, 0, 0),  # nothing to run on
@@ -78,12 +81,13 @@ def test_a_plan_that_fits_is_placed_as_is(monkeypatch):
 
 
 def test_room_for_fewer_actors_shrinks_the_pool(monkeypatch, caplog):
-    # --num-actors 3 with two models on a 2-CPU node: 3 of the 4 actor slots are left after the read task
+    # --num-actors 3 with two models on a 1-CPU head and a 2-CPU worker: 3 actors at most
+    # (4 could leave 0.5 + 0.5 CPUs free), so one per model
     guard, rec, _ = _guard(monkeypatch, _Table(Node("w", 2, 0), Node("h", 1, 0)))
     placed = guard.place(lambda: _cpu_plan(3, models=2))
-    assert placed == _cpu_plan(2, models=2)  # 2 x 2 actors at 1/2 CPU on the worker, the read task on the head
-    assert rec["resources"] == {"actors_planned": 3, "actors_placed": 2}
-    assert "room for 2 of the 3 model actors per model" in caplog.text
+    assert placed == _cpu_plan(1, models=2)
+    assert rec["resources"] == {"actors_planned": 3, "actors_placed": 1}
+    assert "room for 1 of the 3 model actors per model" in caplog.text
 
 
 def test_nothing_placeable_waits_then_ends_the_run_saying_what_is_missing(monkeypatch, caplog):
@@ -143,3 +147,63 @@ def test_placed_outside_a_run_is_the_plan_as_sized(monkeypatch):
         with pytest.raises(Unplaceable):
             capacity.placed(_cpu_plan)
     assert capacity.placed(_cpu_plan) == _cpu_plan()
+
+
+# ------------------------------------------------------------------------- every job, in-process
+
+@pytest.fixture(scope="module")
+def job_data(tmp_path_factory):
+    from pipelines.jobs.make_shards import make_shards
+    from tests.pipeline_data import CLASSIFIER, photo_folder
+    from tests.test_multimodel import random_translator
+
+    root = tmp_path_factory.mktemp("capacity")
+    make_shards(str(photo_folder(root / "photos", per_class=2)), str(root / "shards"), per_shard=3)
+    return root, str(root / "shards" / "*.tar"), str(random_translator(CLASSIFIER, root / "t.safetensors"))
+
+
+def _job_args(name: str, root, shards: str, tr: str) -> list[str]:
+    from tests.pipeline_data import CLASSIFIER, CLIP
+
+    out = str(root / name)
+    return {
+        "audit": ["audit", "--model", CLASSIFIER, "--translator", tr, "--out", out],
+        "steer": ["steer", "--model", CLASSIFIER, "--translator", tr, "--out", out, "--class", "0", "--prompt",
+                  "a photo", "--eps", "1.0"],
+        "index": ["index", "--clip", CLIP, "--out", out],
+        "fit-translator": ["fit-translator", "--model", CLASSIFIER, "--clip", CLIP, "--out", f"{out}.safetensors"],
+    }[name] + ["--shards", shards, "--resource-wait", "0"]
+
+
+@pytest.mark.parametrize("job", ["audit", "steer", "index", "fit-translator", "nightly"])
+def test_every_job_ends_clearly_when_the_cluster_cannot_place_its_actors(job, job_data, ray_session, monkeypatch,
+                                                                         capsys, tmp_path):
+    """Every shard job resolves its actor plan through the run's capacity guard: on a node
+    table of one 1-CPU node (a head whose worker was lost) each ends at once with exit 1, the
+    shortage in words and how to resume; the nightly YAML takes `resource_wait` too."""
+    from pipelines.cli import main
+
+    root, shards, tr = job_data
+    if job == "nightly":
+        args = ["nightly", "--config", str(_nightly_config(tmp_path, shards))]
+    else:
+        args = _job_args(job, root, shards, tr)
+    monkeypatch.setattr(capacity, "alive_nodes", _Table(Node("10.0.0.9", 1, 0)))
+    assert main(["-q", *args]) == 1
+    err = capsys.readouterr().err
+    assert "the cluster cannot place the model actors: needs 0.5 CPU for the model actors and 1 for a read task, " \
+           "the cluster has 1 (1 alive node: 10.0.0.9 1 CPU 0 GPU)" in err, err
+    assert "rerun the same command to resume" in err and err.count("rerun the same command") == 1, err
+
+
+def _nightly_config(tmp, shards: str):
+    import yaml
+
+    from tests.test_nightly import _bases, _checkpoint, _config, _translator
+
+    (tmp / "ckpts").mkdir()
+    _translator(tmp / "t.safetensors")
+    _checkpoint(tmp / "ckpts" / "e1.safetensors", _bases()[0], 100, seed=1)
+    path = _config(tmp, audit={"shards": shards, "batch_size": 8, "resource_wait": 0})
+    assert yaml.safe_load(path.read_text())["audit"]["resource_wait"] == 0
+    return path

@@ -1,11 +1,11 @@
 """Can the cluster place a stream's model actors now? Compared per node, as Ray places them:
-an actor's CPUs and GPUs must all fit on one node, and one node must keep a CPU for a read
-task. A pool that cannot be placed is not started (Ray Data would wait for it forever, "may
+an actor's CPUs and GPUs must all fit on one node, and wherever the actors land (Ray Data
+spreads them) some node must keep a CPU for a read task. A pool that cannot be placed is not started (Ray Data would wait for it forever, "may
 hang forever"): the run waits a bounded time (--resource-wait) for nodes to come back, runs
 a smaller pool when only that fits, or ends with exit 1 saying what is missing.
 
     alive_nodes()            each alive node's total CPUs and GPUs, from Ray's node table
-    actors_that_fit(...)     how many actors of one shape the nodes can hold beside a read task
+    actors_that_fit(...)     how many actors of one shape the nodes surely hold beside a read task
     shortage(plan, nodes)    what a plan needs that the cluster lacks, in words
     RunCapacity              one run's guard: spine.retry makes it; ActorPlan.resolve asks it
                              to place each attempt's plan (wait, shrink, or Unplaceable)
@@ -52,17 +52,26 @@ def _on_node(cpus: float, gpus: float, cpa: float, gpa: float) -> int:
     return max(0, min(counts)) if counts else 1 << 30
 
 
+def _starved_by(cpus: float, cpa: float, read_cpus: float) -> int:
+    """How many actors of cpa CPUs leave a node of `cpus` without `read_cpus` free."""
+    if cpus + EPS < read_cpus:
+        return 0
+    return math.floor((cpus - read_cpus) / cpa + EPS) + 1 if cpa > 0 else 1 << 30
+
+
 def actors_that_fit(nodes: list[Node], cpus_per_actor: float, gpus_per_actor: float,
                     read_cpus: float = READ_CPUS) -> int:
-    """The most actors of one shape the nodes hold while one node keeps `read_cpus` free
-    (exact for identical actors: every node's count is independent, so try each node as the
-    read task's)."""
-    per = [_on_node(n.cpus, n.gpus, cpus_per_actor, gpus_per_actor) for n in nodes]
-    best = 0
-    for i, n in enumerate(nodes):
-        if n.cpus + EPS >= read_cpus:
-            best = max(best, sum(per) - per[i] + _on_node(n.cpus - read_cpus, n.gpus, cpus_per_actor, gpus_per_actor))
-    return best
+    """The most actors of one shape the nodes hold such that, wherever Ray puts them, some
+    node keeps `read_cpus` free for a read task. Ray Data creates its actors with the SPREAD
+    strategy, so the packing cannot be chosen: e.g. two half-CPU actors on two 1-CPU nodes
+    go one per node and leave no whole CPU, so only one fits there."""
+    held = [_on_node(n.cpus, n.gpus, cpus_per_actor, gpus_per_actor) for n in nodes]
+    starved = [_starved_by(n.cpus, cpus_per_actor, read_cpus) for n in nodes]
+    if not nodes or not any(starved):
+        return 0
+    if any(s > h for s, h in zip(starved, held)):  # a node that always keeps a read task's CPU
+        return sum(held)
+    return min(sum(held), sum(starved) - 1)
 
 
 def per_model_that_fit(plan, nodes: list[Node]) -> int:
