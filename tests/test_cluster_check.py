@@ -27,9 +27,9 @@ def _check(capsys, *args) -> tuple[int, str, str]:
 
 
 def _readme_checks() -> list[list[str]]:
-    """The `sing cluster check` lines of cluster/README.md's node-pool section."""
+    """The node-type arguments of the `sing cluster check` lines in cluster/README.md."""
     text = (CLUSTER / "README.md").read_text()
-    return [line.split()[3:] for line in re.findall(r"^sing cluster check .*$", text, flags=re.M)]
+    return [line.split()[4:] for line in re.findall(r"^sing cluster check .*$", text, flags=re.M)]
 
 
 def test_default_disks_are_too_small_for_the_gpu_and_decode_pods(capsys):
@@ -68,7 +68,8 @@ def test_a_disk_that_leaves_gpus_idle_is_refused(capsys):
 def test_a_node_type_the_affinity_excludes(capsys):
     rc, out, err = _check(capsys, str(CLUSTER / "rayjob-fit-translator.yaml"), "--node-type", "p4d.24xlarge:700")
     assert rc == 2 and "sing-fit-rn50-vitl14 head" in err and "sing-fit-rn50-vitl14 submitter" in err, err
-    assert "head: its node affinity admits none of p4d.24xlarge" in out, out
+    head = out.split("  head:")[1].split("  gpu:")[0]
+    assert "CANNOT BE SCHEDULED on the node types given: its node affinity admits none of p4d.24xlarge" in head, out
 
 
 @pytest.mark.parametrize("args,message", [

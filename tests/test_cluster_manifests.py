@@ -781,7 +781,7 @@ def test_nightly_example_config():
     au = cfg["audit"]
     assert set(au) == {"shards", "concepts", "class_text", "templates", "batch_size", "num_actors", "device",
                        "rank_atol", "rank_rtol", "decode", "host_decode_share", "actors_per_gpu", "actor_threads",
-                       "buffer_gb", "stall_timeout"}
+                       "buffer_gb", "stall_timeout", "resource_wait"}
     assert au["decode"] == "device" and au["device"] == "cuda"  # the nightly audits run on GPUs
     assert au["templates"] in ("single", "ensemble")
     assert cfg["baseline"] == "previous" or set(cfg["baseline"]) <= {"run", "model"}

@@ -205,12 +205,13 @@ def check_group(group: Group, targets: list[Target]) -> tuple[list[str], str | N
             lines.append(f"    {t.label}: cannot be scheduled: {why}{hint}")
             problems.append(f"{t.node.name}: {why}")
         elif by_gpu is not None and n < by_gpu:
-            lines.append(f"    {t.label}: {n} pods a node, leaving {t.node.gpus - n * int(gpus)} of its "
+            lines.append(f"    {t.label}: {n} pod{'s' * (n != 1)} a node, leaving {t.node.gpus - n * int(gpus)} of its "
                          f"{t.node.gpus} GPUs idle: {why}{hint}")
             problems.append(f"{t.node.name}: {n} of {by_gpu} pods a node ({why})")
         else:
             placeable = True
-            lines.append(f"    {t.label}: {n} pods a node, {math.ceil(group.pods / n)} node(s) for {group.pods}")
+            lines.append(f"    {t.label}: {n} pod{'s' * (n != 1)} a node, {math.ceil(group.pods / n)} node(s) for "
+                         f"{group.pods}")
     return lines, None if placeable else f"{group.name}: " + "; ".join(problems)
 
 
