@@ -81,6 +81,8 @@ def test_a_job_that_cannot_start_fails_instead_of_waiting(where, spec):
 def test_ray_token_authentication(where, spec):
     auth = spec["rayClusterSpec"].get("authOptions")
     assert auth == {"mode": "token"}, (where, auth)  # Kubernetes-delegated auth is unsupported for RayJobs
+    # the operator refuses token mode below Ray 2.52.0 (KubeRay 1.7.0 ValidateRayClusterSpec)
+    assert tuple(map(int, spec["rayClusterSpec"]["rayVersion"].split("."))) >= (2, 52, 0), where
     for name, pod in _pod_specs(spec):
         for c in pod["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
