@@ -64,10 +64,13 @@ ENV PATH=/opt/venv/bin:$PATH
 # Dependencies first, from pyproject.toml and constraints.txt only: the project's
 # dependencies plus its `cluster` extra (ray[default]: the dashboard and job server KubeRay
 # submits RayJobs through; s3fs / gcsfs: fsspec URLs; boto3: the AWS autoscaler on the
-# launcher's head node), listed from pyproject.toml with the standard library's tomllib.
+# launcher's head node) and its `hf` extra (transformers: the `hf:` MODEL source, the paper's
+# DINOv2 classifier; the venv is root-owned, so nothing can be added at run time), listed
+# from pyproject.toml with the standard library's tomllib. CI installs the same extras under
+# the same constraints (README "Set-up", .ci/run), so a pin conflict fails CI, not the build.
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['cluster']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['cluster'] + p['optional-dependencies']['hf']))" > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt "ray[default,data]==${RAY_VERSION}" \
     && rm /tmp/requirements.txt
 
@@ -79,7 +82,7 @@ COPY queries ./queries
 RUN pip install --no-deps -c constraints.txt . \
     && pip check \
     && sing --help > /dev/null \
-    && python -c "import torchvision.io, ray.dashboard, s3fs, gcsfs, boto3"
+    && python -c "import torchvision.io, ray.dashboard, s3fs, gcsfs, boto3, transformers"
 
 # HOME in the image config: the Ray cluster launcher reads it (`docker inspect`) to place
 # its bootstrap files, and falls back to /root when it is missing.

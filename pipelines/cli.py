@@ -31,6 +31,8 @@ COMMANDS = {
     "bench-scale": ("pipelines.jobs.bench.scale", "can one driver feed many GPUs: stand-in models, local multi-node Ray"),
     "models": ("pipelines.jobs.model_list", "MODEL sources; --paper: the paper's 13 models as they resolve"),
     "cache": ("pipelines.jobs.cache", "the download cache of URL inputs (per node; $SING_CACHE)"),
+    "cluster": ("pipelines.jobs.cluster_check", "check a KubeRay manifest's pods against node types before "
+                                                 "submitting it (sing cluster check MANIFEST)"),
 }
 # commands of other packages, which parse their own arguments: name: (module, function, help)
 FOREIGN = {

@@ -146,6 +146,10 @@ class StreamOptions(ReadOptions):
                                       identity=False, metavar="SECONDS", check=_at_least(0))
     max_attempts: int = opt(3, "attempts of a run: a lost node, actor or object restarts the stream over the "
                                "shards not yet written", identity=False, check=_at_least(1))
+    resource_wait: float = opt(300.0, "when the cluster cannot place the model actors (nodes lost, too few GPUs), "
+                                      "wait this long for nodes to come back, then end the run (exit 1; rerunning "
+                                      "resumes); with room for fewer actors, run a smaller pool at once",
+                               identity=False, metavar="SECONDS", check=_at_least(0))
     threads: int | None = opt(None, "torch threads per CPU actor (default: the cluster's CPUs)", identity=False,
                               cli=False, yaml=False)
     progress: bool = opt(True, "progress bars", identity=False, cli=False, yaml=False)

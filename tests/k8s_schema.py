@@ -11,11 +11,13 @@ an unknown or misplaced field is then an error here too. It also honours
 set/map lists. Not checked: the few CEL rules (`x-kubernetes-validations`; the manifests
 use none of the fields they guard) and `format`.
 
-The core objects (Namespace, ServiceAccount, PVC, ConfigMap, Role, RoleBinding, CronJob)
+The core objects (Namespace, ServiceAccount, PVC, ConfigMap, Role, RoleBinding, CronJob,
+NetworkPolicy)
 get a lighter check: their top-level fields are a hand-written subset of the Kubernetes
 API reference (closed, so typos fail), while the parts that matter most reuse core/v1
 schemas embedded in the KubeRay CRD (k8s.io/api v0.36.0 there): a CronJob's pod template
-is checked as a full PodTemplateSpec, a PVC's spec as a PersistentVolumeClaimSpec.
+is checked as a full PodTemplateSpec, a PVC's spec as a PersistentVolumeClaimSpec, a
+NetworkPolicy's rules and selectors as the NetworkPolicy rules KubeRay 1.7 embeds.
 """
 from __future__ import annotations
 
@@ -164,6 +166,17 @@ def _pvc_spec_schema() -> dict:
     return vol["properties"]["ephemeral"]["properties"]["volumeClaimTemplate"]["properties"]["spec"]
 
 
+def _network_policy_spec_schema() -> dict:
+    """networking/v1 NetworkPolicySpec: its rules and label selectors as embedded in the RayJob
+    CRD (rayClusterSpec.networkPolicy of KubeRay 1.7 holds NetworkPolicyIngressRule and
+    NetworkPolicyEgressRule lists), the rest from the Kubernetes API reference, closed."""
+    rules = strict(crd_schema("rayjobs"))["properties"]["spec"]["properties"]["rayClusterSpec"]["properties"][
+        "networkPolicy"]["properties"]["head"]["properties"]
+    selector = rules["ingressRules"]["items"]["properties"]["from"]["items"]["properties"]["podSelector"]
+    return _closed(["podSelector"], podSelector=selector, ingress=rules["ingressRules"], egress=rules["egressRules"],
+                   policyTypes={"type": "array", "items": {"enum": ["Ingress", "Egress"]}})
+
+
 @functools.lru_cache(maxsize=None)
 def schema_for(kind: str, api_version: str) -> dict:
     if kind in PLURAL:
@@ -190,6 +203,8 @@ def schema_for(kind: str, api_version: str) -> dict:
             secrets={"type": "array", "items": {"type": "object"}}),
         ("PersistentVolumeClaim", "v1"): _top("PersistentVolumeClaim", "v1", spec=_pvc_spec_schema()),
         ("ConfigMap", "v1"): _top("ConfigMap", "v1", data=STR_MAP, binaryData=STR_MAP, immutable=BOOL),
+        ("NetworkPolicy", "networking.k8s.io/v1"): _top("NetworkPolicy", "networking.k8s.io/v1",
+                                                        spec=_network_policy_spec_schema()),
         ("Role", "rbac.authorization.k8s.io/v1"): _top(
             "Role", "rbac.authorization.k8s.io/v1",
             rules={"type": "array", "items": _closed(["verbs"], apiGroups=STR_LIST, resources=STR_LIST,

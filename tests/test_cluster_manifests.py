@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import k8s_schema, node_sizing
+from pipelines.jobs import node_types as node_sizing
+from tests import k8s_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -664,8 +665,9 @@ def test_dockerfile_installs_dependencies_before_the_source():
 
 
 def test_dockerfile_requirements_step(tmp_path):
-    """The Dockerfile's own one-liner lists the project's dependencies and its `cluster`
-    extra from pyproject.toml (run here, as the build runs it), all pinned by constraints.txt."""
+    """The Dockerfile's own one-liner lists the project's dependencies and its `cluster` and
+    `hf` extras from pyproject.toml (run here, as the build runs it), all pinned by
+    constraints.txt; the build imports transformers (the paper's DINOv2 runs in the cluster)."""
     run = next(a for i, a in _dockerfile() if i == "RUN" and "tomllib" in a)
     argv = shlex.split(run.split(">", 1)[0])
     assert argv[:2] == ["python", "-c"]
@@ -674,9 +676,12 @@ def test_dockerfile_requirements_step(tmp_path):
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert reqs == project["dependencies"] + project["optional-dependencies"]["cluster"]
+    extras = project["optional-dependencies"]
+    assert reqs == project["dependencies"] + extras["cluster"] + extras["hf"]
     pins = _constraints()
     assert all(_req_name(r) in pins for r in reqs), [r for r in reqs if _req_name(r) not in pins]
+    imports = next(a for i, a in _dockerfile() if i == "RUN" and "pip check" in a)
+    assert {"ray.dashboard", "s3fs", "gcsfs", "boto3", "transformers"} <= set(re.findall(r"[\w.]+", imports))
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_ignored():
@@ -735,9 +740,18 @@ def test_constraints_pin_every_requirement():
 def test_readme_setup_is_what_ci_and_the_image_run():
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## Set-up[^\n]*\n+```bash\n(.*?)```", readme, flags=re.S).group(1).strip()
-    assert "\n" not in block and "pip install -c constraints.txt -e \".[test]\"" in block, block
+    assert "\n" not in block and "pip install -c constraints.txt -e \".[test,cluster]\"" in block, block
     ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if "pip install" in ln]
     assert ci == [block], "`.ci/run` must install exactly as README.md's Set-up says"
+    # ... which is every extra the image installs (the test extra brings demo and hf)
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = set(re.search(r'-e "\.\[([a-z,]+)\]"', block).group(1).split(","))
+    for r in extras["test"]:
+        m = re.fullmatch(r"sing\[([a-z,]+)\]", r)
+        installed |= set(m.group(1).split(",")) if m else set()
+    assert {"cluster", "hf"} <= installed, installed
 
 
 def test_dockerignore():
@@ -767,7 +781,7 @@ def test_nightly_example_config():
     au = cfg["audit"]
     assert set(au) == {"shards", "concepts", "class_text", "templates", "batch_size", "num_actors", "device",
                        "rank_atol", "rank_rtol", "decode", "host_decode_share", "actors_per_gpu", "actor_threads",
-                       "buffer_gb", "stall_timeout"}
+                       "buffer_gb", "stall_timeout", "resource_wait"}
     assert au["decode"] == "device" and au["device"] == "cuda"  # the nightly audits run on GPUs
     assert au["templates"] in ("single", "ensemble")
     assert cfg["baseline"] == "previous" or set(cfg["baseline"]) <= {"run", "model"}

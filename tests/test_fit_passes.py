@@ -35,12 +35,11 @@ def models():
 
 def _cluster(monkeypatch, n_actors=1, cpus=2.0, gpus=0.0, cpus_per_actor=0.5, gpus_per_actor=0.0):
     from pipelines.jobs import spine
-    from pipelines.stages import ray_session
+    from pipelines.stages import capacity
 
     ap = spine.ActorPlan(n_actors, 1, gpus_per_actor, cpus_per_actor, None)
     monkeypatch.setattr(spine.ActorPlan, "resolve", classmethod(lambda cls, opts, n_models=1: ap))
-    monkeypatch.setattr(ray_session, "cluster_cpus", lambda: cpus)
-    monkeypatch.setattr(ray_session, "cluster_gpus", lambda: gpus)
+    monkeypatch.setattr(capacity, "alive_nodes", lambda: [capacity.Node("n1", cpus, gpus)])
     return ap
 
 
@@ -105,18 +104,24 @@ def test_without_room_the_passes_run_one_after_the_other(monkeypatch, models, st
     assert order == [("train", plan), ("held", plan)]  # each the plan's pool, one after the other
 
 
-@pytest.mark.parametrize("n_actors, cpus, gpus, cpa, gpa, share, expected", [
-    (1, 2.0, 0.0, 0.5, 0.0, 0.25, 1),  # the 2-core CPU: 0.5 + 0.5 + one read task
-    (1, 1.0, 0.0, 0.5, 0.0, 0.25, None),  # no CPU left for the read task
-    (2, 16.0, 1.0, 1.0, 0.5, 0.1, None),  # one GPU, two actors on it: full
-    (16, 128.0, 8.0, 1.0, 0.5, 0.1, None),  # every GPU taken by the training pool
-    (2, 64.0, 8.0, 1.0, 1.0, 0.1, 1),  # --num-actors 2 on eight GPUs: room
-    (10, 64.0, 16.0, 1.0, 1.0, 0.25, 3),  # a quarter of ten, rounded up
+@pytest.mark.parametrize("n_actors, nodes, cpa, gpa, share, expected", [
+    (1, [(2.0, 0.0)], 0.5, 0.0, 0.25, 1),  # the 2-core CPU: 0.5 + 0.5 + one read task
+    (1, [(1.0, 0.0)], 0.5, 0.0, 0.25, None),  # no CPU left for the read task
+    (2, [(16.0, 1.0)], 1.0, 0.5, 0.1, None),  # one GPU, two actors on it: full
+    (16, [(128.0, 8.0)], 1.0, 0.5, 0.1, None),  # every GPU taken by the training pool
+    (2, [(64.0, 8.0)], 1.0, 1.0, 0.1, 1),  # --num-actors 2 on eight GPUs: room
+    (10, [(64.0, 16.0)], 1.0, 1.0, 0.25, 3),  # a quarter of ten, rounded up
+    # per node, as Ray places actors: enough CPUs and GPUs in all, but the CPUs are on one
+    # node and the GPUs on the other, whose one CPU holds one actor only
+    (1, [(2.0, 0.0), (1.0, 2.0)], 1.0, 1.0, 0.5, None),
+    (1, [(2.0, 0.0), (2.0, 2.0)], 1.0, 1.0, 0.5, 1),  # two actors on the GPU node, the read on the other
 ])
-def test_held_out_pool(n_actors, cpus, gpus, cpa, gpa, share, expected):
+def test_held_out_pool(n_actors, nodes, cpa, gpa, share, expected):
     from pipelines.jobs.spine import ActorPlan
+    from pipelines.stages.capacity import Node
 
-    assert fit.held_out_pool(ActorPlan(n_actors, 1, gpa, cpa, None), share, cpus, gpus) == expected
+    nodes = [Node(f"n{i}", c, g) for i, (c, g) in enumerate(nodes)]
+    assert fit.held_out_pool(ActorPlan(n_actors, 1, gpa, cpa, None), share, nodes) == expected
 
 
 def test_a_failed_held_out_stream_stops_the_training_pass_and_is_the_error(monkeypatch, models, stub):

@@ -18,7 +18,7 @@ from pipelines.io.layout import write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
 from pipelines.io.remote import is_url, url_fs
 from pipelines.io.translator_file import save_translator
-from pipelines.errors import BadInput
+from pipelines.errors import BadInput, RunFailed
 from pipelines.jobs import spine
 from pipelines.stages.healing import call_abortable
 from pipelines.options import PrecisionOptions, StreamOptions, _templates, add_arguments, check, from_namespace, opt
@@ -204,17 +204,19 @@ def _held_out(held, models: _Models, cfg: FitOptions, ap, abort, counter=None):
     return (*(np.concatenate(x) if x else np.zeros((0,)) for x in (fh, zh, yh)), errors)
 
 
-def held_out_pool(ap, share_held: float, cpus: float, gpus: float) -> int | None:
+def held_out_pool(ap, share_held: float, nodes) -> int | None:
     """Actors for a held-out stream running beside the training pass (its shards' share of
     the plan's, at least one), or None when they would not fit beside the training pool and
-    one read task: then the passes run one after the other. Never waiting for room matters:
-    a held-out actor queued behind the training pool would wait the whole pass, and its
-    stall watchdog would end the fit (on GPUs the plan's actors fill every GPU)."""
+    one read task on the alive `nodes` (stages.capacity: per node, as Ray places actors):
+    then the passes run one after the other. Never waiting for room matters: a held-out
+    actor queued behind the training pool would wait the whole pass, and its stall watchdog
+    would end the fit (on GPUs the plan's actors fill every GPU)."""
     import math
 
+    from pipelines.stages.capacity import actors_that_fit
+
     n_held = max(1, math.ceil(ap.n_actors * share_held - 1e-9))
-    n = ap.n_actors + n_held
-    fits = n * ap.cpus_per_actor + 1 <= cpus + 1e-9 and n * ap.gpus_per_actor <= gpus + 1e-9
+    fits = ap.n_actors + n_held <= actors_that_fit(nodes, ap.cpus_per_actor, ap.gpus_per_actor)
     return n_held if fits else None
 
 
@@ -229,11 +231,11 @@ def _both_passes(train, held, models: _Models, cfg: FitOptions, counter, abort):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipelines.stages.ray_session import cluster_cpus, cluster_gpus
+    from pipelines.stages.capacity import alive_nodes
 
     m, d = models.clf.num_features, models.clip.embed_dim
-    ap = spine.ActorPlan.resolve(cfg, 1)
-    n_held = held_out_pool(ap, len(held) / (len(train) + len(held)), cluster_cpus(), cluster_gpus())
+    ap = spine.ActorPlan.resolve(cfg, 1)  # placed on the nodes alive now (waited for, or shrunk)
+    n_held = held_out_pool(ap, len(held) / (len(train) + len(held)), alive_nodes())
 
     def training(stop_when):
         return call_abortable(lambda: _feature_stream(train, models, cfg, ap).aggregate(
@@ -309,8 +311,13 @@ def run_fit(cfg: FitOptions) -> dict:
     # shard is ever counted twice
     models = _Models.share(clf, clip, cfg)  # held for the whole fit: a restarted actor needs them again
     with counted_progress("fit", train + held, cfg.progress) as counter:  # a tqdm bar in a terminal only
-        agg, (fh, zh, yh, held_errors) = spine.retry(
-            cfg, "the fit's passes", lambda abort: _both_passes(train, held, models, cfg, counter, abort), attempts)
+        try:
+            agg, (fh, zh, yh, held_errors) = spine.retry(
+                cfg, "the fit's passes", lambda abort: _both_passes(train, held, models, cfg, counter, abort),
+                attempts)
+        except RunFailed as exc:  # the sums live in this process: a rerun starts the passes over
+            raise RunFailed(f"{exc}; nothing was written: rerun the same command to resume (the fit's passes "
+                            "start over)") from exc
     stats, train_errors = unpack_stats(agg["ridge"], m, d)
     t_train = time.perf_counter() - t0
     log.info("fit: %d training and %d held-out images from %d + %d shards in %.1fs", stats.n, len(yh), len(train),

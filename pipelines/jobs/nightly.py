@@ -57,7 +57,8 @@ def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str])
             run_fit(FitOptions(model=spec, clip=cfg.refit.clip, shards=cfg.refit.shards, out=str(path),
                               heldout_shards=cfg.refit.heldout_shards, templates=cfg.refit.templates,
                               batch_size=cfg.audit.batch_size, device=cfg.audit.device,
-                              precision=cfg.audit.precision))
+                              precision=cfg.audit.precision, stall_timeout=cfg.audit.stall_timeout,
+                              max_attempts=cfg.audit.max_attempts, resource_wait=cfg.audit.resource_wait))
         paths.append(str(path))
     return paths, "exact"
 

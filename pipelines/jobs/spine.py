@@ -126,26 +126,37 @@ class ActorPlan:
     GPUs: actors_per_gpu processes per GPU per model (time-sliced), each running
     actor_threads batches at once on its own CUDA streams; the GPU is shared by the models
     of the chain. CPUs: one actor per model at half a CPU (two 1-CPU actors on a 2-core
-    machine starve the read tasks forever), using every core for the forward."""
+    machine starve the read tasks forever), using every core for the forward. n_actors is
+    per model: the stream runs n_models pools of that size. Inside a run (retry) the plan is
+    placed on the nodes alive now (pipelines.stages.capacity): waited for, or shrunk."""
 
     n_actors: int
     threads: int
     gpus_per_actor: float
     cpus_per_actor: float
     torch_threads: int | None
+    n_models: int = 1
 
     @classmethod
     def resolve(cls, opts, n_models: int = 1) -> "ActorPlan":
-        from pipelines.stages.ray_session import actor_gpus, cluster_cpus, ensure_ray
+        from pipelines.stages.capacity import placed
+        from pipelines.stages.ray_session import ensure_ray
 
         ensure_ray()  # sizing reads the cluster's resources
+        return placed(lambda: cls.sized(opts, n_models))
+
+    @classmethod
+    def sized(cls, opts, n_models: int = 1) -> "ActorPlan":
+        """The plan for the cluster's resources now, before placement."""
+        from pipelines.stages.ray_session import actor_gpus, cluster_cpus
+
         gpus = actor_gpus(opts.device)
         per_gpu = opts.actors_per_gpu if gpus else 1
         n = opts.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
         threads = opts.actor_threads or (DEFAULT_GPU_ACTOR_THREADS if gpus else 1)
         share = min(1.0, gpus / n) / n_models if gpus else 0.0
         torch_threads = opts.threads or (None if gpus else max(1, int(cluster_cpus())))
-        return cls(n, threads, share, 1.0 if gpus else 0.5, torch_threads)
+        return cls(n, threads, share, 1.0 if gpus else 0.5, torch_threads, n_models)
 
     def as_manifest(self) -> dict:
         return {"actors_per_model": self.n_actors, "threads_per_actor": self.threads,
@@ -229,21 +240,25 @@ def retry(opts, what: str, attempt: Callable, record: list, progress: Callable[[
     """attempt(abort) until it succeeds, restarting on what a restart can cure (a lost node,
     actor or object, a stall), up to opts.max_attempts. abort() names a node that died during
     the attempt (checked by the drain every second). Each attempt and what ended it go into
-    `record`; progress() counts what an attempt got done (shards written)."""
-    from pipelines.stages.healing import NodeMonitor, executors, stop_executors, trigger_of, wait_for_capacity
+    `record`; progress() counts what an attempt got done (shards written). The actor plans
+    resolved inside an attempt are placed on the nodes alive then (stages.capacity): a
+    cluster too small for them is waited for up to opts.resource_wait seconds, then the run
+    ends (Unplaceable, exit 1); one with room for fewer actors runs a smaller pool."""
+    from pipelines.stages.capacity import RunCapacity, active
+    from pipelines.stages.healing import NodeMonitor, executors, stop_executors, trigger_of
     from pipelines.stages.ray_session import ensure_ray
 
     ensure_ray()
-    trigger = None
+    trigger, guard = None, RunCapacity(what, opts.resource_wait)
     for n in range(1, opts.max_attempts + 1):
         rec = {"what": what, "attempt": n, "started_at": utc_now()}
         record.append(rec)
         before, monitor, done0 = executors(), None, progress() if progress else 0
         try:
-            # an autoscaler may be bringing a lost node back; no longer than a stall would wait
-            wait_for_capacity(timeout_s=min(30.0, opts.stall_timeout or 30.0))
             monitor = NodeMonitor().start()
-            out = attempt(monitor.reason)
+            guard.attempt(rec, monitor)
+            with active(guard):
+                out = attempt(monitor.reason)
             rec.update(status="complete", finished_at=utc_now())
             if monitor.reason():  # died after the last result: nothing was left to redo
                 rec["node_lost_after_the_last_result"] = monitor.reason()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Callable
 
 from pipelines.stages.watchdog import NodeLost, ShardWritesFailed, StallError
@@ -40,7 +39,8 @@ def trigger_of(exc: BaseException) -> str | None:
 
 
 class NodeMonitor:
-    """Watches the nodes alive when it starts; reason() names the first that died."""
+    """Watches the nodes alive when it starts (or at rebase()); reason() names the first that
+    died."""
 
     def __init__(self, interval_s: float = 1.0):
         import ray
@@ -61,18 +61,28 @@ class NodeMonitor:
     def reason(self) -> str | None:
         return self._reason
 
+    def rebase(self) -> None:
+        """Watch the nodes alive now, forgetting deaths seen so far (the attempt has placed its
+        pool on the nodes left)."""
+        import ray
+
+        self.alive = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n["Alive"]}
+        self._reason = None
+
     def _run(self) -> None:
         import ray
 
         while not self._stop.wait(self.interval_s):
+            alive = self.alive  # rebase() may replace it meanwhile
+            if self._reason is not None:
+                continue
             try:
                 nodes = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
             except Exception:  # noqa: BLE001 - the GCS may be busy; look again next time
                 continue
-            dead = [nid for nid in self.alive if not nodes.get(nid, False)]
-            if dead:
-                self._reason = "node " + ", ".join(f"{self.alive[d]} ({d[:8]})" for d in dead) + " died"
-                return
+            dead = [nid for nid in alive if not nodes.get(nid, False)]
+            if dead and alive is self.alive:
+                self._reason = "node " + ", ".join(f"{alive[d]} ({d[:8]})" for d in dead) + " died"
 
 
 def executors() -> set:
@@ -92,22 +102,6 @@ def stop_executors(before: set) -> None:
             ex.shutdown(force=True, exception=RuntimeError("sing: attempt abandoned, restarting"))
         except Exception as exc:  # noqa: BLE001 - best effort: the attempt is over either way
             log.debug("could not shut down an executor: %s", exc)
-
-
-def wait_for_capacity(min_cpus: float = 1.0, timeout_s: float = 30.0) -> None:
-    """A read task needs a CPU: wait a while for one (an autoscaler may be replacing a lost
-    node), then give up with NodeLost."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        cpus = float(ray.cluster_resources().get("CPU", 0.0))
-        if cpus >= min_cpus:
-            return
-        if time.monotonic() > deadline:
-            raise NodeLost(f"the cluster has {cpus:g} CPUs left, fewer than the {min_cpus:g} a read task needs "
-                           f"(waited {timeout_s:.0f} s for nodes to come back)")
-        time.sleep(1.0)
 
 
 def call_abortable(fn: Callable, abort: Callable[[], str | None], poll_s: float = 1.0):

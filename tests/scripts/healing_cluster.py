@@ -2,7 +2,8 @@
 2-CPU workers on this machine (ray.cluster_utils.Cluster); each job is submitted as a `sing`
 driver process (as `ray job submit` would) and the worker node running its model actors is
 killed mid-run. The same process must heal (restart over the shards not yet written) and exit
-0. Last, every worker is killed and the run must end with exit 1 once its attempts are spent.
+0. Last, every worker is killed: the head (no CPUs) cannot place the model actors, and the
+run must end with exit 1 after --resource-wait, saying so.
 Prints one JSON line: RESULT {...}."""
 from __future__ import annotations
 
@@ -84,9 +85,11 @@ def main(root: str, shards: str, translator: str, model: str, clip: str) -> None
         add_worker()
         cluster.wait_for_nodes()
 
-    # no capacity left at all: attempts are spent, exit 1 with a clear message
+    # no capacity left at all: exit 1 after --resource-wait, with a clear message (3 attempts: the
+    # GCS may see the two workers die one at a time, each ending an attempt)
     p = _sing(cluster.address, "-q", "audit", "--model", model, "--translator", translator, "--out", str(out),
-              "--run-id", "all-lost", *common[:4], "--stall-timeout", "5", "--max-attempts", "2")
+              "--run-id", "all-lost", *common[:4], "--stall-timeout", "30", "--max-attempts", "3",
+              "--resource-wait", "3")
     deadline = time.time() + 240
     while not first_file("images", "all-lost")() and p.poll() is None and time.time() < deadline:
         time.sleep(0.1)
