@@ -323,5 +323,5 @@ def test_steer_target_from_an_embeddings_row(imported):
     assert info["source"] == "embeddings" and info["row"] == 3 and info["name"] == "an image of a jellyfish"
     with pytest.raises(SteerConfigError, match="no row named 'jellyfish'.*close"):
         target_embedding("jellyfish", p, PAPER_CLIP, 768)
-    with pytest.raises(ValueError, match="translator targets 'openclip:tiny@random'"):
+    with pytest.raises(ValueError, match="made with CLIP openclip:ViT-L-14@openai .*used with openclip:tiny@random"):
         target_embedding("striped", p, "openclip:tiny@random", 768)
