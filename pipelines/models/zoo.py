@@ -1,4 +1,4 @@
-"""The paper's 13 classifiers (SING, CVPR 2026, Fig. 4 sweep and Table 1), as MODEL strings.
+"""The paper's 13 classifiers (SING, CVPR 2026: the supplement's Fig. 12b sweep and Table 1), as MODEL strings.
 
 Each entry names the model as the official code does (`name`, also the official translator's
 directory: translators/<name>/linear/best.pt), the exact weights it loads (`model`: torchvision
