@@ -132,7 +132,7 @@ def test_sweep_table_every_row_and_column(repro):
         assert r["paper"] == PAPER_RATIO[n] and r["paper_source"] == FIG_12B
         if n in NULL_DIM:
             # which class text this comparison used: the official npz's five-prompt mean
-            assert r["class_text"].startswith("official npz, prompt 'mean' = the mean of five prompts")
+            assert "in1k.parquet (official npz, prompt 'mean' = the mean of five prompts" in r["class_text"]
             img = _images(out, r["slug"], r["run"])
             assert r["status"] == "ok" and r["null_dim"] == NULL_DIM[n]
             assert r["n_images"] == r["n_scored"] == img.height == 9
