@@ -73,8 +73,8 @@ def pick_row(names: list[str], wanted: str, path) -> int:
     raise SteerConfigError(f"--prompt-embeddings {path} has no row named {wanted!r} ({len(names)} rows{hint})")
 
 
-def target_embedding(prompt: str, prompt_embeddings, clip_id: str, out_dim: int,
-                     tr_clip: dict | None = None) -> tuple[np.ndarray, dict]:
+def target_embedding(prompt: str, prompt_embeddings, clip_id: str, out_dim: int, tr_clip: dict | None = None,
+                     what: str = "the translator") -> tuple[np.ndarray, dict]:
     """The target text embedding and a record of where it came from (manifest). tr_clip: the
     CLIP identity the translator records; embeddings of another CLIP are refused."""
     if prompt_embeddings:
@@ -91,7 +91,7 @@ def target_embedding(prompt: str, prompt_embeddings, clip_id: str, out_dim: int,
         from pipelines.models.text import embed_texts
 
         clip = load_clip(clip_id)
-        check_same_clip(tr_clip, clip.identity, "the translator", "refit it (`sing fit-translator`) with this CLIP")
+        check_same_clip(tr_clip, clip.identity, what, "refit it (`sing fit-translator`) with this CLIP")
         text = embed_texts(clip, [prompt], ["{}"])[0]
         info = {"source": "clip", "clip_model": clip_id, "clip_identity": clip.identity,
                 "templates": "raw prompt (no template)"}
@@ -164,7 +164,7 @@ def prepare(cfg: SteerOptions):
     if not clip_id:
         raise SteerConfigError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
     text, text_info = target_embedding(cfg.prompt.strip(), cfg.prompt_embeddings, clip_id, tr.out_dim,
-                                       tr.metadata.get("clip_identity"))
+                                       tr.metadata.get("clip_identity"), f"translator {cfg.translator}")
     return shards, clf, dec, class_index, tr, clip_id, text, text_info
 
 
