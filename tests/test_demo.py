@@ -50,6 +50,11 @@ def test_demo_runs_end_to_end_offline(tmp_path, ray_session, capsys):
     (man_path,) = (out / "results" / "runs").glob("*.json")
     man = json.loads(man_path.read_text())
     assert man["status"] == "complete" and man["models"][0]["null_dim"] == 280  # 1280 -> 1000 head
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip("openclip:tiny@random").identity  # the offline demo's CLIP, activation recorded
+    assert man["models"][0]["translator"]["clip_identity"] == clip and clip["activation"] == "gelu"
+    assert man["models"][0]["class_text"]["clip_identity"] == clip
     assert len(re.findall(r"sing\.collect INFO shard \S+ written", proc.stderr)) == man["shards"]["total"]
     assert sorted(man["shard_paths"]) == sorted(p.stem for p in (out / "shards").glob("*.tar"))
     images = pl.read_parquet(str(out / "results" / "images" / "**" / "*.parquet"), hive_partitioning=True)

@@ -40,6 +40,16 @@ def _import(src, out, model=MODEL, *extra):
 # ----------------------------------------------------------------------------- translators
 
 
+def _is_openai_vit_l14(ident: dict) -> None:
+    import open_clip
+
+    assert open_clip.get_pretrained_cfg("ViT-L-14", "openai")["quick_gelu"] is True
+    assert (ident["arch"], ident["tag"], ident["activation"], ident["quick_gelu"]) == \
+        ("ViT-L-14", "openai", "quickgelu", True)
+    assert ident["hub_repo"] == open_clip.get_pretrained_cfg("ViT-L-14", "openai")["hf_hub"].rstrip("/")
+    assert ident["weights_sha256"] is None and ident["hub_revision"] is None  # the release's: never here
+
+
 def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audit(tmp_path):
     from pipelines.io.translator_file import load_translator_for
     from pipelines.models.classifiers import load_classifier
@@ -60,6 +70,9 @@ def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audi
     assert prov["note"] == "imported from the official SING release"
     assert prov["metadata"] == yaml.safe_load((src.parent / "metadata.yaml").read_text())
     assert meta["clip_model"] == PAPER_CLIP and meta["source_model"] == MODEL_ID
+    # the release's translators map into OpenAI's own CLIP: QuickGELU ViT-L-14, the openai tag
+    # (open_clip records quick_gelu=True for it; ViT-L-14's own config does not)
+    _is_openai_vit_l14(meta["clip_identity"])
     assert json.loads((tmp_path / "tr.safetensors.json").read_text())["official"]["source_sha256"] == \
         prov["source_sha256"]
     # `sing audit --model MODEL --translator out` accepts it (exact source-model match)
@@ -171,6 +184,7 @@ def test_embeddings_prompt_choice_picks_its_slice(tmp_path, capsys):
         assert np.array_equal(got, emb[:, k, :].astype(np.float32))  # float16 -> float32 is exact
         prov = json.loads(meta["provenance"])
         assert prov["prompt"] == prompt and prov["prompts"] == PROMPTS
+        _is_openai_vit_l14(json.loads(meta["clip_identity"]))
         assert prov["source_sha256"] == hashlib.sha256((tmp_path / "c.npz").read_bytes()).hexdigest()
     # the official mean is the plain mean of unit rows: kept as is (norm < 1)
     assert (np.linalg.norm(emb[:, 5].astype(np.float64), axis=1) < 0.99).all()
@@ -323,5 +337,5 @@ def test_steer_target_from_an_embeddings_row(imported):
     assert info["source"] == "embeddings" and info["row"] == 3 and info["name"] == "an image of a jellyfish"
     with pytest.raises(SteerConfigError, match="no row named 'jellyfish'.*close"):
         target_embedding("jellyfish", p, PAPER_CLIP, 768)
-    with pytest.raises(ValueError, match="translator targets 'openclip:tiny@random'"):
+    with pytest.raises(ValueError, match="made with CLIP openclip:ViT-L-14@openai .*used with openclip:tiny@random"):
         target_embedding("striped", p, "openclip:tiny@random", 768)

@@ -78,6 +78,9 @@ def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     assert len(rep["lambda_grid"]) == 13 and rep["heldout"]["mse"] == min(r["mse"] for r in rep["lambda_grid"])
     tr = load_translator(translator, source_model=CLASSIFIER, clip_model=CLIP)
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
+    # the report and the translator record the CLIP's full identity, activation included
+    assert rep["clip_identity"] == tr.metadata["clip_identity"] == clip.identity
+    assert clip.identity["activation"] == "gelu" and clip.identity["model"] == CLIP
     held = set(rep["heldout_shard_names"])
     assert held == {"shard-000002"}  # evenly spaced held-out shards: 4 shards, k = 1 -> the middle one
     train = [p for p in sorted((root / "shards").glob("shard-*.tar")) if p.stem not in held]
@@ -122,6 +125,11 @@ def test_audit_rows_errors_and_manifest(data, audited):
     assert man["counts"]["timm-test_resnet-random-num_classes-10"]["images"] == images.height
     assert set(man["stage_seconds"]) == {"read_decode", "forward", "sing_ops", "write"}
     assert man["models"][0]["translator"]["clip_model"] == CLIP
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip(CLIP).identity  # the CLIP the translator and the computed class text came from
+    assert man["models"][0]["translator"]["clip_identity"] == clip and clip["activation"] == "gelu"
+    assert man["models"][0]["class_text"]["clip_identity"] == clip
 
 
 def test_audit_scores_match_independent_float64(data, translator, audited):

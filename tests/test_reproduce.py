@@ -39,9 +39,10 @@ LABELS = {"efficientnet": "EfficientNet", "dinovit1": "DinoViT", "resnext": "Res
           "deit": "DeiT", "convnext": "ConvNeXt"}
 RATIO_HEADER = ["model", "name", "status", "null_dim", "n images", "n scored", "mean IS", "mean |AS|",
                 "IS/|AS| ratio_of_means", "IS/|AS| median_ratio", "paper IS/|AS|", "diff (ratio_of_means - paper)",
-                "diff (median_ratio - paper)", "paper source"]
+                "diff (median_ratio - paper)", "paper source", "class text (AS)"]
 T1_HEADER = ["model", "name", "status", "n steered", "reachable", "|AS| mean", "|AS| std", "|AS| sem", "IS mean",
-             "paper |AS| mean +- std", "diff (mean - paper mean)", "paper source"]
+             "paper |AS| mean +- std", "diff (mean - paper mean)", "paper source", "target text"]
+FIG_12B = "supplement Fig. 12b (read off a plot, approximate)"  # the 13-model sweep (Fig. 4: class violins)
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +124,15 @@ def _steer(out, slug, run):
 def test_sweep_table_every_row_and_column(repro):
     rep, out = repro["rep"], repro["out"]
     rows = rep["is_as_ratio"]
-    # Fig. 4 order (the paper's ratio, descending)
+    # Fig. 12b order (the paper's ratio, descending)
     assert [r["name"] for r in rows] == ["dinovit1", "bitresnet", "convnext", "efficientnet", "resnext", "deit"]
     for r in rows:
         n = r["name"]
         assert r["model"] == LABELS[n]
-        assert r["paper"] == PAPER_RATIO[n] and r["paper_source"] == "Fig. 4 (read off a plot, approximate)"
+        assert r["paper"] == PAPER_RATIO[n] and r["paper_source"] == FIG_12B
         if n in NULL_DIM:
+            # which class text this comparison used: the official npz's five-prompt mean
+            assert "in1k.parquet (official npz, prompt 'mean' = the mean of five prompts" in r["class_text"]
             img = _images(out, r["slug"], r["run"])
             assert r["status"] == "ok" and r["null_dim"] == NULL_DIM[n]
             assert r["n_images"] == r["n_scored"] == img.height == 9
@@ -231,6 +234,7 @@ def test_table1_every_row_and_column(repro):
             assert r["sem_abs_as"] == pytest.approx(a.std() / np.sqrt(reach.height), rel=1e-9, abs=1e-12)
             assert r["mean_is"] == pytest.approx(40.0, abs=1e-3)
             assert r["diff"] == pytest.approx(r["mean_abs_as"] - PAPER_T1[n][0], rel=1e-12)
+            assert r["target_text"].startswith(f"row '{PROMPT}' of ")
             continue
         for k in ("n", "n_reachable", "mean_abs_as", "std_abs_as", "sem_abs_as", "mean_is", "diff"):
             assert r[k] is None, (n, k)
@@ -285,9 +289,9 @@ def test_markdown_and_html_show_the_same_cells(repro):
     page = (out / "reproduction.html").read_text()
     cols = {"is_as_ratio": ["model", "name", "status", "null_dim", "n_images", "n_scored", "mean_is", "mean_abs_as",
                             "ratio_of_means", "median_ratio", "paper", "diff_ratio_of_means", "diff_median_ratio",
-                            "paper_source"],
+                            "paper_source", "class_text"],
             "table1": ["model", "name", "status", "n", "n_reachable", "mean_abs_as", "std_abs_as", "sem_abs_as",
-                       "mean_is", "paper", "diff", "paper_source"]}
+                       "mean_is", "paper", "diff", "paper_source", "target_text"]}
     for tables in (_md_tables(md), _html_tables(page)):
         assert len(tables) == 2
         for table, key, header in ((tables[0], "is_as_ratio", RATIO_HEADER), (tables[1], "table1", T1_HEADER)):
@@ -300,6 +304,9 @@ def test_markdown_and_html_show_the_same_cells(repro):
     notes = " ".join(rep["notes"])
     assert "Random weights" in notes and "official npz, prompt 'mean'" in notes
     assert f"row '{PROMPT}' of" in notes and f"{repro['names_differ']} names spelled differently" in notes
+    # the paper's text and the official code use different class text: the report says which is which
+    assert 'The paper\'s text uses the single prompt "an image of a <class>"' in notes
+    assert "from the official code, which uses the mean of five prompt embeddings" in notes
     assert "ratio_of_means = mean(IS) / mean(|AS|)" in md
 
 
@@ -317,7 +324,10 @@ def test_paper_numbers_file_holds_method_md_section_5_for_every_zoo_model():
         "resnet": (12.04, 0.25), "efficientnet": (12.38, 0.52), "bitresnet": (9.19, 0.31), "dinovit1": (5.00, 0.59),
         "resnext": (11.15, 0.53)}
     assert all(v["source"] == "Table 1" for v in nums["table1"]["values"].values())
-    assert all("approximate" in v["source"] for v in nums["is_as_ratio"]["values"].values())
+    assert all(v["source"] == FIG_12B for v in nums["is_as_ratio"]["values"].values())
+    assert nums["paper"].startswith("Yadid, Levi, Betser, Gilboa: SING: Semantic Interpretation of the Null-space "
+                                    "Geometry, CVPR 2026 (arXiv 2603.14610)")
+    assert "an image of a <class>" in nums["class_text"]["paper"] and "five" in nums["class_text"]["official"]
     assert nums["table1"]["protocol"] == {"class": "sports car", "prompt": PROMPT, "is_deg": 40.0}
 
 

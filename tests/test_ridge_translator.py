@@ -102,7 +102,7 @@ def test_translator_round_trip_and_refusals(tmp_path):
         load_translator(path, in_dim=2048)
     with pytest.raises(TranslatorMismatch, match="source model 'timm:test_resnet'.*'timm:resnet50'"):
         load_translator(path, source_model="timm:resnet50")
-    with pytest.raises(TranslatorMismatch, match="CLIP model"):
+    with pytest.raises(TranslatorMismatch, match="made with CLIP openclip:tiny .*used with openclip:ViT-L-14@openai"):
         load_translator(path, clip_model="openclip:ViT-L-14@openai")
     with pytest.raises(TranslatorMismatch, match="feature dimension mismatch"):
         back(torch.randn(2, 19))

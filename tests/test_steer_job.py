@@ -96,6 +96,14 @@ def test_one_row_per_image_of_the_class_with_calibrated_is_and_no_logit_drift(se
     assert man["target"] == {"prompt": PROMPT, "class_index": 1, "class_name": "class_1", "is_deg": 40.0,
                              "eps": None, "templates": "raw prompt (no template)"}
     assert man["models"][0]["null_dim"] == 86 and man["translator"]["clip_model"] == CLIP
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip(CLIP).identity  # the translator's CLIP and the one that embedded the prompt
+    # this translator names its CLIP only (written as before identities): derived from the name
+    recorded = dict(man["translator"]["clip_identity"])
+    assert recorded.pop("derived_from_name") is True
+    assert recorded == man["target_text"]["clip_identity"] == clip
+    assert clip["activation"] == "gelu"
 
 
 def test_rows_match_an_in_process_float64_recomputation(setup, steered):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.models.zoo import PAPER_CLIP
+from pipelines.models.zoo import OFFICIAL_PROVENANCE, PAPER_CLIP
 
 log = logging.getLogger("sing.official")
 
@@ -39,7 +39,7 @@ KARLO_BACKEND = "kakao_karlo_v1_alpha_image_variations"
 BACKEND_CLIP = {KARLO_BACKEND: PAPER_CLIP}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "translator_state_dict", "model")
 KEY_PREFIXES = ("_orig_mod.", "module.")
-PROVENANCE = "imported from the official SING release"
+PROVENANCE = OFFICIAL_PROVENANCE
 PROMPT_CHOICES = ("mean", "prompt1", "prompt2", "prompt3", "prompt4", "prompt5")
 
 
@@ -168,6 +168,15 @@ def clip_embed_dim(clip: str) -> int:
     return load_clip(clip).embed_dim
 
 
+def official_clip_identity(clip: str) -> dict:
+    """The identity of the CLIP an official file came from. The release computed its numbers
+    with OpenAI's own CLIP, i.e. exactly the tag's network (QuickGELU for `openai`); its
+    weights were never here, so no hub revision or sha256 is recorded."""
+    from pipelines.models.clip_source import clip_identity
+
+    return {**clip_identity(clip, resolve_weights=False), "weights_from": "the official release (OpenAI's CLIP)"}
+
+
 def resolve_model(model: str) -> tuple[str, str | None]:
     """(MODEL string, zoo name or None): an official zoo name ("resnet") stands for its MODEL."""
     from pipelines.models.zoo import BY_NAME, PAPER_MODELS
@@ -222,11 +231,13 @@ def import_translator(src, model: str, out, metadata=None, clip: str | None = No
     provenance = {"note": PROVENANCE, "source_file": str(src.resolve()), "source_sha256": file_sha256(src),
                   "metadata_file": str(meta_path.resolve()),
                   "metadata": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}}
+    ident = official_clip_identity(clip_id)
     tr = Translator(w.detach().to("cpu").float().contiguous(), b.detach().to("cpu").float().contiguous(),
-                    {"source_model": model_id, "clip_model": clip_id, "lambda": None,
+                    {"source_model": model_id, "clip_model": ident["model"], "clip_identity": ident, "lambda": None,
                      "fitted_by": "official", "official": provenance})
     path = save_translator(tr, out)
-    return {"path": str(path), "id": tr.id, "source_model": model_id, "clip_model": clip_id,
+    return {"path": str(path), "id": tr.id, "source_model": model_id, "clip_model": ident["model"],
+            "clip_identity": ident,
             "in_dim": tr.in_dim, "out_dim": tr.out_dim, "official_model_name": got_name, **provenance}
 
 
@@ -336,5 +347,7 @@ def import_embeddings(src, out, prompt: str = "mean", clip: str = PAPER_CLIP) ->
         raise OfficialFormatError(f"{src}: prompt {prompt!r} has all-zero embeddings (angles undefined)")
     provenance = {"note": PROVENANCE, "source_file": str(Path(src).resolve()), "source_sha256": file_sha256(src),
                   "prompt": prompt, "prompts": prompts}
-    path = save_embeddings(out, names, vec, clip, [f"official npz prompt {prompt!r}"], extra=provenance)
-    return {"path": str(path), "rows": len(names), "dim": int(vec.shape[1]), "clip_model": clip, **provenance}
+    ident = official_clip_identity(clip)
+    path = save_embeddings(out, names, vec, ident, [f"official npz prompt {prompt!r}"], extra=provenance)
+    return {"path": str(path), "rows": len(names), "dim": int(vec.shape[1]), "clip_model": ident["model"],
+            "clip_identity": ident, **provenance}

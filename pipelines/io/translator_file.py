@@ -3,7 +3,10 @@
 save_translator   atomic write (temp name, rename) plus a readable `<path>.json` sidecar; to a
                   local path or an fsspec URL (written locally, then uploaded).
 load_translator   refuses anything that is not a sing translator, and any mismatch with what
-                  the caller will use it with (dims, source model, CLIP model).
+                  the caller will use it with (dims, source model, CLIP identity: activation,
+                  config, weights; pipelines.models.clip_source). A translator from before
+                  CLIP identities were recorded whose tag sing then built wrong (every
+                  `openai` tag: GELU instead of QuickGELU) is refused: refit it.
 Safetensors holds tensors only, so loading never executes code.
 """
 from __future__ import annotations
@@ -43,7 +46,12 @@ def save_translator(tr: Translator, path) -> Path | str:
 
 
 def load_translator(path, *, in_dim: int | None = None, out_dim: int | None = None,
-                    source_model: str | None = None, clip_model: str | None = None) -> Translator:
+                    source_model: str | None = None, clip_model: str | dict | None = None) -> Translator:
+    """`clip_model`: the CLIP it will be used with, an identity (clip_source.identity) or a
+    MODEL string. The loaded translator's metadata['clip_identity'] is what it records (a file
+    from before identities: derived from its MODEL string, marked derived_from_name)."""
+    from pipelines.models.clip_source import ClipIdentityMismatch, as_identity, check_same_clip, recorded_identity
+
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -65,11 +73,19 @@ def load_translator(path, *, in_dim: int | None = None, out_dim: int | None = No
         raise TranslatorMismatch(f"{path}: metadata dims {meta.get('in_dim')}->{meta.get('out_dim')} "
                                  f"disagree with tensors {t.in_dim}->{t.out_dim}")
     checks = [("input dim", in_dim, t.in_dim), ("output dim", out_dim, t.out_dim),
-              ("source model", source_model, meta.get("source_model")),
-              ("CLIP model", clip_model, meta.get("clip_model"))]
+              ("source model", source_model, meta.get("source_model"))]
     for what, expected, actual in checks:
         if expected is not None and expected != actual:
             raise TranslatorMismatch(f"translator {path} was fitted for {what} {actual!r}, but is used with {expected!r}")
+    what, remedy = f"translator {path}", "refit it (`sing fit-translator`) with the CLIP it is used with"
+    try:
+        ident = recorded_identity(meta, what, remedy, official=meta.get("fitted_by") == "official")
+        if clip_model is not None:
+            check_same_clip(ident, as_identity(clip_model), what, remedy)
+    except ClipIdentityMismatch as exc:  # the translator errors' type, exit 2 all the same
+        raise TranslatorMismatch(str(exc)) from None
+    if ident is not None:
+        t.metadata["clip_identity"] = ident
     return t
 
 

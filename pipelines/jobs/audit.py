@@ -57,31 +57,36 @@ class _Prepared:
     concept_info: dict | None = None
 
 
-def _texts(opts: AuditOptions, clf, tr, concepts, clip_for):
+def _texts(opts: AuditOptions, clf, tr, concepts, clip_for, what: str = "the translator"):
     """Class and concept text embeddings: from files, or computed with the translator's CLIP
     through the node's derived cache (CLIP is loaded only when an embedding is not cached)."""
     from pipelines.models.clip import TEMPLATES
+    from pipelines.models.clip_source import identity_now
     from pipelines.models.derived_cache import text_embeddings
     from pipelines.models.text import CONCEPT_TEMPLATES, is_embeddings_file, load_class_text, load_concept_embeddings
 
     clip_id = tr.metadata.get("clip_model")
+    tr_clip = tr.metadata.get("clip_identity") or clip_id  # load_translator refused a wrongly built one
+    now: dict = {}
 
-    def embed_texts(get_clip, names, templates):
-        return text_embeddings(clip_id, names, templates, lambda: get_clip(clip_id))
+    def embed_texts(get_clip, names, templates):  # with the CLIP as it builds now: the translator's, or refused
+        if not now:
+            now.update(identity_now(tr.metadata.get("clip_identity"), clip_id, what))
+        return text_embeddings(now, names, templates, lambda: get_clip(clip_id))
 
     if opts.class_text:  # by index: row i is class i, whatever its spelling (recorded in the manifest)
-        class_text, info = load_class_text(opts.class_text, clip_id, list(clf.class_names), tr.out_dim)
+        class_text, info = load_class_text(opts.class_text, tr_clip, list(clf.class_names), tr.out_dim)
     else:
         class_text = embed_texts(clip_for, list(clf.class_names), TEMPLATES[opts.templates])
-        info = {"computed_with": clip_id, "templates": opts.templates}
+        info = {"computed_with": clip_id, "clip_identity": dict(now), "templates": opts.templates}
     concept_text = concept_info = None
     if concepts and is_embeddings_file(opts.concepts):
-        names, concept_text, concept_info = load_concept_embeddings(opts.concepts, clip_id, tr.out_dim)
+        names, concept_text, concept_info = load_concept_embeddings(opts.concepts, tr_clip, tr.out_dim)
         if names != concepts:
             raise BadInput(f"--concepts {opts.concepts} changed while the run was being prepared")
     elif concepts:
         concept_text = embed_texts(clip_for, concepts, CONCEPT_TEMPLATES)
-        concept_info = {"computed_with": clip_id, "templates": CONCEPT_TEMPLATES}
+        concept_info = {"computed_with": clip_id, "clip_identity": dict(now), "templates": CONCEPT_TEMPLATES}
     if class_text.shape[1] != tr.out_dim:
         raise BadInput(f"class text embeddings are {class_text.shape[1]}-d but the translator outputs {tr.out_dim}-d")
     return class_text, info, concept_text, concept_info
@@ -112,7 +117,8 @@ def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prep
             tpath = opts.translators[i if len(opts.translators) > 1 else 0]
             tr = load_translator_for(tpath, spec, clf, opts.translator_match)
         with timeline.span("text_embed"):  # loading CLIP included
-            class_text, info, concept_text, concept_info = _texts(opts, clf, tr, concepts, clip_for)
+            class_text, info, concept_text, concept_info = _texts(opts, clf, tr, concepts, clip_for,
+                                                                  f"translator {tpath}")
         with timeline.span("head_svd"):  # cached per node by the head's bytes
             dec = head_decomposition(clf.head_weight, atol=opts.rank_atol, rtol=opts.rank_rtol)
         if dec.null_dim == 0:
@@ -154,7 +160,7 @@ def _model_record(p: _Prepared, mode: ActorDecode) -> dict:
             "num_classes": p.clf.num_classes, **p.decomposition.summary(),
             "preprocess": dataclasses.asdict(p.clf.preprocess), "decode": mode.value,
             "translator": {"path": str(p.translator_path), "id": tr.id, "clip_model": tr.metadata.get("clip_model"),
-                           "lambda": tr.metadata.get("lambda"),
+                           "clip_identity": tr.metadata.get("clip_identity"), "lambda": tr.metadata.get("lambda"),
                            **({"official": tr.metadata["official"]} if "official" in tr.metadata else {})},
             "class_text": p.class_text_info, **({"concept_text": p.concept_info} if p.concept_info else {})}
 
@@ -166,6 +172,8 @@ def _resolved(prepared: list[_Prepared], concepts) -> dict:
     return {"models": [p.clf.model_id for p in prepared], "sha": [p.clf.checkpoint_sha256 for p in prepared],
             "translators": [p.translator.id for p in prepared], "concepts": concepts,
             "class_text": first.class_text_info.get("sha256"),
+            # computed class text: the CLIP as it built (a hub repo that moved changes the texts)
+            "clip": [p.class_text_info.get("clip_identity") for p in prepared],
             "concept_text": (first.concept_info or {}).get("sha256")}
 
 

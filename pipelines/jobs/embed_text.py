@@ -8,7 +8,8 @@ from pipelines.errors import BadInput
 def cli_args(p) -> None:
     from pipelines.models.spec import MODEL_EPILOG
 
-    p.add_argument("--clip", required=True, help="CLIP model (openclip:ARCH@TAG)")
+    p.add_argument("--clip", required=True, help="CLIP model (openclip:ARCH@TAG; the file records its identity, "
+                                                 "activation included)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", help="text file, one class name / concept per line")
     src.add_argument("--classes", choices=["imagenet"], help="the 1000 ImageNet class names")
@@ -37,6 +38,7 @@ def cli_run(a) -> int:
     else:
         raise BadInput(f"unknown templates {a.templates!r}; choose from {sorted(TEMPLATES) + ['concept']}")
     clip = load_clip(a.clip)
-    path = save_embeddings(a.out, names, embed_texts(clip, names, templates), clip.model_id, templates)
-    print(f"wrote {len(names)} embeddings ({clip.embed_dim}-d, {clip.model_id}) to {path}")
+    path = save_embeddings(a.out, names, embed_texts(clip, names, templates), clip.identity, templates)
+    print(f"wrote {len(names)} embeddings ({clip.embed_dim}-d, {clip.model_id}, {clip.identity['activation']}, "
+          f"{clip.identity['id']}) to {path}")
     return 0

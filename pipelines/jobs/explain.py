@@ -239,6 +239,7 @@ def _check_config(cfg: ExplainOptions):
 def _texts(cfg: ExplainOptions, clf, tr, clip_id: str, concepts: list[str]):
     """(templates, class text, its file record, concept names, concept text)."""
     from pipelines.models.clip import TEMPLATES, load_clip
+    from pipelines.models.clip_source import check_same_clip
     from pipelines.models.text import (CONCEPT_TEMPLATES, embed_texts, is_embeddings_file, load_class_text,
                                        load_concept_embeddings)
 
@@ -247,13 +248,16 @@ def _texts(cfg: ExplainOptions, clf, tr, clip_id: str, concepts: list[str]):
         raise ExplainError(f"unknown prompt templates {templates!r}; choose from {sorted(TEMPLATES)}")
     # embedding files (e.g. imported from the official release) spare loading CLIP at all
     clip = None if cfg.class_text and cfg.concepts and is_embeddings_file(cfg.concepts) else load_clip(clip_id)
+    tr_clip = tr.metadata.get("clip_identity")
+    if clip is not None:
+        check_same_clip(tr_clip, clip.identity, f"translator {cfg.translator}", "refit it with this CLIP")
     text_info = None
     if cfg.class_text:
-        class_text, text_info = load_class_text(cfg.class_text, clip_id, list(clf.class_names), tr.out_dim)
+        class_text, text_info = load_class_text(cfg.class_text, tr_clip or clip_id, list(clf.class_names), tr.out_dim)
     else:
         class_text = embed_texts(clip, list(clf.class_names), TEMPLATES[templates])
     if cfg.concepts and is_embeddings_file(cfg.concepts):
-        concepts, concept_text, _ = load_concept_embeddings(cfg.concepts, clip_id, tr.out_dim)
+        concepts, concept_text, _ = load_concept_embeddings(cfg.concepts, tr_clip or clip_id, tr.out_dim)
     else:
         concept_text = embed_texts(clip, concepts, CONCEPT_TEMPLATES)
     if class_text.shape[1] != tr.out_dim:
@@ -306,7 +310,7 @@ def run_explain(cfg: ExplainOptions) -> dict:
     if not clip_id:
         raise ExplainError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
     if index is not None:
-        index.check_clip(clip_id)
+        index.check_clip(tr.metadata.get("clip_identity") or clip_id)
     fixed_label = resolve_class(cfg.label, clf.class_names) if cfg.label is not None else None
     dec = HeadDecomposition.from_weight(clf.head_weight, atol=cfg.rank_atol, rtol=cfg.rank_rtol)
     templates, class_text, text_info, concepts, concept_text = _texts(cfg, clf, tr, clip_id, concepts)
@@ -328,7 +332,8 @@ def run_explain(cfg: ExplainOptions) -> dict:
     result = {
         "meta": {"model": clf.model_id, "translator": str(cfg.translator), "translator_id": tr.id,
                  "precision": cfg.precision,
-                 "clip_model": clip_id, "templates": templates if not cfg.class_text else None,
+                 "clip_model": clip_id, "clip_identity": tr.metadata.get("clip_identity"),
+                 "templates": templates if not cfg.class_text else None,
                  "class_text": {k: v for k, v in text_info.items() if k != "name_differences"} if text_info else None,
                  "null_dim": dec.null_dim, "rank": dec.rank,
                  "concepts": str(cfg.concepts or DEFAULT_CONCEPTS), "n_concepts": len(concepts),

@@ -328,7 +328,8 @@ def run_fit(cfg: FitOptions) -> dict:
         raise FitError(f"only {len(yh)} usable held-out images in {len(held)} shards")
     grid = cfg.lambdas or stats.default_grid()
     sel = select_lambda(stats, (torch.from_numpy(fh), torch.from_numpy(zh)), grid,
-                        source_model=clf.model_id, clip_model=clip.model_id, templates=cfg.templates,
+                        source_model=clf.model_id, clip_model=clip.model_id, clip_identity=clip.identity,
+                        templates=cfg.templates,
                         checkpoint_sha256=clf.checkpoint_sha256, code_version=code_version(),
                         fit_precision=cfg.precision)
     tr = sel.translator
@@ -337,7 +338,8 @@ def run_fit(cfg: FitOptions) -> dict:
     quality = dict(sel.table[grid.index(sel.best_lambda)])
     report = {
         "kind": "fit", "started_at": started, "finished_at": utc_now(), "code_version": code_version(),
-        "model": clf.model_id, "clip_model": clip.model_id, "in_dim": m, "out_dim": d, "precision": cfg.precision,
+        "model": clf.model_id, "clip_model": clip.model_id, "clip_identity": clip.identity, "in_dim": m, "out_dim": d,
+        "precision": cfg.precision,
         "n_train": stats.n, "n_heldout": int(len(yh)), "heldout_read_errors": sum(e[3] != NONFINITE for e in held_errors),
         "errors": _errors_summary(train_errors + held_errors, cfg.out),
         "train_shards": len(train), "heldout_shards": len(held),

@@ -122,7 +122,8 @@ def build_index(cfg: IndexOptions) -> dict:
         raise ImageIndexError(f"--thumb-size must be in [16, 512], got {cfg.thumb_size}")
     shards = spine.expand(cfg.shards)
     clip = load_clip(cfg.clip)
-    meta = {"format": FORMAT, "clip_model": clip.model_id, "dim": clip.embed_dim, "dtype": cfg.dtype,
+    meta = {"format": FORMAT, "clip_model": clip.model_id, "clip_identity": clip.identity, "dim": clip.embed_dim,
+            "dtype": cfg.dtype,
             "thumb_size": cfg.thumb_size, "precision": cfg.precision}
     old = _meta_path(cfg.out)
     if old.is_file():  # one index per directory: refuse to mix two builds
@@ -221,10 +222,16 @@ class ImageIndex:
     def clip_model(self) -> str:
         return self.meta["clip_model"]
 
-    def check_clip(self, clip_model: str) -> None:
-        if clip_model != self.clip_model:
-            raise ImageIndexError(f"index {self.root} holds {self.clip_model!r} embeddings, but the translator maps "
-                                  f"into {clip_model!r}: rebuild it with `sing index --clip {clip_model}`")
+    def check_clip(self, clip) -> None:
+        """`clip`: the translator's CLIP, an identity or a MODEL string (clip_source)."""
+        from pipelines.models.clip_source import ClipIdentityMismatch, as_identity, check_same_clip, recorded_identity
+
+        used = as_identity(clip)
+        what, remedy = f"index {self.root}", f"rebuild it with `sing index --clip {used.get('model')}`"
+        try:
+            check_same_clip(recorded_identity(self.meta, what, remedy), used, what, remedy)
+        except ClipIdentityMismatch as exc:
+            raise ImageIndexError(str(exc)) from None
 
     def search(self, query, k: int, exclude=frozenset()) -> list[list[Hit]]:
         """Cosine k nearest neighbours for each query row (d,) or (B, d); `exclude` is a set of

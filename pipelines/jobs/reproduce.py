@@ -4,7 +4,8 @@
         --class-text text/in1k_official.parquet --prompt-embeddings text/jellyfish.parquet
 
 (a) the IS/|AS| sweep: one audit per model (or --models-per-pass models per decode pass),
-    summarised by the `model_summary` query (both ratio definitions), beside Fig. 4;
+    summarised by the `model_summary` query (both ratio definitions), beside the supplement's
+    Fig. 12b (the 13-model sweep; the paper's Fig. 4 is the class-level violins);
 (b) Table 1: images of class "sports car" steered through the null space toward "an image
     of a jellyfish" to IS = 40 deg (`sing steer`), |AS| toward the prompt from the
     `steer_summary` query, beside Table 1.
@@ -265,10 +266,17 @@ def run_reproduce(cfg: ReproduceOptions) -> dict:
 
 
 def _class_text_note(info: dict) -> str:
+    """Which class text an audit scored against, in words (the report's class-text column)."""
     if "computed_with" in info:
-        return f"CLIP {info['computed_with']}, templates {info.get('templates')}"
+        from pipelines.models.clip import TEMPLATES
+
+        act = (info.get("clip_identity") or {}).get("activation")
+        t = info.get("templates")
+        texts = " | ".join(TEMPLATES.get(t, [])).replace("{}", "<class>")
+        return f"CLIP {info['computed_with']}{f' ({act})' if act else ''}, templates {t}: {texts!r}"
     prov = info.get("provenance") or {}
-    what = f"official npz, prompt {prov['prompt']!r}" if prov.get("prompt") else (info.get("templates") or "file")
+    mean = " = the mean of five prompts, as the official code" if prov.get("prompt") == "mean" else ""
+    what = f"official npz, prompt {prov['prompt']!r}{mean}" if prov.get("prompt") else (info.get("templates") or "file")
     return f"{info.get('path')} ({what}; matched by index, {info.get('names_differ', 0)} names spelled differently)"
 
 

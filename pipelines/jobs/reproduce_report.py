@@ -34,7 +34,7 @@ def render_markdown(rep: dict) -> str:
     p = rep["protocol"]
     parts = [
         "# SING reproduction", "", f"Paper: {rep['paper']}.", "",
-        "## IS/|AS| per model (paper Fig. 4 sweep)", "",
+        "## IS/|AS| per model (the supplement's Fig. 12b sweep)", "",
         markdown_table(rep["is_as_ratio"], RATIO_COLUMNS), "",
         f"## Table 1: class {p['class']!r} steered toward {p['prompt']!r} at IS = {p['is_deg']} deg", "",
         markdown_table(rep["table1"], TABLE1_COLUMNS), "",
@@ -63,7 +63,7 @@ def _figure_png(rep: dict) -> bytes | None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for ax, rows, series, title in (
             (axes[0], ratio, [("ratio_of_means", "ours: ratio of means"), ("median_ratio", "ours: median ratio"),
-                              ("paper", "paper (Fig. 4, approx.)")], "IS/|AS| (higher is better)"),
+                              ("paper", "paper (suppl. Fig. 12b, approx.)")], "IS/|AS| (higher is better)"),
             (axes[1], t1, [("mean_abs_as", "ours"), ("paper_mean", "paper (Table 1)")],
              "Table 1: |AS| toward the prompt at IS = 40 deg")):
         x = np.arange(len(rows))
@@ -97,7 +97,7 @@ def render_html(rep: dict, png: bytes | None) -> str:
             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} td:nth-child(-n+3){text-align:left}"
             "img{max-width:100%}</style></head><body>"
             f"<h1>SING reproduction</h1><p>Paper: {html.escape(rep['paper'])}.</p>"
-            "<h2>IS/|AS| per model (paper Fig. 4 sweep)</h2>" + html_table(rep["is_as_ratio"], RATIO_COLUMNS)
+            "<h2>IS/|AS| per model (the supplement's Fig. 12b sweep)</h2>" + html_table(rep["is_as_ratio"], RATIO_COLUMNS)
             + f"<h2>Table 1: class {html.escape(repr(p['class']))} steered toward {html.escape(repr(p['prompt']))}"
             f" at IS = {p['is_deg']} deg</h2>" + html_table(rep["table1"], TABLE1_COLUMNS) + fig
             + f"<h2>How this run differs from the paper's protocol</h2><ul>{notes}</ul>"
@@ -124,12 +124,13 @@ RATIO_COLUMNS = [  # (key, header)
     ("ratio_of_means", "IS/|AS| ratio_of_means"), ("median_ratio", "IS/|AS| median_ratio"),
     ("paper", "paper IS/|AS|"), ("diff_ratio_of_means", "diff (ratio_of_means - paper)"),
     ("diff_median_ratio", "diff (median_ratio - paper)"), ("paper_source", "paper source"),
+    ("class_text", "class text (AS)"),
 ]
 TABLE1_COLUMNS = [
     ("model", "model"), ("name", "name"), ("status", "status"), ("n", "n steered"),
     ("n_reachable", "reachable"), ("mean_abs_as", "|AS| mean"), ("std_abs_as", "|AS| std"),
     ("sem_abs_as", "|AS| sem"), ("mean_is", "IS mean"), ("paper", "paper |AS| mean +- std"),
-    ("diff", "diff (mean - paper mean)"), ("paper_source", "paper source"),
+    ("diff", "diff (mean - paper mean)"), ("paper_source", "paper source"), ("target_text", "target text"),
 ]
 
 
@@ -163,7 +164,8 @@ def build_tables(res: list, cfg, prompt: str, protocol: dict, nums: dict) -> dic
             "mean_abs_as": _num(a.get("mean_abs_as")), "ratio_of_means": rom, "median_ratio": med,
             "paper": p["value"] if p else None, "diff_ratio_of_means": _diff(rom, p["value"] if p else None),
             "diff_median_ratio": _diff(med, p["value"] if p else None),
-            "paper_source": p["source"] if p else None, "run": a.get("run"), "slug": a.get("slug")})
+            "paper_source": p["source"] if p else None, "class_text": a.get("class_text"), "run": a.get("run"),
+            "slug": a.get("slug")})
         q = t1.get(e.name) if e.in_zoo else None
         s = r.steer or {}
         if r.skipped:
@@ -186,32 +188,45 @@ def build_tables(res: list, cfg, prompt: str, protocol: dict, nums: dict) -> dic
             "paper": f"{q['mean']:.2f} +- {q['std']:.2f}" if q else None,
             "paper_mean": q["mean"] if q else None, "paper_std": q["std"] if q else None,
             "diff": _diff(mean, q["mean"] if q else None), "paper_source": q["source"] if q else None,
+            "target_text": _target_note(s.get("target_text"), prompt) if s else None,
             "run": s.get("run"), "slug": s.get("slug")})
-    # the paper's orders: Fig. 4 by ratio, Table 1 as printed; other models after, as given
+    # the paper's orders: Fig. 12b by ratio, Table 1 as printed; other models after, as given
     fig_order = list(ratios)
     ratio_rows.sort(key=lambda row: fig_order.index(row["name"]) if row["name"] in fig_order else len(fig_order))
     t1_order = list(t1)
     t1_rows.sort(key=lambda row: t1_order.index(row["name"]) if row["name"] in t1_order else len(t1_order))
     return {"paper": nums["paper"], "protocol": {**protocol, "prompt_used": prompt},
-            "is_as_ratio": ratio_rows, "table1": t1_rows, "notes": _notes(res, cfg, prompt, protocol)}
+            "is_as_ratio": ratio_rows, "table1": t1_rows, "notes": _notes(res, cfg, prompt, protocol, nums)}
 
 
-def _notes(res: list, cfg, prompt: str, protocol: dict) -> list[str]:
+def _target_note(src: dict | None, prompt: str) -> str:
+    """Where Table 1's target text came from: a row of an embeddings file, or the prompt
+    embedded raw with the translator's CLIP (its activation named)."""
+    src = src or {}
+    if src.get("source") == "embeddings":
+        return f"row {src.get('name')!r} of {src.get('path')}"
+    act = (src.get("clip_identity") or {}).get("activation")
+    return f"{prompt!r} embedded with {src.get('clip_model')}{f' ({act})' if act else ''} (no template)"
+
+
+def _notes(res: list, cfg, prompt: str, protocol: dict, nums: dict) -> list[str]:
     notes = []
     audited = [r for r in res if r.audit]
     if audited:
         n = max(r.audit.get("n_images") or 0 for r in audited)
         notes.append(f"Sweep images: {n} from {', '.join(cfg.shards)} (paper: 10,000 ImageNet images over all "
                      "1000 classes).")
-    ct = next((r.audit["class_text"] for r in audited if r.audit.get("class_text")), None)
-    if ct:
-        notes.append(f"Class text for AS: {ct} (paper: the official class embeddings, mean of five prompts).")
+    texts = list(dict.fromkeys(r.audit["class_text"] for r in audited if r.audit.get("class_text")))
+    if texts:
+        ct = nums.get("class_text") or {}
+        notes.append(f"Class text for AS in the IS/|AS| sweep (each model's row says which it used): "
+                     f"{'; '.join(texts)}. The paper's text uses {ct.get('paper')}; its Fig. 12b values come "
+                     f"from the official code, which uses {ct.get('official')}.")
     steered = [r for r in res if r.steer]
     if steered:
-        src = steered[0].steer.get("target_text") or {}
-        how = (f"row {src.get('name')!r} of {src.get('path')}" if src.get("source") == "embeddings"
-               else f"{prompt!r} embedded with {src.get('clip_model')} (no template)")
-        notes.append(f"Table 1 target: {how}; images of class {protocol['class']!r} from "
+        how = _target_note(steered[0].steer.get("target_text"), prompt)
+        notes.append(f"Table 1 target (no class text: |AS| toward the target): {how}; images of class "
+                     f"{protocol['class']!r} from "
                      f"{', '.join(cfg.steer_shards or cfg.shards)}; the step is solved per image so that IS is "
                      f"exactly {protocol['is_deg']} deg (unreachable images are counted, not averaged).")
     notes.append("IS/|AS|: ratio_of_means = mean(IS) / mean(|AS|); median_ratio = median over images of IS/|AS|. "

@@ -73,22 +73,28 @@ def pick_row(names: list[str], wanted: str, path) -> int:
     raise SteerConfigError(f"--prompt-embeddings {path} has no row named {wanted!r} ({len(names)} rows{hint})")
 
 
-def target_embedding(prompt: str, prompt_embeddings, clip_id: str, out_dim: int) -> tuple[np.ndarray, dict]:
-    """The target text embedding and a record of where it came from (manifest)."""
+def target_embedding(prompt: str, prompt_embeddings, clip_id: str, out_dim: int, tr_clip: dict | None = None,
+                     what: str = "the translator") -> tuple[np.ndarray, dict]:
+    """The target text embedding and a record of where it came from (manifest). tr_clip: the
+    CLIP identity the translator records; embeddings of another CLIP are refused."""
     if prompt_embeddings:
         from pipelines.models.text import embeddings_info, load_embeddings
 
-        names, emb, meta = load_embeddings(prompt_embeddings, clip_model=clip_id)
+        names, emb, meta = load_embeddings(prompt_embeddings, clip_model=tr_clip or clip_id)
         i = pick_row(names, prompt, prompt_embeddings)
         info = {"source": "embeddings", "row": i, "name": names[i],
                 **embeddings_info(prompt_embeddings, names, meta)}
         text = emb[i]
     else:
         from pipelines.models.clip import load_clip
+        from pipelines.models.clip_source import check_same_clip
         from pipelines.models.text import embed_texts
 
-        text = embed_texts(load_clip(clip_id), [prompt], ["{}"])[0]
-        info = {"source": "clip", "clip_model": clip_id, "templates": "raw prompt (no template)"}
+        clip = load_clip(clip_id)
+        check_same_clip(tr_clip, clip.identity, what, "refit it (`sing fit-translator`) with this CLIP")
+        text = embed_texts(clip, [prompt], ["{}"])[0]
+        info = {"source": "clip", "clip_model": clip_id, "clip_identity": clip.identity,
+                "templates": "raw prompt (no template)"}
     if text.shape[0] != out_dim:
         raise SteerConfigError(f"the target text embedding is {text.shape[0]}-d but the translator outputs "
                                f"{out_dim}-d")
@@ -157,7 +163,8 @@ def prepare(cfg: SteerOptions):
     clip_id = tr.metadata.get("clip_model")
     if not clip_id:
         raise SteerConfigError(f"translator {cfg.translator} does not name its CLIP model (metadata 'clip_model')")
-    text, text_info = target_embedding(cfg.prompt.strip(), cfg.prompt_embeddings, clip_id, tr.out_dim)
+    text, text_info = target_embedding(cfg.prompt.strip(), cfg.prompt_embeddings, clip_id, tr.out_dim,
+                                       tr.metadata.get("clip_identity"), f"translator {cfg.translator}")
     return shards, clf, dec, class_index, tr, clip_id, text, text_info
 
 
@@ -186,7 +193,8 @@ def run_steer(cfg: SteerOptions) -> dict:
            "models": [{"model_id": clf.model_id, "slug": clf.slug, "checkpoint_sha256": clf.checkpoint_sha256,
                        "num_classes": clf.num_classes, **dec.summary()}],
            "translator": {"path": str(cfg.translator), "id": tr.id, "sha256": file_sha256(local_copy(cfg.translator)),
-                          "clip_model": clip_id, "lambda": tr.metadata.get("lambda")},
+                          "clip_model": clip_id, "clip_identity": tr.metadata.get("clip_identity"),
+                          "lambda": tr.metadata.get("lambda")},
            "target": {"prompt": target, "class_index": class_index, "class_name": clf.class_names[class_index],
                       "is_deg": cfg.is_deg, "eps": cfg.eps, "templates": "raw prompt (no template)"},
            "target_text": text_info}

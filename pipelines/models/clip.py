@@ -1,9 +1,14 @@
 """CLIP models (open_clip) for the translator target space, prompts and text embeddings.
 
-    load_clip("openclip:ViT-L-14@openai")   pretrained tag (needs the weights in the HF cache)
+What a MODEL string builds (config, the tag's own settings such as QuickGELU for every
+`openai` tag, the stated activation, the weights' file) is decided by
+pipelines.models.clip_source; this module builds it and embeds with it.
+
+    load_clip("openclip:ViT-L-14@openai")   pretrained tag, QuickGELU (needs the weights in the HF cache)
     load_clip("openclip:ViT-B-32@random")   any open_clip config, seeded random init
     load_clip("openclip:tiny@random")       the project's tiny config (tests, seconds on CPU)
     load_clip("openclip:ViT-B-32@/p/ckpt.safetensors")   local weights, never unpickles code
+    load_clip("openclip:ViT-B-32@/p/ckpt.safetensors?act=quickgelu")   ... trained with QuickGELU
 
 Embeddings are returned UNnormalised (float32); the translator maps to raw CLIP image
 embeddings, and angles are scale free.
@@ -16,21 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipelines.models.hub import require_weights
-from pipelines.models.spec import UnknownModelError, parse_model_spec
-from pipelines.io.manifest import file_sha256
 from pipelines.models.checkpoints import apply_state_dict, load_state_dict_file, state_dict_sha256
-from pipelines.models.registry import download_error, offline_error, seed_for, suggest
+from pipelines.models.clip_source import TINY_CFG, ClipSource, identity, resolve_clip, weights_file
+from pipelines.models.hub import require_weights
 from pipelines.models.preprocess import PreprocessSpec
-from pipelines.io.remote import local_copy
+from pipelines.models.registry import download_error, offline_error, seed_for
+from pipelines.models.spec import UnknownModelError, parse_model_spec
 
 log = logging.getLogger(__name__)
-
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 64, "layers": 2, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 
 TEMPLATES: dict[str, list[str]] = {
     "single": ["an image of a {}."],
@@ -58,6 +56,7 @@ class ClipModel:
     tokenizer: object = field(repr=False, default=None)
     device: str = "cpu"
     checkpoint_sha256: str | None = None  # file sha256 for @/path; else computed by weights_sha256()
+    identity: dict = field(default_factory=dict)  # pipelines.models.clip_source.identity: what files record
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """x: normalised (B, 3, S, S) -> (B, d) float32, not normalised."""
@@ -117,61 +116,62 @@ def _preprocess(module) -> PreprocessSpec:
     return PreprocessSpec(resize=hw, resize_mode="keep_ratio", **common)
 
 
-def _tiny_module():
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+def _tokenizer(src: ClipSource):
+    import open_clip
 
-    return CLIP(embed_dim=TINY_CFG["embed_dim"], vision_cfg=CLIPVisionCfg(**TINY_CFG["vision_cfg"]),
-                text_cfg=CLIPTextCfg(**TINY_CFG["text_cfg"]))
+    if src.arch == "tiny":
+        return open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CFG["text_cfg"]["context_length"])
+    try:
+        return open_clip.get_tokenizer(src.arch)
+    except Exception as e:  # noqa: BLE001 - HF tokenizers download their vocabulary
+        if download_error(e):
+            raise offline_error(src.spec, e) from e
+        raise
+
+
+def _build(src: ClipSource, path: str | None) -> torch.nn.Module:
+    """The network the source describes (clip_source: the tag's settings over the config,
+    the stated activation), with its weights."""
+    import open_clip
+
+    if src.arch == "tiny":
+        from open_clip.model import CLIP
+
+        module = CLIP(**src.model_cfg)
+    elif src.spec.weights == "pretrained":  # open_clip's own checkpoint loader (weights_only=True)
+        module = open_clip.create_model(src.arch, pretrained=path, force_preprocess_cfg=src.preprocess_cfg,
+                                        **src.build_kwargs())
+    else:  # no tower downloads its own base weights: random is random, a checkpoint replaces them
+        module = open_clip.create_model(src.arch, pretrained=None, pretrained_text=False, **src.build_kwargs())
+    if src.spec.weights == "file":
+        apply_state_dict(module, load_state_dict_file(path), src.spec.path)
+    _check_activation(module, src)
+    return module
+
+
+def _check_activation(module, src: ClipSource) -> None:
+    """The built network has the activation it was asked for (open_clip takes quick_gelu as a
+    keyword: a release that ignored it would otherwise go unnoticed)."""
+    from open_clip.transformer import QuickGELU
+
+    n_quick = sum(isinstance(m, QuickGELU) for m in module.modules())
+    if src.quick_gelu != (n_quick > 0):
+        raise RuntimeError(f"{src.spec.raw}: asked open_clip for {src.activation}, but the built model has "
+                           f"{n_quick} QuickGELU layers")
 
 
 def load_clip(spec: str, device="cpu") -> ClipModel:
-    import open_clip
-
     ms = parse_model_spec(spec)
     if ms.source != "openclip":
         raise UnknownModelError(f"{spec!r} is not a CLIP model (openclip:ARCH@TAG|random|/path)")
     if ms.weights == "pretrained":
         require_weights(ms)  # decides online/offline before anything (the tokenizer too) asks the hub
-    arch = ms.name
-    sha = None
-    if arch == "tiny":
-        if ms.weights == "pretrained":
-            raise UnknownModelError("openclip:tiny has no pretrained weights; use openclip:tiny@random")
-        build = _tiny_module
-        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CFG["text_cfg"]["context_length"])
-    else:
-        models = open_clip.list_models()
-        if arch not in models:
-            raise UnknownModelError(f"open_clip has no model {arch!r}.{suggest(arch, models)}")
-
-        def build():
-            return open_clip.create_model(arch, pretrained=None)
-
-        try:
-            tokenizer = open_clip.get_tokenizer(arch)
-        except Exception as e:  # noqa: BLE001 - HF tokenizers download their vocabulary
-            if download_error(e):
-                raise offline_error(ms, e) from e
-            raise
-    if ms.weights == "pretrained":
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        if ms.tag not in tags:
-            raise UnknownModelError(f"open_clip has no pretrained tag {ms.tag!r} for {arch}; "
-                                    f"available: {', '.join(tags) or 'none'}")
-        try:
-            module = open_clip.create_model(arch, pretrained=ms.tag)
-        except Exception as e:  # noqa: BLE001
-            if download_error(e) or "download" in str(e).lower():
-                raise offline_error(ms, e) from e
-            raise
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(ms.model_id))
-            module = build()
-        if ms.weights == "file":
-            path = local_copy(ms.path)  # a URL is downloaded to this node's cache
-            apply_state_dict(module, load_state_dict_file(path), ms.path)
-            sha = file_sha256(path)
+    src = resolve_clip(ms)
+    tokenizer = _tokenizer(src)
+    path = weights_file(src)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(ms.model_id))
+        module = _build(src, path)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -180,8 +180,10 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
     if embed_dim is None:
         with torch.inference_mode():
             embed_dim = int(module.encode_text(tokenizer(["a"])).shape[-1])
-    clip = ClipModel(model_id=ms.model_id, module=module, preprocess=_preprocess(module),
-                     embed_dim=embed_dim, tokenizer=tokenizer, checkpoint_sha256=sha)
+    ident = identity(src, path)
+    clip = ClipModel(model_id=ms.model_id, module=module, preprocess=_preprocess(module), embed_dim=embed_dim,
+                     tokenizer=tokenizer, checkpoint_sha256=ident["weights_sha256"] if ms.weights == "file" else None,
+                     identity=ident)
     if str(device) != "cpu":
         clip.to(device)
     return clip

@@ -6,7 +6,8 @@ template ensemble).
 Entries live beside the download cache ($SING_CACHE, pipelines.io.remote), one folder each,
 so `sing cache ls|prune` list and prune them too. Each is keyed by a hash of everything its
 value depends on, its inputs' bytes included where they are at hand (a head's weights; a
-CLIP checkpoint file), plus the torch and open_clip versions; a file that does not read back
+CLIP's full identity: config with its activation, the weights' sha256 and hub revision),
+plus the torch and open_clip versions; a file that does not read back
 with the expected shapes is recomputed. Values are safetensors (no pickle). Set
 SING_DERIVED_CACHE=0 to compute everything afresh (cold-start measurements do).
 """
@@ -113,26 +114,22 @@ def head_decomposition(weight, atol=1e-5, rtol=None):
     return dec
 
 
-def clip_identity(clip_spec: str, checkpoint_sha256: str | None = None) -> str:
-    """What a CLIP's weights are, as a key: the MODEL string for hub tags and seeded random
-    weights (both fixed by the string), the file's sha256 for local or URL checkpoints."""
-    from pipelines.models.spec import parse_model_spec
-
-    ms = parse_model_spec(clip_spec)
-    if ms.weights != "file":
-        return ms.model_id
-    if checkpoint_sha256:
-        return checkpoint_sha256
-    from pipelines.io.manifest import file_sha256
-    from pipelines.io.remote import local_copy
-
-    return file_sha256(local_copy(ms.path))
+def clip_identity(ident: dict) -> list:
+    """What a CLIP's text embeddings depend on, as a key (pipelines.models.clip_source.identity):
+    the architecture config with its activation, and the weights: their sha256 and hub
+    revision (a tag's hub file; a checkpoint file) or the seed of random ones. Never the
+    MODEL string alone: openclip:ViT-L-14@openai once built GELU, and a hub repo can move."""
+    if ident.get("weights") != "random" and not ident.get("weights_sha256"):
+        raise ValueError(f"CLIP identity of {ident.get('model')} without its weights' sha256: resolve the weights "
+                         "first (clip_source.identity with resolve_weights)")
+    return [ident["id"], ident["config_sha256"], ident["activation"], ident.get("weights_sha256"),
+            ident.get("hub_revision"), ident.get("seed")]
 
 
-def text_embeddings(clip_spec: str, names: list[str], templates: list[str], get_clip, sha: str | None = None):
-    """(N, d) float32 prompt embeddings of `names` by get_clip(), cached: on a hit CLIP is not
-    even loaded."""
-    key = entry_key("text", [clip_identity(clip_spec, sha), list(templates), list(names)])
+def text_embeddings(ident: dict, names: list[str], templates: list[str], get_clip):
+    """(N, d) float32 prompt embeddings of `names` by get_clip(), whose identity is `ident`,
+    cached: on a hit CLIP is not even loaded."""
+    key = entry_key("text", [clip_identity(ident), list(templates), list(names)])
     hit = load(key, {"embeddings": None})
     if hit is not None and hit["embeddings"].shape[0] == len(names):
         return hit["embeddings"]

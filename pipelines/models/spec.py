@@ -17,6 +17,11 @@ Accepted forms (see docs/ARCHITECTURE.md):
     openclip:ARCH@random           any open_clip config, random init; openclip:tiny@random is the
                                    project's tiny test config
     openclip:ARCH@/path/ckpt.pt    open_clip architecture with local weights
+    openclip:ARCH@WEIGHTS?act=quickgelu|gelu   the activation of a CLIP's MLPs, stated (a local
+                                   checkpoint names the one it was trained with; open_clip's
+                                   ARCH-quickgelu configs say QuickGELU too). A pretrained tag
+                                   brings its own (every `openai` tag: QuickGELU); a contradiction
+                                   is an error (pipelines.models.clip_source)
     hf:ORG/NAME                    transformers AutoModelForImageClassification from the HF hub
                                    (hf:facebook/dinov2-large-imagenet1k-1-layer); @random and
                                    @/path take the config from the local HF cache
@@ -46,16 +51,20 @@ ACCEPTED_FORMS = (
     "SRC:NAME@random (optionally @random?num_classes=N), "
     "SRC:NAME@/path/to/ckpt.safetensors|.pt|.pth|.bin (or an s3://, gs://, ... URL), "
     "openclip:ARCH@TAG (e.g. openclip:ViT-L-14@openai), openclip:ARCH@random, openclip:tiny@random, "
+    "openclip:ARCH@/path/ckpt.safetensors?act=quickgelu|gelu (the checkpoint's activation), "
     "hf:ORG/NAME (transformers, e.g. hf:facebook/dinov2-large-imagenet1k-1-layer)"
 )
 
 # the epilog of every command that takes a MODEL
 MODEL_EPILOG = ("MODEL: timm:NAME[.TAG] | torchvision:NAME[.WEIGHTS] | hf:ORG/NAME | ARCH@random | "
                 "ARCH@/path/ckpt.safetensors|.pt (or a URL) | lite0.  CLIP: openclip:ARCH@TAG | openclip:ARCH@random | "
-                "openclip:tiny@random.  `sing models` lists the sources.")
+                "openclip:tiny@random | openclip:ARCH@/path/ckpt.safetensors?act=quickgelu|gelu (its activation; "
+                "every openai tag is QuickGELU).  `sing models` lists the sources.")
 
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_ACT_RE = re.compile(r"^(.*)\?act=([^?]*)$")
+ACTIVATIONS = ("quickgelu", "gelu")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -77,6 +86,7 @@ class ModelSpec:
     tag: str | None  # timm pretrained tag / torchvision weights enum member / open_clip tag
     raw: str  # the string as given (stripped)
     num_classes: int | None = None  # only with @random?num_classes=N
+    act: str | None = None  # openclip only: ?act=quickgelu|gelu, the activation stated in the string
 
     @property
     def arch_ref(self) -> str:
@@ -89,15 +99,16 @@ class ModelSpec:
         base = self.arch_ref
         if self.source in ("timm", "torchvision") and self.tag:
             base = f"{base}.{self.tag}"
+        act = f"?act={self.act}" if self.act else ""
         if self.weights == "random":
             s = f"{base}@random"
             if self.num_classes is not None:
                 s += f"?num_classes={self.num_classes}"
-            return s
+            return s + act
         if self.weights == "file":
-            return f"{base}@{os.path.basename(self.path or '')}"
+            return f"{base}@{os.path.basename(self.path or '')}{act}"
         if self.source == "openclip":
-            return f"{base}@{self.tag}"
+            return f"{base}@{self.tag}{act}"
         return base
 
     @property
@@ -153,6 +164,7 @@ def parse_model_spec(s: str) -> ModelSpec:
 
     num_classes = None
     path = None
+    act, weights_part = _activation(raw, source, weights_part)
     if not at:
         if source == "openclip":
             raise _err(raw, "openclip models need @TAG, @random or @/path (e.g. openclip:ViT-L-14@openai)")
@@ -181,4 +193,18 @@ def parse_model_spec(s: str) -> ModelSpec:
             raise _err(raw, f"{w!r} after '@' is neither 'random' nor a checkpoint path "
                             "(timm tags go in the name: timm:resnet50.a1_in1k)")
     return ModelSpec(source=source, name=name, weights=weights, path=path, tag=tag, raw=raw,
-                     num_classes=num_classes)
+                     num_classes=num_classes, act=act)
+
+
+def _activation(raw: str, source: str, weights_part: str) -> tuple[str | None, str]:
+    """(activation, the weights part without it) of WEIGHTS?act=NAME."""
+    m = _ACT_RE.match(weights_part.strip())
+    if not m:
+        return None, weights_part
+    if source != "openclip":
+        raise _err(raw, "?act= states a CLIP's activation: openclip models only")
+    if m.group(2) not in ACTIVATIONS:
+        raise _err(raw, f"unknown activation {m.group(2)!r} (act=quickgelu or act=gelu)")
+    if not m.group(1).strip():
+        raise _err(raw, "nothing before '?act='")
+    return m.group(2), m.group(1)

@@ -1,4 +1,9 @@
-"""CLIP text embeddings for class prompts and concept vocabularies, cached as Parquet."""
+"""CLIP text embeddings for class prompts and concept vocabularies, cached as Parquet.
+
+A text-embedding Parquet records the CLIP that made it (`clip_model`, its MODEL string, and
+`clip_identity`, pipelines.models.clip_source.identity: activation, config hash, weights'
+source and sha256); a file is refused (exit 2) where it is used with a CLIP of another
+identity, and where it predates identities and names a tag that sing then built wrong."""
 from __future__ import annotations
 
 import json
@@ -46,17 +51,19 @@ def embed_texts(clip, names: list[str], templates: list[str]) -> np.ndarray:
     once (fit-translator's zero-shot check leaves the audit's class prompts embedded)."""
     from pipelines.models.derived_cache import text_embeddings
 
-    return text_embeddings(clip.model_id, names, templates, lambda: clip, clip.checkpoint_sha256)
+    return text_embeddings(clip.identity, names, templates, lambda: clip)
 
 
-def save_embeddings(path, names: list[str], emb: np.ndarray, clip_model: str, templates: list[str],
+def save_embeddings(path, names: list[str], emb: np.ndarray, clip_identity: dict, templates: list[str],
                     extra: dict | None = None) -> Path:
-    """`extra` (e.g. the provenance of imported embeddings) is kept as JSON under 'provenance'."""
+    """`clip_identity`: of the CLIP that made the embeddings (clip_source.identity). `extra`
+    (e.g. the provenance of imported embeddings) is kept as JSON under 'provenance'."""
     path = Path(path)
     table = pa.table({"text": pa.array(names, pa.string()),
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()),
                                                                    emb.shape[1])})
-    meta = {"clip_model": clip_model, "templates": "\n".join(templates)}
+    meta = {"clip_model": clip_identity["model"], "clip_identity": json.dumps(clip_identity, sort_keys=True),
+            "templates": "\n".join(templates)}
     if extra:
         meta["provenance"] = json.dumps(extra, sort_keys=True)
     table = table.replace_schema_metadata(meta)
@@ -64,7 +71,21 @@ def save_embeddings(path, names: list[str], emb: np.ndarray, clip_model: str, te
     return path
 
 
-def load_embeddings(path, clip_model: str | None = None) -> tuple[list[str], np.ndarray, dict]:
+def file_clip_identity(path, meta: dict) -> dict | None:
+    """The CLIP identity an embeddings file records (legacy files: clip_source.recorded_identity)."""
+    from pipelines.models.clip_source import recorded_identity
+    from pipelines.models.zoo import OFFICIAL_PROVENANCE
+
+    try:
+        official = json.loads(meta.get("provenance") or "{}").get("note") == OFFICIAL_PROVENANCE
+    except ValueError:
+        official = False
+    return recorded_identity(meta, f"text-embedding file {path}", "re-embed it (`sing embed-text`)", official)
+
+
+def load_embeddings(path, clip_model: str | dict | None = None) -> tuple[list[str], np.ndarray, dict]:
+    """(names, (N, d) float32, metadata). `clip_model`: the CLIP they will be used with, as an
+    identity (clip_source.identity; a translator's) or a MODEL string: another CLIP is refused."""
     local = local_copy(path)  # a URL is downloaded to the cache first
     if not Path(local).is_file():
         raise FileNotFoundError(f"text embeddings file not found: {path}")
@@ -76,9 +97,12 @@ def load_embeddings(path, clip_model: str | None = None) -> tuple[list[str], np.
         raise VocabularyError(f"{path} is not a text-embedding Parquet (columns text, embedding; has "
                               f"{t.column_names}); make one with `sing embed-text` or `sing import embeddings`")
     meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
-    if clip_model is not None and meta.get("clip_model") != clip_model:
-        raise VocabularyError(f"text embeddings {path} were made with CLIP {meta.get('clip_model')!r}, "
-                              f"but the translator targets {clip_model!r}")
+    recorded = file_clip_identity(path, meta)
+    if clip_model is not None:
+        from pipelines.models.clip_source import as_identity, check_same_clip
+
+        check_same_clip(recorded, as_identity(clip_model), f"text-embedding file {path}",
+                        "re-embed it with that CLIP (`sing embed-text`)")
     # a copy: Arrow's zero-copy view is read-only, and torch warns on such arrays
     emb = np.array(t.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(t.num_rows, -1)
     return t.column("text").to_pylist(), emb, meta
@@ -94,13 +118,14 @@ def embeddings_info(path, names: list[str], meta: dict) -> dict:
     from pipelines.io.manifest import file_sha256
 
     info = {"path": str(path), "sha256": file_sha256(local_copy(path)), "rows": len(names),
-            "clip_model": meta.get("clip_model"), "templates": meta.get("templates")}
+            "clip_model": meta.get("clip_model"), "clip_identity": file_clip_identity(path, meta),
+            "templates": meta.get("templates")}
     if meta.get("provenance"):
         info["provenance"] = json.loads(meta["provenance"])
     return info
 
 
-def load_class_text(path, clip_model: str | None, class_names: list[str], out_dim: int | None = None,
+def load_class_text(path, clip_model: str | dict | None, class_names: list[str], out_dim: int | None = None,
                     ) -> tuple[np.ndarray, dict]:
     """Class prompt embeddings for a head of len(class_names) classes, matched BY INDEX: row i
     is class i (embedding files from other sources spell names differently, e.g. the official
@@ -119,7 +144,7 @@ def load_class_text(path, clip_model: str | None, class_names: list[str], out_di
     return emb, info
 
 
-def load_concept_embeddings(path, clip_model: str | None, out_dim: int | None = None,
+def load_concept_embeddings(path, clip_model: str | dict | None, out_dim: int | None = None,
                             ) -> tuple[list[str], np.ndarray, dict]:
     """Concept names and embeddings from a text-embedding Parquet (names must be unique: they
     key the concepts table)."""

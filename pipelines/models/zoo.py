@@ -1,4 +1,4 @@
-"""The paper's 13 classifiers (SING, CVPR 2026, Fig. 4 sweep and Table 1), as MODEL strings.
+"""The paper's 13 classifiers (SING, CVPR 2026: the supplement's Fig. 12b sweep and Table 1), as MODEL strings.
 
 Each entry names the model as the official code does (`name`, also the official translator's
 directory: translators/<name>/linear/best.pt), the exact weights it loads (`model`: torchvision
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 # The CLIP space of the official translators: CLIP ViT-L/14 image embeddings as the Karlo
 # unCLIP model uses them (kakao_karlo_v1_alpha_image_variations), i.e. OpenAI ViT-L/14.
 PAPER_CLIP = "openclip:ViT-L-14@openai"
+# What the provenance of a file imported from the official release says (pipelines.io.official):
+# its numbers came from OpenAI's real CLIP, whatever sing built when it was imported.
+OFFICIAL_PROVENANCE = "imported from the official SING release"
 NUM_CLASSES = 1000
 
 

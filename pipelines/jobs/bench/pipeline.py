@@ -188,11 +188,12 @@ def _warm_caches(clf, tpath: Path) -> None:
 
     from pipelines.io.translator_file import load_translator
     from pipelines.models.clip import TEMPLATES, load_clip
+    from pipelines.models.clip_source import clip_identity
     from pipelines.models.derived_cache import head_decomposition, text_embeddings
 
     head_decomposition(clf.head_weight, atol=DEFAULT_ATOL, rtol=None)
     clip_id = load_translator(tpath).metadata["clip_model"]
-    text_embeddings(clip_id, list(clf.class_names), TEMPLATES["single"], lambda: load_clip(clip_id))
+    text_embeddings(clip_identity(clip_id), list(clf.class_names), TEMPLATES["single"], lambda: load_clip(clip_id))
 
 
 def _context(cfg: BenchConfig) -> _Ctx:
