@@ -207,3 +207,22 @@ def _nightly_config(tmp, shards: str):
     path = _config(tmp, audit={"shards": shards, "batch_size": 8, "resource_wait": 0})
     assert yaml.safe_load(path.read_text())["audit"]["resource_wait"] == 0
     return path
+
+
+@pytest.mark.parametrize("cpus, models, per_actor", [(2, 1, 0.5), (2, 2, 0.5), (2, 3, 0.3333), (2, 8, 0.125),
+                                                     (16, 8, 0.5), (1, 2, 0.5)])
+def test_cpu_pools_of_many_models_share_what_the_read_task_leaves(monkeypatch, cpus, models, per_actor):
+    """Several models' CPU pools on a small machine: each actor asks for less than half a CPU
+    so every model's pool is placed beside a read task (a 3-model audit on 2 cores runs
+    instead of waiting for a CPU that never comes)."""
+    from types import SimpleNamespace
+
+    from pipelines.stages import ray_session
+
+    monkeypatch.setattr(ray_session, "cluster_cpus", lambda: float(cpus))
+    monkeypatch.setattr(ray_session, "actor_gpus", lambda device: 0.0)
+    opts = SimpleNamespace(device=None, actors_per_gpu=2, num_actors=None, actor_threads=None, threads=None)
+    plan = ActorPlan.sized(opts, models)
+    assert plan.cpus_per_actor == per_actor
+    fits = capacity.per_model_that_fit(plan, [Node("n", cpus, 0)])
+    assert fits >= 1 if cpus >= 2 else fits == 0  # one core alone is the read task's

@@ -119,6 +119,9 @@ def plan(kind: str, opts, resolved: dict, done_now: Callable[[str], set], manife
 # ----------------------------------------------------------------------------- stream
 
 
+CPU_ACTOR_CPUS = 0.5  # a CPU model actor's Ray CPUs when there is room
+
+
 @dataclass(frozen=True)
 class ActorPlan:
     """How the model actors of one stream are sized (one rule for every job).
@@ -155,8 +158,12 @@ class ActorPlan:
         n = opts.num_actors or max(1, int(gpus) * per_gpu if gpus else 1)
         threads = opts.actor_threads or (DEFAULT_GPU_ACTOR_THREADS if gpus else 1)
         share = min(1.0, gpus / n) / n_models if gpus else 0.0
-        torch_threads = opts.threads or (None if gpus else max(1, int(cluster_cpus())))
-        return cls(n, threads, share, 1.0 if gpus else 0.5, torch_threads, n_models)
+        cpus = cluster_cpus()
+        torch_threads = opts.threads or (None if gpus else max(1, int(cpus)))
+        # CPU actors: half a CPU each, less when many models' pools must share the cores the
+        # read task leaves (Ray's CPUs are scheduling tokens: the forward uses torch_threads)
+        per_cpu = min(CPU_ACTOR_CPUS, max(0.01, (cpus - 1.0) / (n * n_models))) if cpus > 1 else CPU_ACTOR_CPUS
+        return cls(n, threads, share, 1.0 if gpus else round(per_cpu, 4), torch_threads, n_models)
 
     def as_manifest(self) -> dict:
         return {"actors_per_model": self.n_actors, "threads_per_actor": self.threads,
