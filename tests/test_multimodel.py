@@ -48,8 +48,8 @@ def test_multi_model_audit_equals_separate_runs(tmp_path, ray_session):
     assert joint["model"].n_unique() == 2
     assert joint.select("model", "key", "shard", "pred", "null_dim").equals(
         alone.select("model", "key", "shard", "pred", "null_dim"))
-    for c in ("as_deg", "is_deg", "pred_as_deg", "null_norm_frac"):
-        assert (joint[c] - alone[c]).abs().max() < 1e-4, c
+    for c in ("as_deg", "is_deg", "pred_as_deg", "null_norm_frac"):  # to the bit: batches fixed by position
+        assert joint[c].to_list() == alone[c].to_list(), c
     # throughput counts each decoded sample once, however many models scored it
     man = json.loads((tmp_path / "joint" / "runs" / "j.json").read_text())
     assert man["images_per_second"] * man["wall_seconds"] == pytest.approx(12, rel=1e-2)

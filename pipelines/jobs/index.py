@@ -58,10 +58,10 @@ class IndexActor(FeatureActor):
     """CLIP image embeddings (FeatureActor kind="clip") plus a JPEG thumbnail per image."""
 
     def __init__(self, prefix, model_spec, thumb_col, quality=85, device=None, threads=None, precision="fp32",
-                 drop_views=(), writer=None, final=False):
+                 drop_views=(), writer=None, final=False, window=None):
         self.thumb_col, self.quality = thumb_col, quality
         super().__init__(prefix, "clip", model_spec, drop_views=drop_views, device=device, threads=threads,
-                         precision=precision, writer=writer, final=final)
+                         precision=precision, writer=writer, final=final, window=window)
 
     def _extra(self, batch: dict, ok: np.ndarray) -> dict:
         from PIL import Image

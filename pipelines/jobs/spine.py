@@ -190,7 +190,8 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
     ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
                         fn_kwargs={"views": views, **read_options(opts), **(read_kwargs or {})})
     for i, spec in enumerate(actors):
-        kwargs = {"device": opts.device, "threads": ap.torch_threads, **spec.kwargs}
+        # window: each model's forward batches fixed by position in the shard (stages.windows)
+        kwargs = {"device": opts.device, "threads": ap.torch_threads, "window": opts.batch_size, **spec.kwargs}
         if i == len(actors) - 1:
             kwargs["drop_views"] = drop
             if spec.kwargs.get("writer") is not None:

@@ -22,6 +22,7 @@ from pipelines.models.precision import DEFAULT_PRECISION, autocast, model_inputs
 from pipelines.models.precision import configure as configure_precision
 from pipelines.models.precision import features_and_logits as forward
 from pipelines.stages.read import ENC_COLUMN, decode_error_column, u8_column, view_column
+from pipelines.stages.windows import ShardWindows, concat, take
 from pipelines.timeline import STARTUP_COLUMNS
 
 
@@ -46,7 +47,8 @@ class _ModelActor:
     """Common to the model actors: device, CUDA stream per thread, precision, inputs."""
 
     def __init__(self, prefix: str, view, drop_views=(), device=None, threads=None, decode="host",
-                 max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION, writer=None, final=False):
+                 max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION, writer=None, final=False,
+                 window=None):
         _set_threads(threads)
         configure_precision(precision)  # this actor process runs one precision
         self.precision = precision
@@ -64,6 +66,20 @@ class _ModelActor:
 
         self.writer = ShardWriter(prefix, writer) if writer is not None else None
         self.final = bool(final)
+        # window: forward batches of `window` rows fixed by position in the shard (stages.windows)
+        self.windows = ShardWindows(window) if window else None
+
+    def __call__(self, batch: dict) -> dict:
+        """This batch's rows, computed in the windows they complete (rows of a window that is
+        not full yet wait for the rest of their shard); without windows, as they came."""
+        with self._on_stream():
+            if self.windows is None or "seq" not in batch:
+                return self._compute(batch)
+            parts = [self._compute(w) for w in self.windows.add(batch)]
+            return concat(parts) if parts else self._compute(take(batch, slice(0, 0)))
+
+    def _compute(self, batch: dict) -> dict:
+        raise NotImplementedError
 
     def _started(self, t_enter: float, t_warmup: float = 0.0) -> None:
         """The constructor is done: its seconds ride on this actor's first batch to the driver
@@ -189,7 +205,7 @@ class ScoreActor(_ModelActor):
     def __init__(self, prefix, model_spec, translator_path, class_text, concept_text=None, rank_atol=1e-5,
                  rank_rtol=None, drop_views=(), device=None, threads=None, view=None, translator_match="exact",
                  decode="host", max_pixels=None, share_decoded=False, precision=DEFAULT_PRECISION, prepared=None,
-                 compile="off", batch_size=64, writer=None, final=False):
+                 compile="off", batch_size=64, writer=None, final=False, window=None):
         t_enter = time.time()
         from sing_ops import AuditScorer
 
@@ -201,17 +217,13 @@ class ScoreActor(_ModelActor):
         else:
             clf, dec, tr = _build_score_parts(model_spec, translator_path, translator_match, rank_atol, rank_rtol)
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, decode, max_pixels,
-                         share_decoded, precision, writer, final)
+                         share_decoded, precision, writer, final, window)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.scorer = AuditScorer(clf.head_weight, dec, tr, class_text, concept_text, device=self.device)
         self.num_classes = clf.num_classes
         self._started(t_enter, self._warm_up(compile, batch_size))
 
-    def __call__(self, batch: dict) -> dict:
-        with self._on_stream():
-            return self._score(batch)
-
-    def _score(self, batch: dict) -> dict:
+    def _compute(self, batch: dict) -> dict:
         out = self._passthrough(batch)
         n = len(batch["key"])
         ok = batch["status"] == "ok"
@@ -228,7 +240,10 @@ class ScoreActor(_ModelActor):
         after = np.full((n, k), np.nan, dtype=np.float32)
         t_fwd = t_ops = t_dec = 0.0
         idx = np.flatnonzero(run)
-        if len(idx) or self.share_decoded:  # a sharing decoder always hands its columns on
+        if self.share_decoded and not n:  # nothing to decode, but the columns it hands on
+            out[self.col] = np.zeros((0, *self.view.crop_hw, 3), dtype=np.uint8)
+            out[decode_error_column(self.view)] = np.zeros(0, dtype=object)
+        elif len(idx) or self.share_decoded:  # a sharing decoder always hands its columns on
             x, idx, failed, t_dec = self._model_inputs(batch, ok, run, out)
             for i, reason in failed.items():
                 err[i] = reason
@@ -272,7 +287,7 @@ class FeatureActor(_ModelActor):
     prepared: the driver's model through the object store (pipelines.stages.prepared)."""
 
     def __init__(self, prefix, kind, model_spec, drop_views=(), device=None, threads=None,
-                 precision=DEFAULT_PRECISION, prepared=None, batch_size=64, writer=None, final=False):
+                 precision=DEFAULT_PRECISION, prepared=None, batch_size=64, writer=None, final=False, window=None):
         t_enter = time.time()
         if kind not in ("classifier", "clip"):
             raise ValueError(f"unknown feature kind {kind!r}")
@@ -289,13 +304,13 @@ class FeatureActor(_ModelActor):
 
             model = load_clip(model_spec)
         super().__init__(prefix, model.preprocess, drop_views, device, threads, precision=precision, writer=writer,
-                         final=final)
+                         final=final, window=window)
         self.kind = kind
         self.dim = model.num_features if kind == "classifier" else model.embed_dim
         self.model = self.clf = model.to(self.device)
         self._started(t_enter, self._warm_up(batch_size=batch_size) if kind == "classifier" else 0.0)
 
-    def __call__(self, batch: dict) -> dict:
+    def _compute(self, batch: dict) -> dict:
         out = self._passthrough(batch)
         n = len(batch["key"])
         ok = batch["status"] == "ok"

@@ -20,7 +20,7 @@ class SteerActor(_ModelActor):
 
     def __init__(self, prefix, model_spec, translator_path, target_text, class_index, eps=None, is_deg=None,
                  rank_atol=1e-5, rank_rtol=None, drop_views=(), device=None, threads=None, view=None,
-                 precision="fp32", writer=None, final=False):
+                 precision="fp32", writer=None, final=False, window=None):
         from sing_ops import HeadDecomposition
 
         from pipelines.models.classifiers import load_classifier
@@ -28,7 +28,7 @@ class SteerActor(_ModelActor):
 
         clf = load_classifier(model_spec)
         super().__init__(prefix, view or clf.preprocess, drop_views, device, threads, precision=precision,
-                         writer=writer, final=final)
+                         writer=writer, final=final, window=window)
         self.clf = clf.to(self.device, channels_last=self.cuda)
         self.dec = HeadDecomposition.from_weight(clf.head_weight, atol=rank_atol, rtol=rank_rtol)
         # local_copy here too: the actor may run on another node, whose cache is its own
@@ -38,7 +38,7 @@ class SteerActor(_ModelActor):
         self.text = torch.tensor(np.array(target_text, dtype=np.float64)).reshape(-1)
         self.class_index, self.eps, self.is_deg = int(class_index), eps, is_deg
 
-    def __call__(self, batch: dict) -> dict:
+    def _compute(self, batch: dict) -> dict:
         from sing_ops import logit_drift, steer
 
         out = self._passthrough(batch)

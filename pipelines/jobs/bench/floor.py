@@ -23,7 +23,7 @@ class FloorActor:
     the model's library; on a GPU, create the CUDA context) and nothing else: it hands back
     the keys and when it was ready."""
 
-    def __init__(self, imports=(), device=None, threads=None, drop_views=()):
+    def __init__(self, imports=(), device=None, threads=None, drop_views=(), window=None):
         import importlib
 
         t_enter = time.time()

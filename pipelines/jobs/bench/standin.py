@@ -41,14 +41,15 @@ class StandInActor(_ModelActor):
     read stage could not read pass through as they would."""
 
     def __init__(self, prefix: str, view, n_concepts: int, rate: float, seed: int = 0, drop_views=(), device=None,
-                 threads=None, writer=None, final=False):
+                 threads=None, writer=None, final=False, window=None):
         t_enter = time.time()
-        super().__init__(prefix, view, drop_views, device="cpu", threads=threads, writer=writer, final=final)
+        super().__init__(prefix, view, drop_views, device="cpu", threads=threads, writer=writer, final=final,
+                         window=window)
         self.k, self.rate = int(n_concepts), float(rate)
         self.rng = np.random.default_rng(seed)
         self._started(t_enter)
 
-    def __call__(self, batch: dict) -> dict:
+    def _compute(self, batch: dict) -> dict:
         t0 = time.perf_counter()
         out = self._passthrough(batch)
         ok = batch["status"] == "ok"
