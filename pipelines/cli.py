@@ -16,7 +16,11 @@ COMMANDS = {
     "shards": ("pipelines.jobs.make_shards", "make webdataset shards from an image folder"),
     "embed-text": ("pipelines.jobs.embed_text", "cache CLIP text embeddings of class prompts or a concept vocabulary"),
     "fit-translator": ("pipelines.jobs.fit", "fit the feature -> CLIP translator in one streaming pass"),
+    "embed-images": ("pipelines.jobs.embed_images", "CLIP image embeddings of shards, computed once for any number "
+                                                    "of translator fits"),
     "audit": ("pipelines.jobs.audit", "per-image SING scores over shards -> Parquet"),
+    "leaderboard": ("pipelines.jobs.leaderboard", "rank a model zoo by null-space leakage: one row per model, CLIP "
+                                                  "computed once"),
     "explain": ("pipelines.jobs.explain", "SING for a few images: prediction, AS/IS, concepts that moved, neighbours"),
     "steer": ("pipelines.jobs.steer", "null-space steering of one class toward a prompt (paper Table 1)"),
     "validate": ("pipelines.jobs.validate", "logit change under null removal vs random/principal perturbations"),
@@ -27,6 +31,8 @@ COMMANDS = {
     "demo": ("pipelines.jobs.demo", "end to end on real photos shipped with scikit-image/scikit-learn"),
     "bench": ("pipelines.jobs.bench.pipeline", "pipeline throughput vs bare model forward, naive loop, memory"),
     "bench-precision": ("pipelines.jobs.bench.precision", "each --precision against a float64 forward"),
+    "bench-fit": ("pipelines.jobs.bench.fitcache", "K translators fitted from a CLIP cache in one pass vs their bare "
+                                                   "forwards"),
     "bench-layout": ("pipelines.jobs.bench.layout", "the concept angles on disk: long table vs lists (bytes, write cost, queries)"),
     "bench-scale": ("pipelines.jobs.bench.scale", "can one driver feed many GPUs: stand-in models, local multi-node Ray"),
     "models": ("pipelines.jobs.model_list", "MODEL sources; --paper: the paper's 13 models as they resolve"),

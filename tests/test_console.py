@@ -77,7 +77,7 @@ def test_fit_accumulator_is_arrow_binary_and_round_trips():
     import pyarrow as pa
     from ray.data._internal.tensor_extensions.arrow import convert_to_pyarrow_array
 
-    from pipelines.jobs.fit import pack_stats, unpack_stats
+    from pipelines.jobs.fit.stats import pack_stats, unpack_stats
     from sing_ops import RidgeStats
 
     g = torch.Generator().manual_seed(0)

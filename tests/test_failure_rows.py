@@ -97,7 +97,7 @@ def test_the_read_limit_reaches_the_audit(shards, tmp_path, capsys):
 def test_fit_sums_leave_out_non_finite_samples_and_name_them():
     from sing_ops import RidgeStats
 
-    from pipelines.jobs.fit import NONFINITE, _ridge_aggregation, unpack_stats
+    from pipelines.jobs.fit.stats import NONFINITE, ridge_aggregation, unpack_many, unpack_stats
 
     m, d = 4, 3
     rng = np.random.default_rng(0)
@@ -108,12 +108,14 @@ def test_fit_sums_leave_out_non_finite_samples_and_name_them():
     block = pa.table({"key": ["a", "b", "c", "d", "e", "x", "s#end"], "shard": ["s"] * 7,
                       "status": ["ok"] * 5 + ["error", "end"], "stage": [""] * 5 + ["decode", ""],
                       "reason": [""] * 5 + ["broken jpeg", ""],
-                      "f/emb": list(np.vstack([f, np.zeros((2, m), np.float32)])),
+                      "f0/emb": list(np.vstack([f, np.zeros((2, m), np.float32)])),
                       "z/emb": list(np.vstack([z, np.zeros((2, d), np.float32)]))})
-    agg = _ridge_aggregation(m, d)
+    agg = ridge_aggregation([m], d)
     # two blocks merged as Ray merges them: the first five rows, then the unreadable one and the end
     merged = agg.combine(agg.aggregate_block(block.slice(0, 5)), agg.aggregate_block(block.slice(5, 2)))
-    stats, errors = unpack_stats(merged, m, d)
+    blobs = unpack_many(merged)
+    assert int(np.frombuffer(blobs[-1], np.int64)[0]) == 5  # the readable images seen
+    stats, errors = unpack_stats(blobs[0], m, d)
     assert stats.n == 3 and torch.isfinite(stats.sum_ff).all()
     direct = RidgeStats(m, d).update(torch.from_numpy(f[[0, 2, 4]]), torch.from_numpy(z[[0, 2, 4]]))
     torch.testing.assert_close(stats.sum_fz, direct.sum_fz)

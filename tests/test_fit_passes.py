@@ -1,5 +1,5 @@
 """The fit's training aggregation and held-out stream run at once when the cluster has room
-for both pools (pipelines.jobs.fit._both_passes, held_out_pool), else one after the other:
+for both pools (pipelines.jobs.fit.passes: both_passes, held_out_pool), else one after the other:
 both results come back, and either failing stops the other promptly with the cause raised
 (not the stop it caused). The Ray Data streams are replaced by stand-ins; the real passes
 run in test_pipeline and test_healing."""
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.jobs import fit
+from pipelines.jobs.fit import passes as fit
 from pipelines.stages.watchdog import NodeLost
 
 
@@ -30,7 +30,7 @@ class _Stream:
 
 @pytest.fixture
 def models():
-    return SimpleNamespace(clf=SimpleNamespace(num_features=4), clip=SimpleNamespace(embed_dim=3), actor=None)
+    return SimpleNamespace(dims=[4], dim=3, cache=None, actor=None)
 
 
 def _cluster(monkeypatch, n_actors=1, cpus=2.0, gpus=0.0, cpus_per_actor=0.5, gpus_per_actor=0.0):
@@ -45,7 +45,7 @@ def _cluster(monkeypatch, n_actors=1, cpus=2.0, gpus=0.0, cpus_per_actor=0.5, gp
 
 @pytest.fixture
 def stub(monkeypatch):
-    monkeypatch.setattr(fit, "_ridge_aggregation", lambda m, d, counter=None: ("agg", m, d))
+    monkeypatch.setattr(fit, "ridge_aggregation", lambda dims, d, cache_root=None, counter=None: ("agg", dims, d))
     _cluster(monkeypatch)  # the 2-core CPU: one training actor and one held-out actor fit
 
 
@@ -76,9 +76,9 @@ def test_both_results_and_the_pool_sizes(monkeypatch, models, stub):
         running.set()
         return ("f", "z", "y", [])
 
-    monkeypatch.setattr(fit, "_feature_stream", stream)
-    monkeypatch.setattr(fit, "_held_out", held)
-    agg, out = fit._both_passes(["a", "b", "c"], ["d"], models, SimpleNamespace(), None, lambda: None)
+    monkeypatch.setattr(fit, "feature_stream", stream)
+    monkeypatch.setattr(fit, "held_out", held)
+    agg, out = fit.both_passes(["a", "b", "c"], ["d"], models, SimpleNamespace(), None, lambda: None)
     assert agg == {"ridge": b"sums"} and out == ("f", "z", "y", [])
     plan = fit.spine.ActorPlan.resolve(None)
     assert pools["train"] is plan  # the training pool as planned, the held-out one beside it
@@ -97,9 +97,9 @@ def test_without_room_the_passes_run_one_after_the_other(monkeypatch, models, st
         order.append(("held", ap))
         return ("f", "z", "y", [])
 
-    monkeypatch.setattr(fit, "_feature_stream", stream)
-    monkeypatch.setattr(fit, "_held_out", held)
-    agg, out = fit._both_passes(["a"] * 9, ["b"], models, SimpleNamespace(), None, lambda: None)
+    monkeypatch.setattr(fit, "feature_stream", stream)
+    monkeypatch.setattr(fit, "held_out", held)
+    agg, out = fit.both_passes(["a"] * 9, ["b"], models, SimpleNamespace(), None, lambda: None)
     assert agg == {"ridge": b"sums"} and out[0] == "f"
     assert order == [("train", plan), ("held", plan)]  # each the plan's pool, one after the other
 
@@ -126,17 +126,17 @@ def test_held_out_pool(n_actors, nodes, cpa, gpa, share, expected):
 
 def test_a_failed_held_out_stream_stops_the_training_pass_and_is_the_error(monkeypatch, models, stub):
     release = threading.Event()
-    monkeypatch.setattr(fit, "_feature_stream", lambda *a, **k: _Stream({"ridge": b""}, release=release))
+    monkeypatch.setattr(fit, "feature_stream", lambda *a, **k: _Stream({"ridge": b""}, release=release))
 
     def held(*a, **k):
         time.sleep(0.1)
         raise ValueError("corrupt held-out shard")
 
-    monkeypatch.setattr(fit, "_held_out", held)
+    monkeypatch.setattr(fit, "held_out", held)
     t0 = time.monotonic()
     try:
         with pytest.raises(ValueError, match="corrupt held-out shard"):
-            fit._both_passes(["a"], ["b"], models, SimpleNamespace(), None, lambda: None)
+            fit.both_passes(["a"], ["b"], models, SimpleNamespace(), None, lambda: None)
         assert time.monotonic() - t0 < 10  # not the 30 s the training pass would have taken
     finally:
         release.set()
@@ -144,11 +144,11 @@ def test_a_failed_held_out_stream_stops_the_training_pass_and_is_the_error(monke
 
 def test_a_failed_training_pass_stops_the_held_out_stream(monkeypatch, models, stub):
     seen = []
-    monkeypatch.setattr(fit, "_feature_stream", lambda *a, **k: _Stream(error=RuntimeError("bad aggregation")))
-    monkeypatch.setattr(fit, "_held_out", _held_waiting_for_abort(seen))
+    monkeypatch.setattr(fit, "feature_stream", lambda *a, **k: _Stream(error=RuntimeError("bad aggregation")))
+    monkeypatch.setattr(fit, "held_out", _held_waiting_for_abort(seen))
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="bad aggregation"):
-        fit._both_passes(["a"], ["b"], models, SimpleNamespace(), None, lambda: None)
+        fit.both_passes(["a"], ["b"], models, SimpleNamespace(), None, lambda: None)
     assert seen == ["the training pass failed"] and time.monotonic() - t0 < 10
 
 
@@ -157,12 +157,12 @@ def test_a_lost_node_reaches_both_passes_as_a_restartable_error(monkeypatch, mod
     restarts; the held-out's stop must not mask it."""
     seen, lost = [], threading.Event()
     release = threading.Event()
-    monkeypatch.setattr(fit, "_feature_stream", lambda *a, **k: _Stream({"ridge": b""}, release=release))
-    monkeypatch.setattr(fit, "_held_out", _held_waiting_for_abort(seen))
+    monkeypatch.setattr(fit, "feature_stream", lambda *a, **k: _Stream({"ridge": b""}, release=release))
+    monkeypatch.setattr(fit, "held_out", _held_waiting_for_abort(seen))
     threading.Timer(0.3, lost.set).start()
     try:
         with pytest.raises(NodeLost, match="node n1 died"):
-            fit._both_passes(["a"], ["b"], models, SimpleNamespace(), None,
+            fit.both_passes(["a"], ["b"], models, SimpleNamespace(), None,
                              lambda: "node n1 died" if lost.is_set() else None)
         assert seen == ["node n1 died"]
     finally:

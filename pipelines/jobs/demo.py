@@ -118,7 +118,7 @@ def run_demo(out: str, per_photo: int = 12, offline: bool = False) -> dict:
     shards = [str(shard_dir / "*.tar")]
     translator = out_p / "translator.safetensors"
     if not translator.is_file():
-        fit = run_fit(FitOptions(model=clf_spec, clip=clip_spec, shards=shards, out=str(translator)))
+        fit = run_fit(FitOptions(models=[clf_spec], clip=clip_spec, shards=shards, outs=[str(translator)]))
         print(f"translator: held-out cosine {fit['heldout']['mean_cosine']:.3f}, R^2 {fit['heldout']['r2']:.3f}; "
               f"zero-shot top-1 T(f) {fit['zero_shot_top1']['translated']:.2f} vs CLIP "
               f"{fit['zero_shot_top1']['clip']:.2f}")

@@ -54,7 +54,7 @@ def _translators(cfg: NightlyConfig, picked: list[Checkpoint], specs: list[str])
             log.info("translator for %s exists: %s", ck.name, path)
         except (FileNotFoundError, ValueError):
             log.info("fitting a translator for %s", ck.name)
-            run_fit(FitOptions(model=spec, clip=cfg.refit.clip, shards=cfg.refit.shards, out=str(path),
+            run_fit(FitOptions(models=[spec], clip=cfg.refit.clip, shards=cfg.refit.shards, outs=[str(path)],
                               heldout_shards=cfg.refit.heldout_shards, templates=cfg.refit.templates,
                               batch_size=cfg.audit.batch_size, device=cfg.audit.device,
                               precision=cfg.audit.precision, stall_timeout=cfg.audit.stall_timeout,

@@ -1,0 +1,114 @@
+"""One leaderboard row per model: from its audit's results (the `model_summary` query and its
+scored images), its translator's fit report, and what planning found out about it.
+
+    RESULTS/leaderboard/model=<slug>/run=<board id>/summary.parquet   (queries.layouts SCHEMAS)
+
+Both IS/|AS| ratios come with percentile bootstrap intervals over images (scipy.stats.bootstrap,
+seeded): ratio_of_means = mean IS / mean |AS| (images resampled with both numbers), median_ratio
+= median of per-image IS / |AS|. The row is the model's marker: a model whose row says "ok" is
+done, and a rerun does no work for it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.io.layout import join, write_table_atomic
+
+TABLE = "leaderboard"
+SEED = 20261203
+_TOP_SQL = """
+SELECT concept, avg(as_deg::DOUBLE) AS mean_as
+FROM concept_rows($images_glob, $concept_angles_glob, $concept_vocab_glob, $concepts_glob, $model, $run)
+WHERE NOT isnan(as_deg)
+GROUP BY concept
+ORDER BY abs(avg(as_deg::DOUBLE)) DESC, concept
+LIMIT $k
+"""
+_SCORED_SQL = """
+SELECT aa, i FROM scored_images($images_glob, $model, $run) WHERE ok ORDER BY shard, key
+"""
+
+
+def row_file(results: str, slug: str, board: str) -> str:
+    return join(results, TABLE, f"model={slug}", f"run={board}", "summary.parquet")
+
+
+def schema() -> pa.Schema:
+    from queries.layouts import SCHEMAS
+
+    return SCHEMAS[TABLE]
+
+
+def write_row(results: str, slug: str, board: str, row: dict) -> None:
+    """The model's row (missing fields NULL), written whole: it marks the model done when ok."""
+    s = schema()
+    table = pa.table({f.name: pa.array([row.get(f.name)], f.type) for f in s}, schema=s)
+    write_table_atomic(table, row_file(results, slug, board))
+
+
+def read_status(results: str, slug: str, board: str) -> str | None:
+    import pyarrow.parquet as pq
+
+    from pipelines.io.layout import file_exists
+
+    path = row_file(results, slug, board)
+    if not file_exists(path):
+        return None
+    return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+
+
+def _interval(data: tuple, statistic, resamples: int) -> tuple[float | None, float | None]:
+    from scipy.stats import bootstrap
+
+    if len(data[0]) < 2:
+        return None, None
+    res = bootstrap(data, statistic, paired=len(data) > 1, vectorized=True, n_resamples=resamples,
+                    method="percentile", confidence_level=0.95, random_state=np.random.default_rng(SEED))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (lo if math.isfinite(lo) else None), (hi if math.isfinite(hi) else None)
+
+
+def ratio_intervals(aa: np.ndarray, i: np.ndarray, resamples: int) -> dict:
+    """Both ratio definitions' 95% intervals over the scored images (|AS|, IS in degrees)."""
+    of_means = _interval((i, aa), lambda x, y, axis=-1: np.mean(x, axis=axis) / np.mean(y, axis=axis), resamples)
+    per_image = (i / aa)[aa > 0]
+    med = _interval((per_image,), lambda r, axis=-1: np.median(r, axis=axis), resamples)
+    return {"ratio_of_means_lo": of_means[0], "ratio_of_means_hi": of_means[1],
+            "median_ratio_lo": med[0], "median_ratio_hi": med[1]}
+
+
+def _none(v):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+
+def audit_numbers(results: str, slug: str, run: str, resamples: int, top_k: int) -> dict:
+    """The model's numbers from its audit: the model_summary query, the ratio intervals and the
+    concepts that move most (when concepts were scored)."""
+    from queries import model_summary
+    from queries.runner import has_concepts, sql_frame
+
+    s = model_summary(results, model=slug, run=run).row(0, named=True)
+    scored = sql_frame(results, _SCORED_SQL, {"model": slug, "run": run}, "leaderboard scores")
+    out = {"n_images": s["n_images"], "n_scored": s["n_scored"], "top1": _none(s["top1_acc"]),
+           "median_abs_as": _none(s["median_abs_as"]), "median_is": _none(s["median_is"]),
+           "ratio_of_means": _none(s["ratio_of_means"]), "median_ratio": _none(s["median_ratio"]),
+           "null_dim": s["null_dim"]}
+    out.update(ratio_intervals(scored["aa"].to_numpy(), scored["i"].to_numpy(), resamples))
+    if top_k and has_concepts(results):
+        top = sql_frame(results, _TOP_SQL, {"model": slug, "run": run, "k": top_k}, "leaderboard concepts")
+        out["top_concepts"] = [{"concept": c, "mean_as": float(v)} for c, v in top.iter_rows()]
+    return out
+
+
+def planned_fields(cand) -> dict:
+    """What planning knows of a model (queries.layouts: the leaderboard's columns)."""
+    d = cand.described
+    row = {"model_string": cand.model_string, "model_id": d.model_id if d else cand.model_string}
+    if d is not None:
+        row.update(family=d.family, pretrain=d.pretrain, params=d.params, num_features=d.num_features,
+                   num_classes=d.num_classes, null_dim=d.null_dim_bound,
+                   eval_transform=d.preprocess.view_key if d.preprocess is not None else None)
+    return row
