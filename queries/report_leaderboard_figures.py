@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .report_figures import _figure, _save
+from .report_figures import _figure, fit_titles
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#393b79"]  # tab10 with its grey replaced: grey is "other"
@@ -185,11 +185,34 @@ def _plain_ticks(axis, params: bool = False) -> None:
     axis.set_minor_formatter(FuncFormatter(minor) if decades < 2 else NullFormatter())
 
 
+def _fit_legends(fig, ax, margin: float = 4.0) -> None:
+    """Narrow the axes until the legends beside them end inside the image (the layout engine
+    can leave a long legend entry a pixel or two over the edge)."""
+    renderer = fig.canvas.get_renderer()
+    for _ in range(3):
+        right = max(leg.get_window_extent(renderer).x1 for leg in (ax.get_legend(), *ax.artists))
+        over = right - (fig.bbox.width - margin)
+        if over <= 0:
+            return
+        pos = ax.get_position()
+        ax.set_position([pos.x0, pos.y0, pos.width - over / fig.bbox.width, pos.height])
+
+
+def _save(fig, path: Path, written: list[Path]) -> None:
+    fig.savefig(path, format="png")
+    written.append(path)
+
+
 def _finish(fig, ax, st: dict, labels: pl.DataFrame, x: str, y: str, path: Path, written: list[Path]) -> None:
+    """Lay the figure out, then name the models (their places are measured on the final
+    layout), then save."""
     _legends(ax, st)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     fig.tight_layout()
-    place_labels(ax, labels, x, y)   # after the layout: the axes have their final size
+    if fit_titles(fig):
+        fig.tight_layout()
+    _fit_legends(fig, ax)
+    place_labels(ax, labels, x, y)
     _save(fig, path, written)
 
 
