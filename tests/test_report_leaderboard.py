@@ -17,8 +17,6 @@ from queries.report import build_report, cli_report
 from queries.report_leaderboard import COLUMNS
 from tests.results_factory import leaderboard_models, write_leaderboard, write_results
 
-NUMERIC = [c[0] for c in COLUMNS if c[2] == "num"]
-
 
 def _rows(page: str) -> dict[str, str]:
     """model slug -> its <tr> (the model cell is the one with class=model)."""
