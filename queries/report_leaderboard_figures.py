@@ -56,6 +56,11 @@ def styles(ok: pl.DataFrame) -> dict:
 def _legends(ax, st: dict) -> None:
     from matplotlib.lines import Line2D
 
+    if not st["families"]:   # nothing plotted: say so instead of two empty legends
+        ax.text(0.5, 0.5, "no model of this board has these values (status ok)", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")
+        return
+
     def handle(c, m):
         return Line2D([], [], ls="", marker=m, color=c, markersize=7)
 
@@ -190,7 +195,10 @@ def _fit_legends(fig, ax, margin: float = 4.0) -> None:
     can leave a long legend entry a pixel or two over the edge)."""
     renderer = fig.canvas.get_renderer()
     for _ in range(3):
-        right = max(leg.get_window_extent(renderer).x1 for leg in (ax.get_legend(), *ax.artists))
+        legends = [leg for leg in (ax.get_legend(), *ax.artists) if leg is not None]
+        if not legends:
+            return
+        right = max(leg.get_window_extent(renderer).x1 for leg in legends)
         over = right - (fig.bbox.width - margin)
         if over <= 0:
             return

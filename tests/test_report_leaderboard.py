@@ -177,3 +177,19 @@ def test_a_zoo_sized_board_reports_fast(tmp_path, capsys):
     page = (tmp_path / "rep" / "leaderboard.html").read_text()
     assert len(_rows(page)) == rows.height == 1321
     assert len(page) < 4_000_000 and seconds < 60
+
+
+def test_a_board_with_nothing_to_plot_says_so(tmp_path, monkeypatch):
+    """Every model skipped or failed: the figures say there is nothing to plot, the table keeps
+    the reasons."""
+    rows = write_leaderboard(tmp_path, {"timm-x.in1k": {"status": "skipped", "reason": "no weights"},
+                                        "timm-y.in1k": {"status": "failed", "reason": "boom", "params": None}})
+    seen = _drawn(monkeypatch)
+    build_report(str(tmp_path), str(tmp_path / "rep"))
+    assert len(seen) == 3
+    for name, fig in seen:
+        ax = fig.axes[0]
+        assert ax.get_legend() is None and not ax.artists and "0 of 2 models plotted" in ax.get_title()
+        assert [t.get_text() for t in ax.texts] == ["no model of this board has these values (status ok)"]
+    got = _rows((tmp_path / "rep" / "leaderboard.html").read_text())
+    assert set(got) == set(rows["model"]) and "class=reason>boom</td>" in got["timm-y.in1k"]
