@@ -9,6 +9,7 @@ runner behind `sing query`, and the figure/HTML report behind `sing report`.
     queries.rank_correlation("results/", "resnet50", "vit_large_patch16_224")
     queries.checkpoint_diff("results/", model="resnet50", baseline_run="a", candidate_run="b")
     queries.checkpoint_intervals("results/", "resnet50", "a", "resnet50", "b")   # paired bootstrap CIs
+    queries.leaderboard("board/", family="vit", order_by="median_abs_as")   # `sing leaderboard`'s rows
 
 Callers outside this package import from here (docs/ARCHITECTURE.md lists the modules).
 """
@@ -20,6 +21,7 @@ from .api import (
     concept_rows,
     concept_shift,
     image_leakage,
+    leaderboard,
     model_summary,
     rank_correlation,
     steer_summary,
@@ -47,6 +49,6 @@ def cli_report(args=None) -> int:
 
 __all__ = [
     "QueryError", "RankCorrelation", "build_report", "checkpoint_diff", "checkpoint_intervals", "class_leakage", "cli_query",
-    "cli_report", "concept_rows", "concept_shift", "format_frame", "image_leakage", "list_queries", "load_query",
-    "model_summary", "rank_correlation", "run_query", "spearman_p_value", "steer_summary",
+    "cli_report", "concept_rows", "concept_shift", "format_frame", "image_leakage", "leaderboard", "list_queries",
+    "load_query", "model_summary", "rank_correlation", "run_query", "spearman_p_value", "steer_summary",
 ]

@@ -32,6 +32,12 @@ def steer_summary(results, **params) -> pl.DataFrame:
     return run_query("steer_summary", results, params)
 
 
+def leaderboard(results, **params) -> pl.DataFrame:
+    """The rows `sing leaderboard` wrote, one per model and board (queries/leaderboard.sql:
+    run, model, family, pretrain, status, order_by, ascending, top)."""
+    return run_query("leaderboard", results, params)
+
+
 _CONCEPT_ROWS_SQL = """
 SELECT model, run, key, shard, label, concept, angle_before_deg, angle_after_deg, as_deg
 FROM concept_rows($images_glob, $concept_angles_glob, $concept_vocab_glob, $concepts_glob, $model, $run)

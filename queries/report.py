@@ -13,6 +13,10 @@ Files, per model and run in model_summary order (j = 00, 01, ...):
   index.html                      the figures with the model_summary table, the all-class
                                   gallery strips, the top of class_leakage and (when a steer
                                   table exists) steer_summary
+  leaderboard.html, leaderboard_<j>_<board>_*.png   when a leaderboard table exists (`sing
+                                  leaderboard`): report_leaderboard.py; index.html links to it
+                                  (and is only that link when there is no images table)
+Without --model, only the first --max-models model/runs get figures and galleries.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class ReportOptions:
     thumbs_per_class: int = 12  # images per gallery group (0: no galleries)
     shards: list[str] | None = None  # where the shards are now, when they moved
     explain_dir: str | None = None  # `sing explain` outputs the galleries link to
+    max_models: int = 24  # model/runs with figures and galleries when no --model is given
 
 
 def build_report(results: str, out: str, **options) -> list[Path]:
@@ -130,25 +135,48 @@ def _tables(root: Path, models: list[str] | None, leak_rows: int) -> tuple[pl.Da
     return leak_top, steer
 
 
+def _drawn(summary: pl.DataFrame, o: ReportOptions, notes: list[str]) -> pl.DataFrame:
+    """The model/runs that get figures and galleries: all of those chosen with --model, else the
+    first max_models in model_summary order (a zoo of 1,300 models would make a page no one can
+    read and hours of figures)."""
+    if o.models or summary.height <= o.max_models:
+        return summary
+    notes.append(f"{summary.height} model/runs: per-model figures and galleries for the first {o.max_models} by "
+                 "ratio_of_means only (--max-models N, or choose models with --model); the tables list them all.")
+    return summary.head(o.max_models)
+
+
 def _build_report(results, out, o: ReportOptions) -> tuple[list[Path], list[str]]:
     root = results_dir(results)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = _summary(root, o.models)
     written: list[Path] = []
     notes: list[str] = []
-    names = _names(summary)
-    files = _draw_figures(root, out, summary, names, o, written, notes)
+    board = None
+    if has_table(root, "leaderboard"):
+        from .report_leaderboard import board_link, board_only_index, write_leaderboard_page
+
+        board = write_leaderboard_page(root, out, written)
+        if not has_table(root, "images"):   # a board alone: its page, and an index that leads there
+            notes.append(f"No images table under {root / 'images'}: per-model figures and galleries skipped.")
+            index = out / "index.html"
+            index.write_text(board_only_index(root, board, notes), encoding="utf-8")
+            return written + [index], notes
+        board = board_link(board)
+    summary = _summary(root, o.models)
+    drawn = _drawn(summary, o, notes)
+    names = _names(drawn)
+    files = _draw_figures(root, out, drawn, names, o, written, notes)
     gallery = None
     if o.thumbs_per_class > 0:
         from .report_gallery_page import write_galleries
 
-        _pages, gallery = write_galleries(root, out, summary, names, o.gallery_classes, o.thumbs_per_class,
+        _pages, gallery = write_galleries(root, out, drawn, names, o.gallery_classes, o.thumbs_per_class,
                                           o.concept_class, o.shards, o.explain_dir, written, notes)
     leak_top, steer = _tables(root, o.models, o.leak_rows)
     index = out / "index.html"
-    index.write_text(index_html(root, summary, leak_top, steer, _sections(files, o.top_classes), notes, gallery),
-                     encoding="utf-8")
+    index.write_text(index_html(root, summary, leak_top, steer, _sections(files, o.top_classes), notes, gallery,
+                                board), encoding="utf-8")
     written.append(index)
     return written, notes
 
@@ -165,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
                         "also given a gallery of its own")
     p.add_argument("--top-classes", type=int, default=20, metavar="N", help="classes per violin figure (20)")
     p.add_argument("--max-points", type=int, default=5000, metavar="N", help="points per scatter (5000)")
+    p.add_argument("--max-models", type=int, default=24, metavar="N",
+                   help="without --model, per-model figures and galleries for the first N model/runs by "
+                        "ratio_of_means only; the tables list every one (24)")
     p.add_argument("--gallery-classes", type=int, default=3, metavar="K",
                    help="classes with a gallery of their own, the top K by median |AS| (3)")
     p.add_argument("--thumbs-per-class", type=int, default=12, metavar="N",
@@ -189,13 +220,13 @@ def cli_report(args: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     bad = [f"--{k.replace('_', '-')} must be >= {lo}, got {v}" for k, v, lo in
            (("top_classes", a.top_classes, 1), ("max_points", a.max_points, 1), ("gallery_classes", a.gallery_classes, 0),
-            ("thumbs_per_class", a.thumbs_per_class, 0)) if v < lo]
+            ("thumbs_per_class", a.thumbs_per_class, 0), ("max_models", a.max_models, 1)) if v < lo]
     if bad:
         print(f"sing report: error: {bad[0]}", file=sys.stderr)
         return 2
     o = ReportOptions(models=a.model, concept_class=a.concept_class, top_classes=a.top_classes,
                       max_points=a.max_points, gallery_classes=a.gallery_classes, thumbs_per_class=a.thumbs_per_class,
-                      shards=a.shards, explain_dir=a.explain_dir)
+                      shards=a.shards, explain_dir=a.explain_dir, max_models=a.max_models)
     try:
         files, notes = _build_report(a.results, a.out, o)
     except (QueryError, OSError) as exc:

@@ -43,10 +43,11 @@ figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 
 """
 
 
-def index_html(results, summary, leak_top, steer, sections, notes, gallery: str | None = None) -> str:
+def index_html(results, summary, leak_top, steer, sections, notes, gallery: str | None = None,
+               board: str | None = None) -> str:
     """The page: the summary table, the figure sections (title, caption, files), the gallery
     strips (HTML from report_gallery, or None), the top of class_leakage, steer_summary (or
-    None) and the notes."""
+    None) and the notes; `board`: the link to leaderboard.html (HTML), or None."""
     from .report_gallery_page import THUMB_CSS
 
     parts = ["<!DOCTYPE html>", "<html lang=en><head><meta charset=utf-8>",
@@ -57,6 +58,7 @@ def index_html(results, summary, leak_top, steer, sections, notes, gallery: str 
              "AS: angle change toward the true-class prompt when the null-space component is removed "
              "(|AS| small = good); IS: angle between the image and its null-free equivalent (large = "
              "rich harmless invariance). std = sample standard deviation.</p>",
+             board or "",
              "<h2>Model summary</h2>",
              "<p>ratio_of_means = mean(IS)/mean(|AS|); median_ratio = median of per-image IS/|AS|. "
              "Ordered by ratio_of_means.</p>",

@@ -7,6 +7,7 @@ parameters bound by the runner from `--results DIR`:
     $concepts_glob = DIR/concepts/**/*.parquet
     $steer_glob    = DIR/steer/**/*.parquet
     $errors_glob   = DIR/errors/**/*.parquet
+    $leaderboard_glob = DIR/leaderboard/**/*.parquet (`sing leaderboard`: one row per model and board)
     $concept_angles_glob, $concept_vocab_glob, $concepts_glob: the concept angles, as lists
                      (since 2026-12-03) or long (before); the layout a directory lacks is
                      bound to an empty file (empty_table_glob)
@@ -158,9 +159,31 @@ def run_query(name_or_path, results, params: dict | None = None) -> pl.DataFrame
     return df
 
 
+def _short(values, limit: int = 400) -> str:
+    """Values joined by ', ', cut after about `limit` characters (a zoo holds ~1,300 models)."""
+    text = ", ".join(map(str, values))
+    return text if len(text) <= limit else text[:limit].rsplit(", ", 1)[0] + f" ... ({len(values)} in all)"
+
+
+def _column_values(root: Path, table: str, filters: dict) -> dict[str, list]:
+    """The distinct values of each filter that names a text column of `table` (other than
+    model and run): {filter: sorted values}; {} where the table cannot be read."""
+    cols = [k for k, v in filters.items() if isinstance(v, str) and k not in ("model", "run") and k.isidentifier()]
+    if not cols:
+        return {}
+    try:
+        names = set(_execute("SELECT * FROM result_rows($g) LIMIT 0", {"g": table_glob(root, table)}, "listing").columns)
+        cols = [c for c in cols if c in names]
+        got = {c: _execute(f'SELECT DISTINCT "{c}" AS v FROM result_rows($g) WHERE v IS NOT NULL ORDER BY v',
+                           {"g": table_glob(root, table)}, "listing")["v"].to_list() for c in cols}
+    except QueryError:
+        return {}
+    return {c: v for c, v in got.items() if filters[c] not in v}
+
+
 def _no_rows_message(root: Path, spec: QuerySpec, filters: dict) -> str:
     """'no rows for model 'x' ...' plus what the results do hold, for the first table the
-    query reads."""
+    query reads (and, for a filter on another text column such as family, its values)."""
     what = ", ".join(f"{k} {v!r}" for k, v in filters.items())
     tables = [GLOB_PARAMS[n] for n, p in spec.params.items() if p.auto and n in GLOB_PARAMS]
     table = "images" if "images" in tables or not tables else tables[0]
@@ -173,10 +196,12 @@ def _no_rows_message(root: Path, spec: QuerySpec, filters: dict) -> str:
     runs = sorted(set(avail["run"].to_list()))
     missing = [f"{k} {v!r}" for k, v in filters.items()
                if ("model" in k and v not in models) or ("run" in k.split("_") and v not in runs)]
-    pairs = ", ".join(f"{m}/{r}" for m, r in avail.iter_rows())
-    if len(pairs) > 400:
-        pairs = pairs[:400] + " ..."
+    pairs = _short([f"{m}/{r}" for m, r in avail.iter_rows()])
     if missing:
         return (f"no rows for {', '.join(missing)} in {root / table} "
-                f"(models: {', '.join(models)}; runs: {', '.join(runs)})")
+                f"(models: {_short(models)}; runs: {_short(runs)})")
+    other = _column_values(root, table, filters)
+    if other:
+        held = "; ".join(f"{k}: {_short(v)}" for k, v in other.items())
+        return f"no rows for {', '.join(f'{k} {filters[k]!r}' for k in other)} in {root / table} ({held})"
     return f"no rows for {what}: the filters select nothing in {root / table} (model/run: {pairs})"

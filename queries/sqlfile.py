@@ -24,7 +24,8 @@ from .errors import QueryError
 QUERY_DIR = Path(__file__).resolve().parent
 # The parameters bound by the runner from `--results DIR`: parameter -> table directory.
 GLOB_PARAMS = {"images_glob": "images", "concepts_glob": "concepts", "steer_glob": "steer",
-               "errors_glob": "errors", "concept_angles_glob": "concept_angles", "concept_vocab_glob": "concept_vocab"}
+               "errors_glob": "errors", "concept_angles_glob": "concept_angles", "concept_vocab_glob": "concept_vocab",
+               "leaderboard_glob": "leaderboard"}
 # Tables a query may read in either of two layouts (queries/_macros.sql `concept_rows`): a
 # query needs one whole layout; a missing one is bound to an empty file of its schema.
 LAYOUTS = {"concept_angles_glob": "concepts", "concept_vocab_glob": "concepts", "concepts_glob": "concepts"}

@@ -4,6 +4,7 @@ reader would hit: images that did not load, console errors, titles and tables th
 
     with Browser() as b:
         got = b.check("file:///.../index.html")   # {"images", "broken", "cut", "errors"}
+        got = b.check(url, "document.title")      # ... and "script": the expression's value
 """
 from __future__ import annotations
 
@@ -109,9 +110,11 @@ class Browser:
                 events.append(m)
         raise TimeoutError(method)
 
-    def check(self, url: str) -> dict:
+    def check(self, url: str, script: str | None = None) -> dict:
         """Load `url` in a fresh tab of WIDTH x HEIGHT; returns CHECK_JS's findings plus the
-        console errors (console.error, uncaught exceptions, failed loads)."""
+        console errors (console.error, uncaught exceptions, failed loads), and under "script"
+        the value of the JavaScript expression `script` evaluated after the check (clicks,
+        reading the page back), whose own errors are counted too."""
         events: list[dict] = []
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         s = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -129,6 +132,12 @@ class Browser:
                 events.append(m)
         got = self.send("Runtime.evaluate", {"expression": CHECK_JS, "returnByValue": True}, session=s,
                         events=events)["result"]["value"]
+        if script is not None:
+            res = self.send("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=s,
+                            events=events)
+            if "exceptionDetails" in res:
+                events.append({"method": "Runtime.exceptionThrown", "params": res})
+            got["script"] = res["result"].get("value")
         self.send("Target.closeTarget", {"targetId": target}, events=events)
         got["errors"] = [_error_text(e) for e in events if _is_error(e)]
         return got

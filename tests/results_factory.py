@@ -226,3 +226,96 @@ def write_results(root, models: dict[str, dict] | None = None, n_per_class: int 
         concepts=pl.concat(con_frames) if con_frames else None,
         steer=pl.concat(steer_frames) if steer_frames else None,
         files=files, class_names=names, concepts_list=concepts, targets=targets)
+
+
+# ---- leaderboard summary rows (`sing leaderboard`), exactly queries.layouts.SCHEMAS["leaderboard"] ----
+LEADERBOARD_FAMILIES = ["resnet", "vit", "convnext", "efficientnet", "regnet", "deit", "swin", "densenet", "vgg",
+                        "mobilenetv3", "eva", "beit", "resnext", "levit", "xcit", "coat", "dla", "ghostnet"]
+LEADERBOARD_PRETRAINS = ["in1k", "in21k_ft_in1k", "clip", "distilled", "in22k_ft_in1k", "ig1b_ft_in1k"]
+LEADERBOARD_CONCEPTS = ["water", "stripes", "grass", "sky", "metal", "fur", "wood", "snow"]
+# A small board: several families, a tie on median_ratio (a_tie, b_tie), a quoted name, a model
+# whose weights are missing, one without a null space and one whose audit failed.
+DEFAULT_BOARD = {
+    "timm-resnet50.a1_in1k": {"family": "resnet", "median_abs_as": 1.6, "median_is": 30.0},
+    "timm-resnet18.tv_in1k": {"family": "resnet", "median_abs_as": 2.0, "median_is": 24.0},
+    "timm-vit_base_patch16_224.augreg_in21k_ft_in1k": {"family": "vit", "pretrain": "in21k_ft_in1k",
+                                                       "median_abs_as": 0.5, "median_is": 22.0},
+    "timm-convnext_tiny.fb_in1k": {"family": "convnext", "median_abs_as": 0.9, "median_is": 28.0},
+    "timm-a_tie.in1k": {"family": "regnet", "median_ratio": 20.0},
+    "timm-b_tie.in1k": {"family": "regnet", "median_ratio": 20.0},
+    "timm-jack-o'-lantern_net.in1k": {"family": "efficientnet", "pretrain": "distilled"},
+    "timm-deit_small_patch16_224.fb_in1k": {"family": "deit", "pretrain": "distilled"},
+    "timm-ghost_weights.in1k": {"family": "resnet", "status": "skipped",
+                                "reason": "no pretrained weights for resnet_ghost.in1k (not in the hub cache)"},
+    "timm-vit_tiny_nonull.in1k": {"family": "vit", "status": "skipped", "num_features": 192,
+                                  "reason": "no null space: 192 features, 1000 classes (null_dim 0)"},
+    "timm-broken_head.in1k": {"family": "convnext", "status": "failed", "params": None,
+                              "reason": "RuntimeError: CUDA out of memory in the audit"},
+}
+
+
+def leaderboard_models(n: int, seed: int = 0, bad_every: int = 40) -> dict[str, dict]:
+    """`n` generated model entries for write_leaderboard: families and recipes drawn unevenly
+    (as in timm: many resnets, few levits), every `bad_every`-th model skipped or failed."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, len(LEADERBOARD_FAMILIES) + 1)
+    fams = rng.choice(LEADERBOARD_FAMILIES, n, p=weights / weights.sum())
+    pres = rng.choice(LEADERBOARD_PRETRAINS, n)
+    out = {}
+    for j in range(n):
+        p: dict = {"family": str(fams[j]), "pretrain": str(pres[j])}
+        if bad_every and j % bad_every == bad_every - 1:
+            p.update(status="skipped" if j % (2 * bad_every) else "failed", reason=f"generated reason {j}")
+        out[f"timm-{fams[j]}_{j:04d}.{pres[j]}"] = p
+    return out
+
+
+def _leaderboard_row(slug: str, p: dict, rng: np.random.Generator) -> dict:
+    status = p.get("status", "ok")
+    fam, pre = p.get("family", "resnet"), p.get("pretrain", "in1k")
+    feats = int(p.get("num_features", rng.choice([1024, 1280, 1536, 2048])))
+    n_params = p.get("params", int(10 ** rng.uniform(6.3, 8.8)))
+    row = {"model_string": f"timm:{slug.removeprefix('timm-')}", "model_id": slug.removeprefix("timm-"),
+           "family": fam, "pretrain": pre, "status": status, "reason": p.get("reason"),
+           "params": n_params, "num_features": feats,
+           "num_classes": 1000, "null_dim": int(p.get("null_dim", max(feats - 1000, 0))),
+           "eval_transform": "Resize(256, bicubic) CenterCrop(224) Normalize(imagenet)"}
+    if status != "ok":  # a row that says why: what planning knew, NULL numbers
+        return row
+    abs_as = float(p.get("median_abs_as", rng.lognormal(0.0, 0.5)))
+    is_ = float(p.get("median_is", rng.normal(22.0, 5.0)))
+    ratio = float(p.get("median_ratio", is_ / abs_as * rng.uniform(0.9, 1.3)))
+    rom = float(p.get("ratio_of_means", is_ / abs_as * rng.uniform(0.8, 1.1)))
+    k = int(p.get("n_concepts", 5))
+    con = rng.choice(LEADERBOARD_CONCEPTS, k, replace=False)
+    mean_as = np.sort(rng.normal(0.0, 1.0, k))[::-1]
+    return {**row, "n_images": 50000, "n_scored": 49990, "top1": float(p.get("top1", rng.uniform(0.55, 0.9))),
+            "median_abs_as": abs_as, "median_is": is_,
+            "ratio_of_means": rom, "ratio_of_means_lo": rom * rng.uniform(0.8, 0.95),
+            "ratio_of_means_hi": rom * rng.uniform(1.05, 1.2),
+            "median_ratio": ratio, "median_ratio_lo": ratio * rng.uniform(0.8, 0.95),
+            "median_ratio_hi": ratio * rng.uniform(1.05, 1.2),
+            "heldout_cosine": float(rng.uniform(0.8, 0.95)), "heldout_r2": float(rng.uniform(0.5, 0.8)),
+            "translator_id": f"tr-{rng.integers(1 << 40):010x}",
+            "top_concepts": [{"concept": str(c), "mean_as": float(m)} for c, m in zip(con, mean_as)],
+            "seconds": float(rng.uniform(20.0, 90.0)), "audit_run": f"audit-{rng.integers(1 << 32):08x}"}
+
+
+def write_leaderboard(root, models: dict[str, dict] | None = None, board: str = "b1", seed: int = 0) -> pl.DataFrame:
+    """Write one leaderboard summary row per model, as `sing leaderboard` does:
+    ROOT/leaderboard/model=<slug>/run=<board>/summary.parquet, in the exact schema. models:
+    {slug: params} (DEFAULT_BOARD when None); params override the generated values: family,
+    pretrain, status ("ok", "skipped", "failed"), reason, params, num_features, null_dim, top1,
+    median_abs_as, median_is, median_ratio, ratio_of_means, n_concepts. Returns every row
+    written, with `model` and `run` added (in the written types)."""
+    from queries.layouts import SCHEMAS
+
+    schema = SCHEMAS["leaderboard"]
+    rng = np.random.default_rng(seed)
+    frames = []
+    for slug, p in (DEFAULT_BOARD if models is None else models).items():
+        row = _leaderboard_row(slug, p, rng)
+        table = pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema}], schema=schema)
+        _write(table, Path(root) / "leaderboard" / f"model={slug}" / f"run={board}" / "summary.parquet", [])
+        frames.append(_frame(table, slug, board))
+    return pl.concat(frames)

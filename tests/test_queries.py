@@ -17,7 +17,7 @@ import queries
 from queries import QueryError, cli_query, load_query, run_query, spearman_p_value
 from queries.params import parse_cli_value
 from queries.sqlfile import Param, sql_parameters
-from tests.results_factory import IMAGES_SCHEMA, CONCEPTS_SCHEMA, ERRORS_SCHEMA, write_results
+from tests.results_factory import IMAGES_SCHEMA, CONCEPTS_SCHEMA, ERRORS_SCHEMA, write_leaderboard, write_results
 
 RUNS = ("run-a", "20240101")  # a numeric-looking run id must stay VARCHAR (hive type autodetection)
 MODELS = {
@@ -31,8 +31,10 @@ REL = 1e-9
 
 @pytest.fixture(scope="module")
 def res(tmp_path_factory):
-    return write_results(tmp_path_factory.mktemp("results"), models=MODELS, n_per_class=15, n_classes=12,
-                         seed=3, runs=RUNS, with_concepts=True, with_steer=True, n_shards=3)
+    res = write_results(tmp_path_factory.mktemp("results"), models=MODELS, n_per_class=15, n_classes=12,
+                        seed=3, runs=RUNS, with_concepts=True, with_steer=True, n_shards=3)
+    write_leaderboard(res.root, seed=3)    # tests/test_leaderboard_query.py checks its query
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_factory_matches_pipeline_schemas(res):
 def test_list_queries_and_headers(res):
     items = dict(queries.list_queries())
     assert set(items) == {"model_summary", "class_leakage", "image_leakage", "concept_shift",
-                          "model_rank_correlation", "checkpoint_diff", "steer_summary"}
+                          "model_rank_correlation", "checkpoint_diff", "steer_summary", "leaderboard"}
     args = {"model_rank_correlation": {"model_a": "vit_large", "model_b": "timm-resnet50.a1_in1k"},
             "checkpoint_diff": {"model": "vit_large", "baseline_run": "run-a", "candidate_run": "20240101"}}
     for name, desc in items.items():
