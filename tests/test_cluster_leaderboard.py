@@ -201,7 +201,13 @@ def test_warm_job_runs_on_cpu_nodes_as_a_restricted_pod():
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     (c,) = pod["containers"]
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-    assert c["resources"]["requests"] == c["resources"]["limits"] and "nvidia.com/gpu" not in c["resources"]["limits"]
+    req = c["resources"]["requests"]
+    assert req == c["resources"]["limits"] and "nvidia.com/gpu" not in req
+    for name in ("m6i.4xlarge", "n2-standard-16", "c6i.16xlarge", "n2-standard-64"):  # fits any CPU node, default disk
+        node = nt.NODE_TYPES[name]
+        cpu, mem = nt.for_pods(node)
+        assert _qty(req["cpu"]) <= cpu and _qty(req["memory"]) / 2 ** 30 <= mem, name
+        assert _qty(req["ephemeral-storage"]) / 2 ** 30 <= nt.ephemeral_gib(node), name
     assert c["image"] == _one("RayJob", JOB)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
         "containers"][0]["image"]
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"]
