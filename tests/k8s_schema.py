@@ -11,11 +11,11 @@ an unknown or misplaced field is then an error here too. It also honours
 set/map lists. Not checked: the few CEL rules (`x-kubernetes-validations`; the manifests
 use none of the fields they guard) and `format`.
 
-The core objects (Namespace, ServiceAccount, PVC, ConfigMap, Role, RoleBinding, CronJob,
+The core objects (Namespace, ServiceAccount, PVC, ConfigMap, Role, RoleBinding, CronJob, Job,
 NetworkPolicy)
 get a lighter check: their top-level fields are a hand-written subset of the Kubernetes
 API reference (closed, so typos fail), while the parts that matter most reuse core/v1
-schemas embedded in the KubeRay CRD (k8s.io/api v0.36.0 there): a CronJob's pod template
+schemas embedded in the KubeRay CRD (k8s.io/api v0.36.0 there): a Job's or CronJob's pod template
 is checked as a full PodTemplateSpec, a PVC's spec as a PersistentVolumeClaimSpec, a
 NetworkPolicy's rules and selectors as the NetworkPolicy rules KubeRay 1.7 embeds.
 """
@@ -216,6 +216,7 @@ def schema_for(kind: str, api_version: str) -> dict:
                             name=STR),
             subjects={"type": "array", "items": _closed(["kind", "name"], kind=STR, name=STR, namespace=STR,
                                                         apiGroup=STR)}),
+        ("Job", "batch/v1"): _top("Job", "batch/v1", spec=job_spec),
         ("CronJob", "batch/v1"): _top("CronJob", "batch/v1", spec=_closed(
             ["schedule", "jobTemplate"], schedule=STR, timeZone=STR, startingDeadlineSeconds=INT, suspend=BOOL,
             concurrencyPolicy={"enum": ["Allow", "Forbid", "Replace"]},

@@ -16,8 +16,8 @@ from pipelines.jobs.cluster_check import quantity
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
-RAY_MANIFESTS = ["rayjob-audit.yaml", "rayjob-fit-translator.yaml", "raycronjob-nightly.yaml",
-                 "cronjob-nightly-fallback.yaml"]
+RAY_MANIFESTS = ["rayjob-audit.yaml", "rayjob-fit-translator.yaml", "rayjob-leaderboard.yaml",
+                 "raycronjob-nightly.yaml", "cronjob-nightly-fallback.yaml"]
 
 
 def _check(capsys, *args) -> tuple[int, str, str]:

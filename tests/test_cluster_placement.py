@@ -1,6 +1,6 @@
 """cluster/: pods where they belong, runs that end, a cluster that is not open. For every
-RayJob spec (the audit, the fit, the nightly RayCronJob's and the fallback's): the GPU group's
-required node affinity admits every GPU node type and no CPU one, the head, decode and
+RayJob spec (the audit, the fit, the leaderboard, the nightly RayCronJob's and the
+fallback's): the GPU group's required node affinity admits every GPU node type and no CPU one, the head, decode and
 submitter pods the reverse (with NVIDIA GPU Feature Discovery's labels and without);
 preRunningDeadlineSeconds is set; Ray token authentication is on; the NetworkPolicy admits
 only the Ray pods among themselves and the submitter and operator to the job API. Static
