@@ -1,8 +1,8 @@
 """cluster/rayjob-leaderboard.yaml and cluster/leaderboard-weights.yaml, beyond what every
 manifest gets (CRD schema, placement, deadlines, auth, network policy and `sing cluster
 check`, in the other test_cluster_* files): the entrypoint keeps the `sing leaderboard`
-command-line contract (its real parser is on another branch; test_sing_command_is_real
-takes over once it is here), its actor pools fit the pods by sing's own placement rule, the
+command-line contract (test_cluster_manifests.test_sing_command_is_real checks it with the real
+parser too), its actor pools fit the pods by sing's own placement rule, the
 weights come from the pre-warmed claim with the hub offline, the download Job selects what
 `--models 'timm:*'` selects and runs as written (offline, against a rehearsal hub cache),
 and the README's sizing agrees with the manifests."""
@@ -27,6 +27,7 @@ from tests.test_hub_cache_rehearsal import _place, _safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB, WARM, CLAIM = "sing-leaderboard-timm", "sing-warm-zoo", "sing-hf-zoo"
+FIT_PER_CLASS = 100  # the manifest's fit100 shards (cluster/README.md, "Recipe: the leaderboard")
 # the stream options every shard job takes, as the contract names them
 CONTRACT_STREAM = ("--batch-size", "--num-actors", "--device", "--actors-per-gpu", "--actor-threads", "--precision",
                    "--stall-timeout", "--max-attempts", "--resource-wait", "--decode")
@@ -48,7 +49,7 @@ def contract_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--concepts")
     p.add_argument("--class-text")
-    for flag in ("--fit-per-class", "--models-per-pass", "--bootstrap-resamples"):
+    for flag in ("--models-per-pass", "--bootstrap-resamples"):
         p.add_argument(flag, type=int)
     by_flag = {a.option_strings[0]: a for a in real._actions if a.option_strings}
     for flag in CONTRACT_STREAM:
@@ -83,9 +84,9 @@ def test_contract_parser_is_strict():
 def test_leaderboard_commands_keep_the_contract(where, argv):
     ns = contract_parser().parse_args(argv[1:])
     assert ns.clip == "openclip:ViT-L-14@openai"  # the CLIP the translators are fitted into (issue 23)
-    # the fit shards: fit-per-class images of each of the 1000 classes, 1000 images a shard
+    # the fit shards: FIT_PER_CLASS images of each of the 1000 classes, 1000 images a shard
     (fit,) = ns.fit_shards
-    assert _brace_count(fit) == ns.fit_per_class, (fit, ns.fit_per_class)
+    assert _brace_count(fit) == FIT_PER_CLASS, fit
     assert ns.eval_shards == ["s3://your-bucket/imagenet/val/shard-{000000..000049}.tar"]  # the 50,000 val images
     assert re.match(r"(s3|gs)://", ns.out), "workers write their own files: a bucket, not the head's disk"
     assert ns.precision in (None, "fp32"), "bf16 fails the precision budget (README.md, Precision)"
@@ -222,7 +223,7 @@ def test_deadlines_follow_the_readme_estimate():
     with room (KubeRay does not retry an attempt that ran out of time); preRunning stays the
     20-minute fence of every RayJob."""
     spec = _one("RayJob", JOB)["spec"]
-    per_class = contract_parser().parse_args(_entrypoint()[2:]).fit_per_class
+    per_class = FIT_PER_CLASS
     readme = (CLUSTER / "README.md").read_text()
     row = re.search(rf"^\| {per_class} \| fp32 \(default\) \|.*\| (\d+)-(\d+) h \|$", readme, flags=re.M)
     assert row, f"cluster/README.md has no fp32 sizing row for {per_class} fit images per class"

@@ -132,3 +132,24 @@ def test_a_killed_board_resumes_without_redoing_a_model(shards, tmp_path):
     images = pl.read_parquet(str(out / "results" / "images" / "**" / "*.parquet"), hive_partitioning=True)
     assert images.height == images.select("model", "shard", "key").n_unique() == 2 * 12
     assert man["clip_forwards"] == 24  # the rerun embedded nothing again
+
+
+def test_a_board_on_an_object_store(shards, tmp_path):
+    """OUT as an object-store URL (objstore://: whole objects, no rename; tests/objstore.py), as on
+    a cluster whose actors write from every node: the CLIP cache, texts, translators, audits and
+    rows land there, and a rerun finds the model done."""
+    from tests.test_remote import _sing_on_objstore
+
+    store = tmp_path / "store"
+    out = f"objstore://{store}/board"
+    args = _args(shards, Path("-"), "lite0")
+    args[args.index("--out") + 1] = out
+    first = _sing_on_objstore(*args[1:])
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = pl.read_parquet(str(store / "board" / "results" / "leaderboard" / "**" / "*.parquet"), hive_partitioning=True)
+    assert rows.height == 1 and rows["status"][0] == "ok" and rows["n_images"][0] == 12
+    assert (store / "board" / "clip" / "embeddings.json").is_file()
+    again = _sing_on_objstore(*args[1:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    man = json.loads((store / "board" / "leaderboard.json").read_text())
+    assert man["computed"] == [] and len(man["done_before"]) == 1

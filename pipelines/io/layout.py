@@ -167,7 +167,13 @@ def commit_shard(files: list[tuple[str, pa.Table]], attempts: int = 3, backoff_s
 def done_shards(out, table: str, model_slug: str, run_id: str) -> set[str]:
     """The shards whose `table` file (a marker) exists, from one listing of its directory (a
     stat per shard would be thousands of requests on an object store)."""
-    fs, d = fs_of(table_dir(out, table, model_slug, run_id))
+    return parquet_stems(table_dir(out, table, model_slug, run_id))
+
+
+def parquet_stems(directory) -> set[str]:
+    """The names (without .parquet) of the Parquet files in `directory`, a local path or URL,
+    hidden temp files aside: one listing."""
+    fs, d = fs_of(directory)
     fs.invalidate_cache(d)
     try:
         entries = fs.ls(d, detail=True)

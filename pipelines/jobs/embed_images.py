@@ -17,13 +17,13 @@ import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import BadInput
+from pipelines.io.layout import fs_of, join, parquet_stems, read_json
 from pipelines.options import PrecisionOptions, StreamOptions, add_arguments, check, from_namespace, opt
 
 log = logging.getLogger("sing.embed_images")
@@ -38,15 +38,15 @@ class EmbeddingsError(BadInput):
 @dataclass
 class EmbedImagesOptions(PrecisionOptions, StreamOptions):
     clip: str = opt(help="CLIP model (openclip:ARCH@TAG) whose image embeddings are computed")
-    out: str = opt(help="the embeddings directory (local)", identity=False)
+    out: str = opt(help="the embeddings directory (local path or fsspec URL)", identity=False)
 
 
-def manifest_path(out) -> Path:
-    return Path(out) / "embeddings.json"
+def manifest_path(out) -> str:
+    return join(out, "embeddings.json")
 
 
-def shard_path(out, shard: str) -> Path:
-    return Path(out) / "embeddings" / f"{shard}.parquet"
+def shard_path(out, shard: str) -> str:
+    return join(out, "embeddings", f"{shard}.parquet")
 
 
 def embedding_files(cols: dict, shard: str, out: str, dim: int, prefix: str = "z") -> list[tuple]:
@@ -59,12 +59,12 @@ def embedding_files(cols: dict, shard: str, out: str, dim: int, prefix: str = "z
                       "shard": pa.array([shard] * int(ok.sum()), pa.string()),
                       "label": pa.array(cols["label"][ok].astype(np.int32), pa.int32()),
                       "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim)})
-    return [("errors", str(Path(out) / "errors" / f"{shard}.parquet"), error_table(cols, shard)),
-            ("embeddings", str(shard_path(out, shard)), table)]
+    return [("errors", join(out, "errors", f"{shard}.parquet"), error_table(cols, shard)),
+            ("embeddings", shard_path(out, shard), table)]
 
 
 def done(out) -> set[str]:
-    return {p.stem for p in (Path(out) / "embeddings").glob("*.parquet")}
+    return parquet_stems(join(out, "embeddings"))
 
 
 def _meta(cfg: EmbedImagesOptions, clip) -> dict:
@@ -75,10 +75,9 @@ def _meta(cfg: EmbedImagesOptions, clip) -> dict:
 def _check_same(out, meta: dict) -> dict | None:
     """The manifest already in `out`; refused when it was built differently (one cache per CLIP,
     precision and transform)."""
-    path = manifest_path(out)
-    if not path.is_file():
+    prev = read_json(manifest_path(out))
+    if prev is None:
         return None
-    prev = json.loads(path.read_text())
     meta = json.loads(json.dumps(meta, default=str))  # as the manifest holds it (tuples are lists there)
     diff = {k: (prev.get(k), v) for k, v in meta.items() if prev.get(k) != v}
     if diff:
@@ -102,7 +101,7 @@ def embed_images(cfg: EmbedImagesOptions) -> dict:
     meta = _meta(cfg, clip)
     prev = _check_same(cfg.out, meta) or {}
     plan = spine.plan("embed-images", cfg, {}, lambda _run: done(cfg.out), meta, shards, run_id="embeddings",
-                      manifest_file=str(manifest_path(cfg.out)))
+                      manifest_file=manifest_path(cfg.out))
     forwards = int(prev.get("clip_forwards", 0))
     tally = ShardTally([Writer("z", "clip")], total=len(plan.todo), what="embed-images: shard")
     if plan.todo:
@@ -112,23 +111,33 @@ def embed_images(cfg: EmbedImagesOptions) -> dict:
         spine.run(plan, cfg, "the embed-images stream",
                   lambda todo: spine.stream(todo, cfg, [clip.preprocess], [actor], spine.ActorPlan.resolve(cfg),
                                             [view_column(clip.preprocess)]), ["z"], tally.batch, tally.shard)
-    n = sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(cfg.out) / "embeddings").glob("*.parquet"))
+    n = _rows(join(cfg.out, "embeddings"))
     # every image the CLIP actors embedded and wrote, over every run of this cache (a shard
     # written twice, by an attempt whose record was lost, would count twice: it never is)
     return spine.finish(plan, images=n, clip_forwards=forwards + tally.counts.get("clip/images", 0),
                         clip_forwards_this_run=tally.counts.get("clip/images", 0))
 
 
+def _rows(directory) -> int:
+    fs, d = fs_of(directory)
+    total = 0
+    for name in parquet_stems(directory):
+        with fs.open(f"{d}/{name}.parquet", "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
 class ClipCache:
-    """A `sing embed-images` directory, read: its identity and each shard's embeddings by key."""
+    """A `sing embed-images` directory (a local path or URL), read: its identity and each shard's
+    embeddings by key."""
 
     def __init__(self, root):
-        self.root = Path(root)
-        path = manifest_path(self.root)
-        if not path.is_file():
-            raise EmbeddingsError(f"{self.root} holds no CLIP embeddings ({path} is missing): make them with "
-                                  "`sing embed-images --clip CLIP --shards ... --out DIR`")
-        self.meta = json.loads(path.read_text())
+        self.root = str(root)
+        meta = read_json(manifest_path(self.root))
+        if meta is None:
+            raise EmbeddingsError(f"{self.root} holds no CLIP embeddings ({manifest_path(self.root)} is missing): "
+                                  "make them with `sing embed-images --clip CLIP --shards ... --out DIR`")
+        self.meta = meta
         if self.meta.get("format") != FORMAT:
             raise EmbeddingsError(f"{self.root}: unsupported embeddings format {self.meta.get('format')!r}")
         self.dim = int(self.meta["dim"])
@@ -144,7 +153,9 @@ class ClipCache:
     def lookup(self, shard: str, keys) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (n, d) float32, found mask) of `keys` of one shard; rows not in the cache
         (unreadable when it was made) are zeros with found False."""
-        t = pq.read_table(shard_path(self.root, shard), columns=["key", "emb"])
+        fs, path = fs_of(shard_path(self.root, shard))
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=["key", "emb"])
         where = {k: i for i, k in enumerate(t.column("key").to_pylist())}
         flat = t.column("emb").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         emb = np.asarray(flat, dtype=np.float32).reshape(t.num_rows, self.dim)

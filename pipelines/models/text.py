@@ -55,10 +55,10 @@ def embed_texts(clip, names: list[str], templates: list[str]) -> np.ndarray:
 
 
 def save_embeddings(path, names: list[str], emb: np.ndarray, clip_identity: dict, templates: list[str],
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None):
     """`clip_identity`: of the CLIP that made the embeddings (clip_source.identity). `extra`
-    (e.g. the provenance of imported embeddings) is kept as JSON under 'provenance'."""
-    path = Path(path)
+    (e.g. the provenance of imported embeddings) is kept as JSON under 'provenance'. `path`: a
+    local path or a URL (returned as given)."""
     table = pa.table({"text": pa.array(names, pa.string()),
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()),
                                                                    emb.shape[1])})

@@ -4,13 +4,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pipelines.options import PrecisionOptions, RankOptions, StreamOptions, _at_least, _templates, opt
+from pipelines.options import (DecodeOptions, PrecisionOptions, RankOptions, StreamOptions, _at_least, _templates,
+                               opt)
 
 DEFAULT_VOCABULARY = "pipelines/vocab/concepts.txt"
 
 
 @dataclass
-class LeaderboardOptions(PrecisionOptions, RankOptions, StreamOptions):
+class LeaderboardOptions(PrecisionOptions, RankOptions, DecodeOptions, StreamOptions):
     # not in the board's id: a board grows by models; each model's row is its own
     models: list[str] = opt([], "which models: a file of MODEL strings, timm:PATTERN (timm's 1000-class tags), "
                                 "paper, zoo names or MODEL strings; repeat to add", flag="--models", append=True,
@@ -23,8 +24,8 @@ class LeaderboardOptions(PrecisionOptions, RankOptions, StreamOptions):
                             flag="--eval-shards")
     heldout_shards: list[str] | None = opt(None, "fit shards held out to choose lambda (default: 10%% of "
                                                  "--fit-shards, evenly spaced)")
-    out: str = opt(help="the leaderboard's directory (local): CLIP cache, translators, results, summary rows",
-                   identity=False)
+    out: str = opt(help="the leaderboard's directory (local path or fsspec URL): CLIP cache, translators, results, "
+                        "summary rows", identity=False)
     concepts: str | None = opt(None, "concept vocabulary (text file or text-embedding Parquet) for each model's "
                                      "concepts that move most (default: the project's vocabulary)")
     class_text: str | None = opt(None, "class prompt embeddings (`sing embed-text` Parquet; default: computed "

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from pipelines.errors import BadInput, RunFailed
-from pipelines.io.layout import write_json_atomic
+from pipelines.io.layout import file_exists, join, write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
 from pipelines.jobs.leaderboard import summary
 from pipelines.jobs.leaderboard.options import LeaderboardOptions, sub_options
@@ -30,9 +29,8 @@ log = logging.getLogger("sing.leaderboard")
 
 
 def _dirs(opts: LeaderboardOptions) -> dict[str, str]:
-    root = Path(opts.out)
-    return {"clip": str(root / "clip"), "translators": str(root / "translators"), "results": str(root / "results"),
-            "text": str(root / "text")}
+    """OUT's parts; OUT may be an fsspec URL (on a cluster the actors of every node write there)."""
+    return {name: join(opts.out, name) for name in ("clip", "translators", "results", "text")}
 
 
 def _vocabulary(opts: LeaderboardOptions) -> str | None:
@@ -50,9 +48,9 @@ def _texts(opts: LeaderboardOptions, dirs: dict) -> tuple[str, str | None]:
     from pipelines.models.text import CONCEPT_TEMPLATES, concept_names, embed_texts, is_embeddings_file, save_embeddings
 
     vocab = _vocabulary(opts)
-    class_file = opts.class_text or str(Path(dirs["text"]) / f"classes_{opts.templates}.parquet")
-    concept_file = vocab if (vocab is None or is_embeddings_file(vocab)) else str(Path(dirs["text"]) / "concepts.parquet")
-    todo = [p for p in (class_file, concept_file) if p and p.startswith(dirs["text"]) and not Path(p).is_file()]
+    class_file = opts.class_text or join(dirs["text"], f"classes_{opts.templates}.parquet")
+    concept_file = vocab if (vocab is None or is_embeddings_file(vocab)) else join(dirs["text"], "concepts.parquet")
+    todo = [p for p in (class_file, concept_file) if p and p.startswith(dirs["text"]) and not file_exists(p)]
     if todo:
         from pipelines.models.clip import load_clip
         from pipelines.models.imagenet_classes import imagenet_class_names
@@ -93,7 +91,7 @@ def _run_pass(opts, dirs, cands, board: str, texts: tuple[str, str | None]) -> N
 
     t0 = time.perf_counter()
     specs = [c.model_string for c in cands]
-    outs = [str(Path(dirs["translators"]) / f"{c.slug}.safetensors") for c in cands]
+    outs = [join(dirs["translators"], f"{c.slug}.safetensors") for c in cands]
     reports = run_fits(sub_options(FitOptions, opts, models=specs, outs=outs, clip=None, clip_embeddings=dirs["clip"],
                                    shards=list(opts.fit_shards), class_text=texts[0]))
     man = run_audit(sub_options(AuditOptions, opts, models=specs, translators=outs, shards=list(opts.shards),
@@ -158,7 +156,7 @@ def run_leaderboard(opts: LeaderboardOptions) -> dict:
            "clip_forwards": cache.get("clip_forwards"), "fit_images": cache.get("images"),
            "class_text": texts[0], "concepts": texts[1], "results": dirs["results"],
            "wall_seconds": round(time.perf_counter() - t0, 3)}
-    write_json_atomic(man, str(Path(opts.out) / "leaderboard.json"))
+    write_json_atomic(man, join(opts.out, "leaderboard.json"))
     if failures:
         log.warning("leaderboard: %d model(s) failed; their rows say why", len(failures))
     return man

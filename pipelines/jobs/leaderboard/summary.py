@@ -10,12 +10,15 @@ done, and a rerun does no work for it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.io.layout import join, write_table_atomic
+from pipelines.io.layout import fs_of, join, write_table_atomic
 
 TABLE = "leaderboard"
 SEED = 20261203
@@ -57,7 +60,9 @@ def read_status(results: str, slug: str, board: str) -> str | None:
     path = row_file(results, slug, board)
     if not file_exists(path):
         return None
-    return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+    fs, p = fs_of(path)
+    with fs.open(p, "rb") as fh:
+        return pq.read_table(fh, columns=["status"]).column("status")[0].as_py()
 
 
 def _interval(data: tuple, statistic, resamples: int) -> tuple[float | None, float | None]:
@@ -84,9 +89,33 @@ def _none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
+@contextlib.contextmanager
+def local_results(results: str, slug: str, run: str):
+    """A local results directory holding one model's run: `results` itself, or (a URL) its
+    images, concept angles and vocabulary copied to a temporary directory, since the query
+    engine reads local files."""
+    from pipelines.io.remote import is_url
+
+    if not is_url(results):
+        yield results
+        return
+    with tempfile.TemporaryDirectory(prefix="sing-board-") as tmp:
+        for table in ("images", "concept_angles", "concept_vocab"):
+            src = join(results, table, f"model={slug}", f"run={run}")
+            fs, path = fs_of(src)
+            if fs.exists(path):
+                fs.get(path + "/", str(Path(tmp) / table / f"model={slug}" / f"run={run}") + "/", recursive=True)
+        yield tmp
+
+
 def audit_numbers(results: str, slug: str, run: str, resamples: int, top_k: int) -> dict:
     """The model's numbers from its audit: the model_summary query, the ratio intervals and the
     concepts that move most (when concepts were scored)."""
+    with local_results(results, slug, run) as local:
+        return _numbers(local, slug, run, resamples, top_k)
+
+
+def _numbers(results: str, slug: str, run: str, resamples: int, top_k: int) -> dict:
     from queries import model_summary
     from queries.runner import has_concepts, sql_frame
 
