@@ -219,9 +219,10 @@ def _stream(opts: AuditOptions, plan, prepared: list[_Prepared], concepts, tally
     drop = encoded_columns(views) if device else [view_column(v) for v in views]
 
     def build(todo):  # per attempt: a restart sizes the pool for the nodes left
-        ap = spine.ActorPlan.resolve(opts, len(prepared))
+        ap = spine.ActorPlan.resolve(opts, 1)  # the models run as one chain of actors
         plan.manifest["actor_pool"] = ap.as_manifest()
-        ds = spine.stream(todo, opts, views, actors, ap, drop, {"encoded": device, "host_share": opts.host_decode_share})
+        ds = spine.stream(todo, opts, views, spine.chained(actors), ap, drop,
+                          {"encoded": device, "host_share": opts.host_decode_share})
         timeline.mark("stream_started")  # Ray Data executes lazily: from the first pull on
         return ds
 

@@ -194,12 +194,23 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
         kwargs = {"device": opts.device, "threads": ap.torch_threads, "window": opts.batch_size, **spec.kwargs}
         if i == len(actors) - 1:
             kwargs["drop_views"] = drop
-            if spec.kwargs.get("writer") is not None:
+            parts = [kw for _, kw in spec.kwargs.get("parts", [])] or [spec.kwargs]
+            if parts[-1].get("writer") is not None:
                 kwargs["final"] = True
         ds = ds.map_batches(spec.cls, batch_size=opts.batch_size, compute=actor_pool(ap.n_actors, ap.threads),
                             num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs,
                             **ACTOR_REMOTE_ARGS)
     return ds
+
+
+def chained(specs: list[ActorSpec]) -> list[ActorSpec]:
+    """Several models' actors as one stage of ChainActors (one actor task per shard instead of
+    one per model); one model's as it is."""
+    from pipelines.stages.actors import ChainActor
+
+    if len(specs) < 2:
+        return specs
+    return [ActorSpec(ChainActor, {"parts": [(s.cls, s.kwargs) for s in specs]})]
 
 
 def read_options(opts) -> dict:

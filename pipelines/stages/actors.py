@@ -334,14 +334,18 @@ class FeatureActor(_ModelActor):
 
 class ChainActor:
     """Several model actors in one actor process, each batch passed through them in order as
-    through a chain of pools (fit-translator: the classifier's and CLIP's FeatureActors). One
-    process start and one set of imports (seconds each: torch, timm, open_clip) instead of
-    one per model; on a GPU both models share it anyway. parts: [(actor class, its kwargs)];
-    the last one drops the image columns."""
+    through a chain of pools (fit-translator: the classifiers' and CLIP's FeatureActors; a
+    multi-model audit's ScoreActors). One process start and one set of imports (seconds each:
+    torch, timm, open_clip) instead of one per model, and one actor task per shard instead of
+    one per model: the driver's cost per shard is per task (`sing bench-scale`: ~10 ms of
+    driver CPU per actor task on two cores). parts: [(actor class, its kwargs)]; the last one
+    drops the image columns and, when the actors write, hands on the records alone."""
 
-    def __init__(self, parts, drop_views=(), **common):
+    def __init__(self, parts, drop_views=(), final=False, **common):
         last = len(parts) - 1
-        self.parts = [cls(**common, **kw, drop_views=drop_views if i == last else ()) for i, (cls, kw) in enumerate(parts)]
+        self.parts = [cls(**common, **kw, drop_views=drop_views if i == last else (), **({"final": final} if i == last
+                                                                                          else {}))
+                      for i, (cls, kw) in enumerate(parts)]
 
     def __call__(self, batch: dict) -> dict:
         for part in self.parts:

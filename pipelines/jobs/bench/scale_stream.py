@@ -45,7 +45,8 @@ def scale_stream(shards: list[str], out: str, models: int, concepts: int, actors
     tally = ShardTally([Writer(f"m{i}", s) for i, s in enumerate(slugs)], total=len(plan.todo))
 
     def build_stream(todo):
-        return spine.stream(todo, opts, [view], specs, spine.ActorPlan.resolve(opts, models), [view_column(view)])
+        return spine.stream(todo, opts, [view], spine.chained(specs), spine.ActorPlan.resolve(opts, 1),
+                            [view_column(view)])
 
     def on_batch(b):
         tally.batch(b)
