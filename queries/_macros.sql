@@ -111,7 +111,7 @@ UNION ALL
 SELECT c.model, c.run, c.key, c.shard, c.label, c.concept, c.angle_before_deg, c.angle_after_deg, c.as_deg
 FROM result_rows(long_files, only_model, only_run) c
 SEMI JOIN done USING (model, run, shard)
-ANTI JOIN (SELECT DISTINCT model, run, shard FROM result_rows(angles, only_model, only_run)) d
+ANTI JOIN committed_shards(angles) d  -- the files' names: no scan of the lists
      ON d.model = c.model AND d.run = c.run AND d.shard = c.shard
 WHERE (only_label IS NULL OR c.label = only_label) AND (only_key IS NULL OR c.key = only_key)
   AND (only_concept IS NULL OR c.concept = only_concept)
