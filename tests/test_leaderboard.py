@@ -110,46 +110,33 @@ def test_a_row_equals_a_separate_fit_and_audit(board, shards, tmp_path):
     assert rows["median_abs_as"][0] == summary["median_abs_as"] and rows["median_is"][0] == summary["median_is"]
 
 
-def test_a_killed_board_resumes_without_redoing_a_model(shards, tmp_path):
-    """SIGKILL once the first model's row is written; the rerun computes only the rest, and
-    every model has one row and every image one row per model."""
-    out = tmp_path / "killed"
+def test_a_killed_board_on_an_object_store_resumes_without_redoing_a_model(shards, tmp_path):
+    """OUT as an object-store URL (objstore://: whole objects, no rename; tests/objstore.py), as on
+    a cluster whose actors write from every node; the driver SIGKILLed once the first model's
+    row is written: the rerun computes only the other, every model has one row and every image
+    one row per model, and CLIP embedded nothing again."""
+    store = tmp_path / "store"
     models = tmp_path / "two.txt"
     models.write_text("\n".join(["lite0", SAME_VIEW[0]]) + "\n")
-    script = Path(__file__).parent / "scripts" / "kill_after_row.py"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    args = _args(shards, out, str(models), "--models-per-pass", "1")
-    killed = subprocess.run([sys.executable, str(script), "1", *args], env=env, capture_output=True, text=True,
-                            timeout=900)
+    args = _args(shards, Path("-"), str(models), "--models-per-pass", "1")
+    args[args.index("--out") + 1] = f"objstore://{store}/board"
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "tests" / "objstore_site"), str(repo)])
+    kill = [sys.executable, str(Path(__file__).parent / "scripts" / "kill_after_row.py"), "1"]
+    killed = subprocess.run(kill + args, env=env, capture_output=True, text=True, timeout=900)
     assert killed.returncode == -9, killed.stderr[-2000:]
+    out = store / "board"
     first = {p.parent.parent.name for p in (out / "results" / "leaderboard").glob("*/*/summary.parquet")}
     assert len(first) == 1
-    assert sing(args) == 0
+    again = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
     man = json.loads((out / "leaderboard.json").read_text())
     assert {f"model={s}" for s in man["done_before"]} == first and len(man["computed"]) == 1
-    rows = pl.read_parquet(str(out / "results" / "leaderboard" / "**" / "*.parquet"), hive_partitioning=True)
+    rows = _rows(out)
     assert rows.height == 2 and (rows["status"] == "ok").all()
     images = pl.read_parquet(str(out / "results" / "images" / "**" / "*.parquet"), hive_partitioning=True)
     assert images.height == images.select("model", "shard", "key").n_unique() == 2 * 12
     assert man["clip_forwards"] == 24  # the rerun embedded nothing again
-
-
-def test_a_board_on_an_object_store(shards, tmp_path):
-    """OUT as an object-store URL (objstore://: whole objects, no rename; tests/objstore.py), as on
-    a cluster whose actors write from every node: the CLIP cache, texts, translators, audits and
-    rows land there, and a rerun finds the model done."""
-    from tests.test_remote import _sing_on_objstore
-
-    store = tmp_path / "store"
-    out = f"objstore://{store}/board"
-    args = _args(shards, Path("-"), "lite0")
-    args[args.index("--out") + 1] = out
-    first = _sing_on_objstore(*args[1:])
-    assert first.returncode == 0, first.stderr[-3000:]
-    rows = pl.read_parquet(str(store / "board" / "results" / "leaderboard" / "**" / "*.parquet"), hive_partitioning=True)
-    assert rows.height == 1 and rows["status"][0] == "ok" and rows["n_images"][0] == 12
-    assert (store / "board" / "clip" / "embeddings.json").is_file()
-    again = _sing_on_objstore(*args[1:])
-    assert again.returncode == 0, again.stderr[-3000:]
-    man = json.loads((store / "board" / "leaderboard.json").read_text())
-    assert man["computed"] == [] and len(man["done_before"]) == 1
+    assert not [p for p in store.rglob(".upload-*")] and not [p for p in store.rglob("*.tmp")]
