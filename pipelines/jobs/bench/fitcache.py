@@ -33,7 +33,7 @@ def _shards(work: Path, n: int) -> str:
     src, out = work / f"jpeg_{n}", work / f"shards_{n}"
     if not any(out.glob("*.tar")):
         make_jpegs(src, n, seed=n)
-        make_shards(str(src), str(out), per_shard=max(8, n // 8))
+        make_shards(str(src), str(out), per_shard=max(8, n // 8), prefix=f"fit{n}")  # one cache holds both sizes
     return str(out / "*.tar")
 
 
