@@ -156,8 +156,17 @@ def describe(spec: str, shapes: bool = True) -> Described:
     head = ""
     if shapes:
         m, c, params, head = _meta_shapes(ms, pre.crop_hw if pre is not None else None)
-    return Described(ms, where, ready, why, pre, family_of(ms), pretrain_of(ms.tag, ms.name), m, c, params, head,
-                     problems)
+    return Described(ms, where, ready, why, pre, family_of(ms), _recipe(ms), m, c, params, head, problems)
+
+
+def _recipe(ms: ModelSpec) -> str:
+    """The training recipe column: random weights and user checkpoints say so; an untagged
+    pretrained string is the architecture's default weights."""
+    if ms.weights == "random":
+        return "random"
+    if ms.weights == "file":
+        return "checkpoint"
+    return pretrain_of(ms.tag, ms.name) or "default"
 
 
 def parse(spec: str) -> ModelSpec:

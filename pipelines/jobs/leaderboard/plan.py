@@ -49,8 +49,8 @@ class Candidate:
 def _why_not(d) -> str:
     if d.problems:
         return "; ".join(d.problems)
-    if not d.weights_ready:
-        return f"weights not available: {d.why_not}"
+    if not d.weights_ready:  # the first sentence; the ways to provide them are in the log and `sing models`
+        return f"weights not available: {d.why_not.split('. Provide them')[0]}"
     if d.head_problem:
         return f"no single linear head: {d.head_problem}"
     if d.num_classes is not None and d.num_classes != NUM_CLASSES:
@@ -69,12 +69,13 @@ def plan_models(models: list[str]) -> list[Candidate]:
         try:
             d = describe(s)
         except Exception as exc:  # noqa: BLE001 - an unknown model or tag is a row, not the end of the board
-            out.append(Candidate(s, None, f"{type(exc).__name__}: {exc}"[:REASON_CHARS]))
+            why = f"{type(exc).__name__}: {exc}"
+            out.append(Candidate(s, None, why if len(why) <= REASON_CHARS else why[:REASON_CHARS - 3] + "..."))
             continue
         why = _why_not(d)
         if why:
             log.info("leaderboard: %s is skipped: %s", s, why)
-        out.append(Candidate(s, d, why[:REASON_CHARS]))
+        out.append(Candidate(s, d, why if len(why) <= REASON_CHARS else why[:REASON_CHARS - 3] + "..."))
     return out
 
 
