@@ -35,7 +35,7 @@ def _deg(v, sign: bool = False) -> str:
 
 
 def _card(g: Gallery, r: dict, thumbs: dict, missing: dict, views: dict) -> str:
-    from pipelines.jobs.explain_render import explain_anchor
+    from pipelines.models.thumbnails import explain_anchor
 
     shard, key = r["shard"], r["key"]
     jpeg = thumbs.get((g.run, shard, key))

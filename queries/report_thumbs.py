@@ -65,7 +65,7 @@ def read_thumbnails(wanted: dict[str, set[str]],
     Returns ((path, key) -> JPEG bytes, (path, key) -> why it has no thumbnail)."""
     from pipelines.io.images import ImageDecodeError, decode_image
     from pipelines.io.shards import Sample, iter_shard
-    from pipelines.jobs.explain_render import thumbnail_jpeg
+    from pipelines.models.thumbnails import thumbnail_jpeg
 
     thumbs, missing = {}, {}
     for path in sorted(wanted):
@@ -96,7 +96,7 @@ _ANCHOR = re.compile(r"""id=['"](img-[^'"]+)['"]""")
 
 def explain_views(explain_dir: str | None, out: Path) -> dict[str, str]:
     """explain_anchor(shard, key) -> href relative to the report directory `out`."""
-    from pipelines.jobs.explain_render import explain_anchor
+    from pipelines.models.thumbnails import explain_anchor
 
     if not explain_dir:
         return {}

@@ -112,7 +112,7 @@ def test_a_checkpoint_records_its_activation(tmp_path, capsys):
 def _translator(path, meta: dict):
     from sing_ops import Translator
 
-    from pipelines.io.translator_file import save_translator
+    from pipelines.models.translator_file import save_translator
 
     return save_translator(Translator(torch.zeros(32, 8), torch.zeros(32), {"source_model": "m", **meta}), path)
 
@@ -120,7 +120,7 @@ def _translator(path, meta: dict):
 def test_translators_from_before_identities(tmp_path):
     from sing_ops.translator import TranslatorMismatch
 
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     # named an openai tag: sing built it with GELU then; refused, with what to do
     p = _translator(tmp_path / "old.safetensors", {"clip_model": "openclip:ViT-B-32@openai"})
@@ -139,7 +139,7 @@ def test_translators_from_before_identities(tmp_path):
 def test_translator_and_clip_identities_must_agree(tmp_path):
     from sing_ops.translator import TranslatorMismatch
 
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     gelu = load_clip("openclip:tiny@random").identity
     p = _translator(tmp_path / "t.safetensors", {"clip_model": gelu["model"], "clip_identity": gelu})

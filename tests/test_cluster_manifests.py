@@ -808,7 +808,7 @@ def test_nightly_example_config():
     parse_model_spec(refit["clip"])
     assert set(_commented_block(text, "baseline")["baseline"]) == {"run", "model"}
     # ... and `sing nightly`'s own parser accepts the example and both alternatives.
-    from pipelines.jobs.nightly_config import parse_nightly_config
+    from pipelines.jobs.nightly.config import parse_nightly_config
 
     parsed = parse_nightly_config(cfg)
     assert parsed.reuse == tr.get("reuse") and parsed.thresholds.max_error_rate == th["max_error_rate"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipelines.cli import main as sing
-from pipelines.io.translator_file import load_translator
+from pipelines.models.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
 
@@ -193,7 +193,7 @@ def test_explain_cli_json_retrieval_and_contact_sheets(setup, capsys):
     assert len(b64) == 2 * (1 + 3 + 3)
     assert Image.open(io.BytesIO(base64.b64decode(b64[1]))).size == (48, 48)
     # each row is anchored by its image (sing report --explain-dir links there); the JSON names the sheet
-    from pipelines.jobs.explain_render import explain_anchor
+    from pipelines.models.thumbnails import explain_anchor
 
     assert f"id='{explain_anchor('shard-000001', 'n01443537/n01443537_2')}'" in page
     assert res["meta"]["sheet"] == str(sheet)

@@ -30,7 +30,7 @@ def test_degenerate_scores_are_error_rows_not_silent_nulls(shards, tmp_path):
     an `errors` row of stage `score`, none an images row with NULL scores."""
     from sing_ops import Translator
 
-    from pipelines.io.translator_file import save_translator
+    from pipelines.models.translator_file import save_translator
     from pipelines.models.classifiers import load_classifier
 
     clf = load_classifier(CLASSIFIER)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.io.translator_file import save_translator
+from pipelines.models.translator_file import save_translator
 from tests.pipeline_data import CLASSIFIER, photo_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

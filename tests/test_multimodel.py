@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.io.translator_file import save_translator
+from pipelines.models.translator_file import save_translator
 from tests.pipeline_data import photo_folder
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.io.translator_file import load_translator, save_translator
+from pipelines.models.translator_file import load_translator, save_translator
 from tests.pipeline_data import photo_folder
 
 ARCH = "timm:test_resnet"

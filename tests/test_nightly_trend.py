@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from pipelines.jobs.nightly_config import Thresholds
-from pipelines.jobs.nightly_trend import _limit_and_ci, trend_rows, write_trend
+from pipelines.jobs.nightly.config import Thresholds
+from pipelines.jobs.nightly.trend import _limit_and_ci, trend_rows, write_trend
 from tests.results_factory import write_results
 
 

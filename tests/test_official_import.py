@@ -51,9 +51,9 @@ def _is_openai_vit_l14(ident: dict) -> None:
 
 
 def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audit(tmp_path):
-    from pipelines.io.translator_file import load_translator_for
+    from pipelines.models.translator_file import load_translator_for
     from pipelines.models.classifiers import load_classifier
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     src, w, b = official_translator(tmp_path / "translators", "myresnet", 96)
     out = tmp_path / "tr.safetensors"
@@ -83,7 +83,7 @@ def test_imported_translator_gives_the_official_map_in_float64_and_fits_the_audi
 @pytest.mark.parametrize("wrap,prefix", [("state_dict", ""), ("model_state_dict", "_orig_mod."),
                                          ("translator_state_dict", ""), ("model", "_orig_mod."), (None, "_orig_mod.")])
 def test_wrapped_and_compiled_checkpoints_give_the_same_weights(tmp_path, wrap, prefix):
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     src, w, b = official_translator(tmp_path, "m", 96, wrap=wrap, prefix=prefix, seed=3)
     assert _import(src.parent, tmp_path / "t.safetensors") == 0  # the directory works too
@@ -112,7 +112,7 @@ def test_dims_that_do_not_fit_the_model_exit_2_before_writing(tmp_path, capsys):
 
 def test_paper_zoo_model_checked_by_name_and_dims_without_weights(tmp_path, capsys):
     """A zoo name (or its MODEL string) is checked against the zoo's feature dim: no download."""
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     src, _, _ = official_translator(tmp_path / "a", "resnet", 2048)
     out = tmp_path / "rn.safetensors"
@@ -157,7 +157,7 @@ def test_metadata_from_elsewhere(tmp_path, capsys):
     assert _import(src, out) == 2
     assert "metadata not found" in capsys.readouterr().err and not out.exists()
     assert _import(src, out, MODEL, "--metadata", str(tmp_path / "meta" / "metadata.yaml")) == 0
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     assert torch.equal(load_translator(out).weight, w)
     # an unknown embedding backend needs --clip
@@ -230,7 +230,7 @@ def imported(tmp_path_factory):
     """A 1000-class tiny model (96-d: no null space needed here), its imported official
     translator, and imported class (1000 rows, other spellings) and concept embeddings."""
     from pipelines.models.imagenet_classes import imagenet_class_names
-    from pipelines.io.official import import_embeddings, import_translator
+    from pipelines.models.official import import_embeddings, import_translator
 
     root = tmp_path_factory.mktemp("imported")
     model = "timm:test_resnet@random?num_classes=1000"
@@ -266,7 +266,7 @@ def test_class_text_of_1000_rows_is_matched_by_index_whatever_the_spelling(impor
 
 def test_class_text_of_another_size_or_clip_is_a_clear_error(imported, tmp_path):
     from pipelines.jobs.audit import AuditOptions, prepare_models
-    from pipelines.io.official import import_embeddings
+    from pipelines.models.official import import_embeddings
 
     d = imported
     official_npz(tmp_path / "999.npz", d["names"][:999])

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipelines.jobs.nightly import evaluate
-from pipelines.jobs.nightly_config import Thresholds
+from pipelines.jobs.nightly.config import Thresholds
 from queries import checkpoint_diff, checkpoint_intervals
 from queries.paired import error_rate_interval, paired_intervals, ratio
 from tests.results_factory import write_results

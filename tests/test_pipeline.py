@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.io.translator_file import load_translator
+from pipelines.models.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, bad_shard, photo_folder, truncate
 
 pytestmark = pytest.mark.slow

@@ -95,7 +95,7 @@ def test_audit_and_explain_score_the_same_image_the_same(lite0_shards, tmp_path)
 
 
 def test_nightly_config_takes_the_precision():
-    from pipelines.jobs.nightly_config import NightlyConfigError, parse_nightly_config
+    from pipelines.jobs.nightly.config import NightlyConfigError, parse_nightly_config
 
     doc = {"version": 1, "name": "n", "checkpoints": {"source": "/ck", "arch": "timm:resnet50"},
            "translator": {"reuse": "/t.safetensors"}, "audit": {"shards": ["/s/*.tar"], "precision": "tf32"},

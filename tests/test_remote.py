@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipelines.io.remote import is_url, local_copy
-from pipelines.io.translator_file import save_translator
+from pipelines.models.translator_file import save_translator
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def _translator(d=6, m=8, source="timm:test_resnet@random"):
 def test_translator_from_a_url(mem, tmp_path):
     from sing_ops.translator import TranslatorMismatch
 
-    from pipelines.io.translator_file import load_translator_for
+    from pipelines.models.translator_file import load_translator_for
 
     tr = _translator()
     local = save_translator(tr, tmp_path / "t.safetensors")
@@ -237,7 +237,7 @@ def test_audit_and_steer_write_results_to_an_object_store(job_inputs, tmp_path):
 
 
 def test_save_translator_to_a_url_uploads_sidecar_and_file(mem, tmp_path):
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     tr = _translator(4, 6, "timm:x")
     assert save_translator(tr, "memory://models/t.safetensors") == "memory://models/t.safetensors"
@@ -253,7 +253,7 @@ def test_fit_writes_the_translator_to_a_url(mem, job_inputs, ray_session):
     """fit-translator --out URL: translator, sidecar and report on the URL; an audit then
     loads the translator from there."""
     from pipelines.cli import main as sing
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
     from tests.pipeline_data import CLASSIFIER, CLIP
 
     shards, samples, slug, _ = job_inputs

@@ -47,8 +47,8 @@ def site(tmp_path_factory):
 
 
 def _trend(root):
-    from pipelines.jobs.nightly_config import Thresholds
-    from pipelines.jobs.nightly_trend import write_trend
+    from pipelines.jobs.nightly.config import Thresholds
+    from pipelines.jobs.nightly.trend import write_trend
     from tests.results_factory import write_results
 
     write_results(root / "nightly", models={"m": {"runs": {"r2": {"as_scale": 3.0}}}}, runs=("r1", "r2"),
@@ -73,7 +73,7 @@ def test_index_and_gallery_render_clean(browser, site):
 
 
 def test_the_gallery_links_to_the_explain_sheet_which_renders_clean(browser, site):
-    from pipelines.jobs.explain_render import explain_anchor
+    from pipelines.models.thumbnails import explain_anchor
 
     (gallery,) = site.report.glob("gallery_*.html")
     hrefs = set(re.findall(r'href="([^"]*explain[^"]*)"', gallery.read_text()))

@@ -122,7 +122,7 @@ def test_moved_shards_are_pointed_to_with_shards(world, tmp_path, capsys):
 
 
 def test_thumbnails_link_to_explain_sheets(world, tmp_path):
-    from pipelines.jobs.explain_render import explain_anchor
+    from pipelines.models.thumbnails import explain_anchor
 
     top = world.images.sort(["abs_as_deg", "shard", "key"], descending=[True, False, False]).row(0, named=True)
     second = world.images.sort(["abs_as_deg", "shard", "key"]).row(0, named=True)

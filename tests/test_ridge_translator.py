@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.io.translator_file import load_translator, save_translator
+from pipelines.models.translator_file import load_translator, save_translator
 from sing_ops import RidgeError, RidgeStats, Translator, TranslatorMismatch, select_lambda, translation_quality
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.cli import main as sing
-from pipelines.io.translator_file import load_translator
+from pipelines.models.translator_file import load_translator
 from tests.pipeline_data import CLASSIFIER, CLIP, photo_folder
 from tests.test_multimodel import random_translator
 

@@ -107,3 +107,59 @@ def test_every_flag_has_help(command):
     missing = [f"{where}: {'/'.join(a.option_strings) or a.dest}" for where, a in _flags(sub.choices[command], command)
                if not a.help]
     assert missing == []
+
+
+# Rooms, lowest first: a module imports its own room and lower ones only (imports under
+# `if TYPE_CHECKING:` are annotations, not dependencies). A feature (bench, fit... the jobs
+# that use other jobs) gets a room of its own above the jobs it builds on.
+ROOMS = [("base", ("sing_ops", "pipelines.errors", "pipelines.timeline")),
+         ("io", ("pipelines.io",)),
+         ("models", ("pipelines.models",)),
+         ("stages", ("pipelines.stages", "pipelines.options", "pipelines.console")),
+         ("queries", ("queries",)),
+         ("jobs", ("pipelines", "pipelines.jobs", "pipelines.cli")),
+         ("features", ("pipelines.jobs.bench", "pipelines.jobs.nightly", "pipelines.jobs.reproduce",
+                       "pipelines.jobs.leaderboard"))]
+
+
+def _room(name: str) -> int:
+    best = max(((len(p), i) for i, (_, prefixes) in enumerate(ROOMS) for p in prefixes
+                if name == p or name.startswith(p + ".")), default=None)
+    assert best is not None, f"{name} is in no room: add it to ROOMS"
+    return best[1]
+
+
+def _runtime_imports(name: str, path: Path, modules: dict) -> set[str]:
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in
+                   ast.unparse(node.test) for n in ast.walk(node)}
+    pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def _upward(modules: dict) -> list[str]:
+    return sorted(f"{n} ({ROOMS[_room(n)][0]}) imports {m} ({ROOMS[_room(m)][0]})"
+                  for n, p in modules.items() for m in _runtime_imports(n, p, modules) if _room(m) > _room(n))
+
+
+def test_lower_rooms_never_import_higher_ones():
+    assert _upward(_modules()) == []
+
+
+def test_the_room_check_finds_an_upward_import(tmp_path):
+    low, high = tmp_path / "low.py", tmp_path / "high.py"
+    low.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pipelines.jobs.audit\n"
+                   "def f():\n    from pipelines.jobs.leaderboard import run\n")
+    high.write_text("from pipelines.io import low\n")  # downward: allowed
+    assert _upward({"pipelines.io.low": low, "pipelines.jobs.leaderboard.run": high, "pipelines.jobs.audit": high}) \
+        == ["pipelines.io.low (io) imports pipelines.jobs.leaderboard.run (features)"]

@@ -96,7 +96,7 @@ def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prep
     """Load each classifier once on the driver (CPU) to validate and describe it; decompose
     its head and embed its texts (both cached per node); the actors take all of it from the
     object store (pipelines.stages.prepared)."""
-    from pipelines.io.translator_file import load_translator_for
+    from pipelines.models.translator_file import load_translator_for
     from pipelines.models.classifiers import load_classifier
     from pipelines.models.clip import load_clip
     from pipelines.models.derived_cache import head_decomposition

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipelines.errors import BadInput
-from pipelines.io.translator_file import load_translator
+from pipelines.models.translator_file import load_translator
 from pipelines.models.class_names import resolve_class
 from pipelines.options import PrecisionOptions, RankOptions, add_arguments, from_namespace, opt
 

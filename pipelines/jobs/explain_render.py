@@ -8,25 +8,7 @@ import io
 from pathlib import Path
 
 
-def thumbnail_jpeg(img, size: int = 128, quality: int = 85) -> bytes:
-    """Square centre-cropped JPEG thumbnail of a PIL image."""
-    from pipelines.io.images import to_uint8_view
-    from pipelines.models.preprocess import PreprocessSpec
-
-    spec = PreprocessSpec(size=size, resize=size, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8_view(img, spec)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def explain_anchor(shard: str | None, key: str | None) -> str:
-    """The id of an image's row in a contact sheet: `sing report --explain-dir` links a
-    thumbnail to SHEET.html#<anchor>."""
-    import re
-
-    return "img-" + re.sub(r"[^A-Za-z0-9._-]", "-", f"{shard or ''}/{key or ''}")
+from pipelines.models.thumbnails import explain_anchor, thumbnail_jpeg  # noqa: E402,F401 - shared with the report
 
 
 def _fmt(v, spec=".2f") -> str:

@@ -1,5 +1,5 @@
 """`sing import translator|embeddings`: the official SING release's files -> this project's
-(pipelines.io.official reads them without executing code)."""
+(pipelines.models.official reads them without executing code)."""
 from __future__ import annotations
 
 
@@ -28,7 +28,7 @@ def cli_args(p) -> None:
 
 
 def cli_run(a) -> int:
-    from pipelines.io.official import import_embeddings, import_translator
+    from pipelines.models.official import import_embeddings, import_translator
 
     if a.import_cmd == "translator":
         info = import_translator(a.src, a.model, a.out, metadata=a.metadata, clip=a.clip, any_name=a.any_name)

@@ -147,7 +147,7 @@ def prepare(cfg: SteerOptions):
     from pipelines.models.class_names import resolve_class
     from pipelines.models.classifiers import load_classifier
     from pipelines.io.remote import local_copy
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
 
     check_step(cfg.is_deg, cfg.eps)
     if not cfg.prompt or not cfg.prompt.strip():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # The CLIP space of the official translators: CLIP ViT-L/14 image embeddings as the Karlo
 # unCLIP model uses them (kakao_karlo_v1_alpha_image_variations), i.e. OpenAI ViT-L/14.
 PAPER_CLIP = "openclip:ViT-L-14@openai"
-# What the provenance of a file imported from the official release says (pipelines.io.official):
+# What the provenance of a file imported from the official release says (pipelines.models.official):
 # its numbers came from OpenAI's real CLIP, whatever sing built when it was imported.
 OFFICIAL_PROVENANCE = "imported from the official SING release"
 NUM_CLASSES = 1000

@@ -357,7 +357,7 @@ def _build_score_parts(model_spec, translator_path, translator_match, rank_atol,
     """(classifier, head decomposition, translator) built in the actor (no prepared model)."""
     from sing_ops import HeadDecomposition
 
-    from pipelines.io.translator_file import load_translator_for
+    from pipelines.models.translator_file import load_translator_for
     from pipelines.models.classifiers import load_classifier
 
     clf = load_classifier(model_spec)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from pipelines.io.translator_file import load_translator
+from pipelines.models.translator_file import load_translator
 from pipelines.models.precision import features_and_logits as forward
 from pipelines.stages.actors import _ModelActor
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.io.translator_file import save_translator
+from pipelines.models.translator_file import save_translator
 
 
 def synthetic_photo(rng: np.random.Generator, w: int = 500, h: int = 375, quality: int = 90) -> bytes:

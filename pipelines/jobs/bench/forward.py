@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipelines.io.translator_file import load_translator
+from pipelines.models.translator_file import load_translator
 from pipelines.models.precision import DEFAULT_PRECISION
 
 

@@ -186,7 +186,7 @@ def _warm_caches(clf, tpath: Path) -> None:
     its head's SVD at the audit's default tolerance and its class prompts' embeddings."""
     from sing_ops.head import DEFAULT_ATOL
 
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.translator_file import load_translator
     from pipelines.models.clip import TEMPLATES, load_clip
     from pipelines.models.clip_source import clip_identity
     from pipelines.models.derived_cache import head_decomposition, text_embeddings

@@ -100,7 +100,7 @@ def measure(model: str = "lite0", device: str | None = None, per_photo: int = 16
     u8 = np.stack([to_uint8_view(im, clf.preprocess) for im in imgs])
     dec = HeadDecomposition.from_weight(clf.head_weight)
     if translator:
-        from pipelines.io.translator_file import load_translator
+        from pipelines.models.translator_file import load_translator
 
         tr = load_translator(translator, in_dim=clf.num_features)
     else:

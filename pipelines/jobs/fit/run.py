@@ -13,7 +13,7 @@ import torch
 from pipelines.io.layout import write_json_atomic
 from pipelines.io.manifest import code_version, utc_now
 from pipelines.io.remote import is_url, url_fs
-from pipelines.io.translator_file import save_translator
+from pipelines.models.translator_file import save_translator
 from pipelines.errors import RunFailed
 from pipelines.jobs import spine
 from pipelines.jobs.fit.options import FitError, FitOptions, check_fit, split_shards

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.io.manifest import file_sha256
 from pipelines.io.remote import is_url, local_copy, local_path
-from pipelines.jobs.nightly_config import NightlyConfig, NightlyConfigError
+from pipelines.jobs.nightly.config import NightlyConfig, NightlyConfigError
 
 log = logging.getLogger("sing.nightly")
 

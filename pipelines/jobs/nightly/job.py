@@ -26,10 +26,10 @@ from pipelines.errors import EXIT_ALARM, EXIT_OK, Alarm, BadInput, RunFailed, Si
 from pipelines.io.layout import derive_run_id, write_json_atomic
 from pipelines.io.manifest import code_version, file_sha256, load_manifest, utc_now
 from pipelines.io.remote import local_copy
-from pipelines.io.translator_file import load_translator
-from pipelines.jobs.nightly_checkpoints import (Checkpoint, _loadable, hash_checkpoints, list_checkpoints,
+from pipelines.models.translator_file import load_translator
+from pipelines.jobs.nightly.checkpoints import (Checkpoint, _loadable, hash_checkpoints, list_checkpoints,
                                                 load_state, nightly_dir, pick)
-from pipelines.jobs.nightly_config import NightlyConfig, NightlyConfigError, load_nightly_config
+from pipelines.jobs.nightly.config import NightlyConfig, NightlyConfigError, load_nightly_config
 from pipelines.options import identity
 
 log = logging.getLogger("sing.nightly")
@@ -234,7 +234,7 @@ def _judge(cfg: NightlyConfig, ck: Checkpoint, slug: str, tpath: str, run_id: st
 
 
 def _trend(cfg: NightlyConfig, judged: dict) -> str | None:
-    from pipelines.jobs.nightly_trend import write_trend
+    from pipelines.jobs.nightly.trend import write_trend
 
     try:
         return str(write_trend(cfg, judged))

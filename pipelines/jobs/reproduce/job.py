@@ -98,8 +98,8 @@ def parse_models(items: list[str]) -> list[Entry]:
 def find_translator(e: Entry, tdir: str | None, import_dir: Path) -> tuple[str | None, str | None, dict]:
     """(translator path, None, info) or (None, reason it is skipped, info)."""
     from pipelines.models.spec import parse_model_spec
-    from pipelines.io.official import import_translator
-    from pipelines.io.translator_file import load_translator
+    from pipelines.models.official import import_translator
+    from pipelines.models.translator_file import load_translator
 
     if not tdir:
         return None, "no translator (give --translators DIR)", {}
@@ -256,7 +256,7 @@ def run_reproduce(cfg: ReproduceOptions) -> dict:
         r.steer = {**(row or {"n": 0, "n_reachable": 0}), "run": man["run_id"], "slug": slug,
                    "class_index": man["target"]["class_index"], "target_text": man.get("target_text")}
 
-    from pipelines.jobs.reproduce_report import build_tables, write_reports
+    from pipelines.jobs.reproduce.report import build_tables, write_reports
 
     report = build_tables(res, cfg, prompt, protocol, paper_numbers())
     report.update({"started_at": started, "finished_at": utc_now(), "code_version": code_version(),

@@ -197,7 +197,7 @@ def import_translator(src, model: str, out, metadata=None, clip: str | None = No
     from sing_ops import Translator
 
     from pipelines.io.manifest import file_sha256
-    from pipelines.io.translator_file import save_translator
+    from pipelines.models.translator_file import save_translator
 
     src = Path(src)
     if src.is_dir():

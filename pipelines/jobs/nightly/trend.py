@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipelines.io.layout import write_atomic
 from pipelines.io.manifest import load_manifest
-from pipelines.jobs.nightly_checkpoints import nightly_dir
+from pipelines.jobs.nightly.checkpoints import nightly_dir
 
 PANELS = (("median_abs_as", "median |AS| (deg)", "median_abs_as_increase_deg"),
           ("ratio", "IS/|AS| ({ratio})", "{ratio}_drop_rel"),
