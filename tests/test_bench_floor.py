@@ -43,7 +43,7 @@ def test_fixed_cost_is_the_intercept_of_wall_over_images():
 
 def test_floor_streams_every_readable_image_through_an_importing_actor(tmp_path, ray_session):
     from pipelines.jobs.make_shards import make_shards
-    from pipelines.models.classifiers import resolve_preprocess
+    from pipelines.models.resolve import resolve_preprocess
 
     make_shards(str(photo_folder(tmp_path / "photos", per_class=3)), str(tmp_path / "shards"), per_shard=4)
     bad = bad_shard(tmp_path / "shards" / "zz-bad.tar")  # unreadable samples are not images

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.models import hub
+from pipelines.models import hub, weights
 from pipelines.cli import main as sing
 
 TIMM_REPO = "timm/test_resnet.r160_in1k"  # where timm:test_resnet's pretrained weights live
@@ -149,7 +149,7 @@ def test_a_reachable_hub_keeps_the_process_online(point_hub, server, mode):
     point_hub(srv.url)
     assert hub.hub_online() and hub.hub_online()
     assert srv.count == 1 and "HF_HUB_OFFLINE" not in os.environ and hub.ray_env_vars() == {}
-    assert hub.require_weights("timm:test_resnet") is None  # not cached: the loader downloads it
+    assert weights.require_weights("timm:test_resnet") is None  # not cached: the loader downloads it
 
 
 def test_an_explicit_setting_is_obeyed_without_a_probe(point_hub, server, monkeypatch):
@@ -158,7 +158,7 @@ def test_an_explicit_setting_is_obeyed_without_a_probe(point_hub, server, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.hub_online() is False
     with pytest.raises(hub.WeightsUnavailableError, match="HF_HUB_OFFLINE=1 is set"):
-        hub.require_weights("timm:test_resnet")
+        weights.require_weights("timm:test_resnet")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert hub.hub_online() is True
     assert srv.count == 0
@@ -187,7 +187,7 @@ def test_cached_hub_weights_still_load_offline(point_hub, server):
     torch.manual_seed(123)
     sd = timm.create_model("test_resnet").state_dict()
     path = _put_in_hub_cache(cache, TIMM_REPO, "model.safetensors", sd)
-    assert hub.require_weights("timm:test_resnet") == str(path)
+    assert weights.require_weights("timm:test_resnet") == str(path)
     clf = load_classifier("timm:test_resnet")
     assert torch.equal(clf.head_weight, sd["fc.weight"])  # the cached file, not a fresh init
     assert srv.count == 1 and hub.hub_online() is False
@@ -197,7 +197,7 @@ def test_weight_sources_follow_the_loaders():
     from pipelines.models.spec import parse_model_spec
 
     def src(s):
-        return hub.weight_sources(parse_model_spec(s))
+        return weights.weight_sources(parse_model_spec(s))
 
     assert src("timm:resnet50.a1_in1k") == [
         hub.HubWeights("timm/resnet50.a1_in1k", ("model.safetensors", "pytorch_model.bin"))]

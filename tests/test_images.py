@@ -131,13 +131,13 @@ def test_view_matches_timm_eval_transform(arch, rot, chelsea, coffee):
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    from pipelines.models.classifiers import _timm_preprocess
+    from pipelines.models.resolve import resolve_preprocess
 
     model = timm.create_model(arch, pretrained=False) if arch.startswith("test") else None
     cfg = (resolve_data_config({}, model=model) if model is not None
            else resolve_data_config({}, pretrained_cfg=timm.get_pretrained_cfg(arch).to_dict()))
     tf = create_transform(**cfg)
-    spec = _timm_preprocess(model) if model is not None else PreprocessSpec(
+    spec = resolve_preprocess(f"timm:{arch}@random")[0] if model is not None else PreprocessSpec(
         cfg["input_size"][-1], int(cfg["input_size"][-1] / cfg["crop_pct"]), cfg["interpolation"],
         cfg["mean"], cfg["std"])
     for img in (chelsea, coffee):

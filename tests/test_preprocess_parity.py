@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines.stages.device_decode import tensor_view
 from pipelines.io.images import normalise, to_uint8_view
-from pipelines.models.classifiers import resolve_preprocess
+from pipelines.models.resolve import resolve_preprocess
 from pipelines.models.preprocess import PreprocessSpec, timm_spec
 from pipelines.models.zoo import PAPER_MODELS
 

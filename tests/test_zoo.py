@@ -7,7 +7,8 @@ import json
 import pytest
 
 from pipelines.cli import main
-from pipelines.models.classifiers import load_classifier, resolve_preprocess
+from pipelines.models.classifiers import load_classifier
+from pipelines.models.resolve import resolve_preprocess
 from pipelines.models.preprocess import describe
 from pipelines.models.zoo import PAPER_MODELS, paper_model
 

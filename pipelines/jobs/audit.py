@@ -135,7 +135,7 @@ def prepare_models(opts: AuditOptions, concepts: list[str] | None) -> list[_Prep
 def _prepare_while_ray_starts(opts: AuditOptions, concepts) -> list[_Prepared]:
     """prepare_models while Ray starts (ray_session.while_ray_starts). The shards were
     expanded first, so a bad glob, or weights that cannot be had, still exit before Ray starts."""
-    from pipelines.models.hub import require_weights
+    from pipelines.models.weights import require_weights
     from pipelines.stages.ray_session import while_ray_starts
 
     for spec in opts.models:  # weights that cannot be had: exit 2 in seconds, before Ray starts

@@ -76,7 +76,8 @@ def build_photo_folder(root: Path, per_photo: int, seed: int = 0) -> Path:
 def pick_models(offline: bool) -> tuple[str, str, bool]:
     """(classifier, clip, real_clip). Tries the real weights unless told offline."""
     if not offline:
-        from pipelines.models.hub import WeightsUnavailableError, require_weights
+        from pipelines.models.hub import WeightsUnavailableError
+        from pipelines.models.weights import require_weights
 
         try:  # one quick hub probe: offline is known in seconds, without the hub's retries
             for spec in ONLINE_MODELS:

@@ -26,7 +26,7 @@ SOURCES_HELP = [
 def paper_rows() -> list[dict]:
     """One dict per paper model: name, model, source, feature_dim, null_dim, translator,
     preprocess (input_size [H, W], resize, crop_mode, crop_pct, interpolation, mean, std)."""
-    from pipelines.models.classifiers import resolve_preprocess
+    from pipelines.models.resolve import resolve_preprocess
     from pipelines.models.preprocess import describe
     from pipelines.models.zoo import PAPER_MODELS
 

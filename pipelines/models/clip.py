@@ -23,7 +23,7 @@ import torch
 
 from pipelines.models.checkpoints import apply_state_dict, load_state_dict_file, state_dict_sha256
 from pipelines.models.clip_source import TINY_CFG, ClipSource, identity, resolve_clip, weights_file
-from pipelines.models.hub import require_weights
+from pipelines.models.weights import require_weights
 from pipelines.models.preprocess import PreprocessSpec
 from pipelines.models.registry import download_error, offline_error, seed_for
 from pipelines.models.spec import UnknownModelError, parse_model_spec

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.errors import BadInput
 from pipelines.models.preprocess import PreprocessSpec
 
 # Facts (public model cards / config files) for building the paper's DINOv2 classifier offline
@@ -93,8 +92,10 @@ def processor_spec(cfg: dict, repo: str) -> PreprocessSpec:
     raise bad(f"size {size}")
 
 
-def _processor_config(repo: str, weights: str) -> dict:
-    """The raw preprocessor_config.json (from the hub or its cache)."""
+def processor_config(repo: str) -> dict:
+    """The raw preprocessor_config.json (from the hub or its cache; else the facts above).
+    Pretrained weights that are not cached fail at their own check, so the facts never stand in
+    for a processor that the weights would bring."""
     from pipelines.models.hub import hub_online
 
     hub_online()  # decide once: an unreachable hub puts the process offline (no retry storm)
@@ -105,12 +106,14 @@ def _processor_config(repo: str, weights: str) -> dict:
     try:
         return ImageProcessingMixin.get_image_processor_dict(repo)[0]
     except OSError:
-        if weights != "pretrained" and repo in KNOWN_PROCESSORS:
+        if repo in KNOWN_PROCESSORS:
             return dict(KNOWN_PROCESSORS[repo])
         raise
 
 
-def _config(repo: str, weights: str):
+def config(repo: str):
+    """The model's config.json as a transformers config (from the hub or its cache; else the
+    facts above)."""
     from transformers import AutoConfig
 
     from pipelines.models.hub import hub_online
@@ -131,31 +134,3 @@ def _cache_dir() -> str:
     from huggingface_hub import constants
 
     return constants.HF_HUB_CACHE
-
-
-def build_hf(ms):
-    """-> (module, preprocess, sha256 or None), as pipelines.models.classifiers._build."""
-    from pipelines.io.manifest import file_sha256
-    from pipelines.io.remote import local_copy
-    from pipelines.models.checkpoints import apply_state_dict, load_state_dict_file
-    from pipelines.models.registry import seed_for
-
-    try:
-        from transformers import AutoModelForImageClassification
-    except ImportError:
-        raise BadInput("hf: models need the transformers package (pip install 'sing[hf]')") from None
-
-    repo = ms.name
-    pre = processor_spec(_processor_config(repo, ms.weights), repo)
-    if ms.weights == "pretrained":
-        model = AutoModelForImageClassification.from_pretrained(repo)
-        return HFLogits(model.float()), pre, None
-    config = _config(repo, ms.weights)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(ms.model_id))
-        model = AutoModelForImageClassification.from_config(config)
-    if ms.weights == "random":
-        return HFLogits(model.float()), pre, None
-    path = local_copy(ms.path)
-    apply_state_dict(model, load_state_dict_file(path), ms.path)
-    return HFLogits(model.float()), pre, file_sha256(path)

@@ -10,14 +10,13 @@ Without network, huggingface_hub retries every file it looks for with growing ba
   its run (`go_offline`: HF_HUB_OFFLINE=1 in os.environ and in huggingface_hub, which read
   it at import), so cached weights load without a request and missing ones fail at once.
   `ray_session.ensure_ray` passes HF_HUB_OFFLINE=1 on to the Ray workers.
-- `require_weights(spec)` checks a pretrained MODEL/CLIP string before it is built: its
-  weights are in the local cache, or their source can be reached; else
-  WeightsUnavailableError (a ValueError: `sing` exits 2 with one line naming the model and
-  the ways to provide the weights). Callers run it on the driver, before any Ray work.
+- `check_sources(model_id, arch_ref, sources)`: the weights are in the local cache, or their
+  source can be reached; else WeightsUnavailableError (a ValueError: `sing` exits 2 with one
+  line naming the model and the ways to provide the weights).
 - Sources: `HubWeights` (a hub repo + candidate file names: timm, open_clip, any other hub
   loader) and `UrlWeights` (a plain URL downloaded to a local file: torchvision through
-  torch.hub; probed once per host). A new MODEL source either adds a branch to
-  `weight_sources` or calls `check_sources(model_id, arch_ref, [HubWeights(...)])` itself.
+  torch.hub; probed once per host). Which sources a MODEL string has is its source's answer
+  (pipelines.models.weights.weight_sources).
 
 Imports nothing heavy at module level (ray_session imports it).
 """
@@ -271,18 +270,7 @@ def check_sources(model_id: str, arch_ref: str, sources) -> str | None:
         f"{arch_ref}@s3://bucket/weights.safetensors (any fsspec URL)")
 
 
-def require_weights(spec) -> str | None:
-    """check_sources for a MODEL or CLIP string (or ModelSpec). Non-pretrained strings and
-    strings naming unknown models/tags pass: the loaders report those precisely."""
-    from pipelines.models.spec import parse_model_spec
-
-    ms = parse_model_spec(spec) if isinstance(spec, str) else spec
-    if ms.weights != "pretrained":
-        return None
-    return check_sources(ms.model_id, ms.arch_ref, weight_sources(ms))
-
-
-def _hf_alternatives(filename: str, default: str, safe_default: str) -> tuple[str, ...]:
+def hf_alternatives(filename: str, default: str, safe_default: str) -> tuple[str, ...]:
     """The files timm/open_clip try for one hub file: a .safetensors twin first."""
     if filename.endswith(".safetensors"):
         return (filename,)
@@ -293,51 +281,8 @@ def _hf_alternatives(filename: str, default: str, safe_default: str) -> tuple[st
     return (filename,)
 
 
-def _torch_hub_file(url: str) -> str:
+def torch_hub_file(url: str) -> str:
+    """Where torch.hub caches a downloaded checkpoint."""
     import torch.hub
 
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlsplit(url).path))
-
-
-def weight_sources(ms) -> list:
-    """Where a pretrained ModelSpec's weights come from, as its loader resolves them."""
-    if ms.weights != "pretrained":
-        return []
-    if ms.source == "timm":
-        import timm.models
-
-        cfg = timm.models.get_pretrained_cfg(f"{ms.name}.{ms.tag}" if ms.tag else ms.name)
-        if cfg is None or cfg.file or cfg.state_dict is not None or cfg.source == "local-dir":
-            return []
-        if cfg.hf_hub_id:  # timm prefers the hub whenever the config names a repo
-            repo, _, rev = cfg.hf_hub_id.partition("@")
-            files = _hf_alternatives(cfg.hf_hub_filename or "pytorch_model.bin", "pytorch_model.bin",
-                                     "model.safetensors")
-            return [HubWeights(repo, files, rev or None)]
-        return [UrlWeights(cfg.url, _torch_hub_file(cfg.url))] if cfg.url else []
-    if ms.source == "torchvision":
-        import torchvision
-
-        try:
-            enum = torchvision.models.get_model_weights(ms.name)
-            w = enum[ms.tag] if ms.tag else enum.DEFAULT
-        except (KeyError, ValueError, AttributeError):
-            return []  # unknown name or tag: the loader says which
-        return [UrlWeights(w.url, _torch_hub_file(w.url))]
-    if ms.source == "hf":  # transformers (its config and processor config come with the weights)
-        return [HubWeights(ms.name, ("model.safetensors", "pytorch_model.bin"))]
-    if ms.source == "openclip":
-        import open_clip
-
-        cfg = open_clip.get_pretrained_cfg(ms.name, ms.tag) if ms.tag else {}
-        if not cfg or cfg.get("file"):
-            return []
-        if cfg.get("hf_hub"):  # 'org/name/' (default file) or 'org/name/file.bin'
-            repo, filename = os.path.split(cfg["hf_hub"])
-            files = _hf_alternatives(filename or "open_clip_pytorch_model.bin", "open_clip_pytorch_model.bin",
-                                     "open_clip_model.safetensors")
-            return [HubWeights(repo, files)]
-        if cfg.get("url"):  # open_clip's own download cache
-            url = cfg["url"]
-            return [UrlWeights(url, os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))]
-    return []

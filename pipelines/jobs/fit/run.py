@@ -54,7 +54,7 @@ def _load(cfg: FitOptions):
     """The classifiers (and the CLIP model when it runs), loaded while Ray starts."""
     from pipelines.models.classifiers import load_classifier
     from pipelines.models.clip import load_clip
-    from pipelines.models.hub import require_weights
+    from pipelines.models.weights import require_weights
     from pipelines.stages.ray_session import while_ray_starts
 
     for spec in cfg.models + ([cfg.clip] if cfg.clip and not cfg.clip_embeddings else []):

@@ -141,7 +141,7 @@ def run_nightly(cfg: NightlyConfig, dry_run: bool = False, progress: bool = True
     """Returns the night's summary (also written to OUT/nightly/<name>/<run_id>.json unless
     nothing was new); summary['exit_code'] is what the CLI exits with."""
     from pipelines.jobs.audit import run_audit
-    from pipelines.models.classifiers import check_arch
+    from pipelines.models.resolve import check as check_arch
     from pipelines.io.shards import expand_shards
 
     started, t0 = utc_now(), time.perf_counter()
