@@ -80,10 +80,12 @@ def main(root: str, shards: str, translator: str, model: str, clip: str) -> None
                 lambda: True),
     }
     for name, (args, ready) in jobs.items():
+        t0 = time.time()
         p = _sing(cluster.address, *args, *common)
         rep[name] = _kill_during(cluster, workers, p, ready)
         add_worker()
         cluster.wait_for_nodes()
+        rep[name]["seconds"] = round(time.time() - t0, 1)
 
     # no capacity left at all: exit 1 after --resource-wait, with a clear message (3 attempts: the
     # GCS may see the two workers die one at a time, each ending an attempt)
