@@ -40,15 +40,7 @@ def _spec(spec) -> ModelSpec:
 def check(spec) -> ModelSpec:
     """The parsed spec, once its architecture is known to exist (tags are checked by resolve)."""
     ms = _spec(spec)
-    if ms.source == "timm":
-        import timm
-
-        from pipelines.models.registry import suggest
-
-        if not timm.is_model(ms.name):
-            raise UnknownModelError(f"timm has no model {ms.name!r}.{suggest(ms.name, timm.list_models())}")
-    elif ms.source == "torchvision":
-        source_of(ms).check(ms)
+    source_of(ms).check_arch(ms)
     return ms
 
 
@@ -148,20 +140,9 @@ def pretrain_of(tag: str | None, name: str = "") -> str:
 
 
 def family_of(ms: ModelSpec) -> str:
-    """timm's model module (resnet, vision_transformer, convnext, ...), else the source's own
-    name for the architecture with its size digits dropped (torchvision resnet50 -> resnet)."""
-    if ms.source in ("timm", "lite0"):
-        try:
-            from timm.models import _registry
-
-            module = _registry._model_to_module.get(ms.name)
-            if module:
-                return module
-        except ImportError:
-            pass
-    if ms.source == "hf":
-        return ms.name.split("/")[-1].split("-")[0].lower()
-    return re.sub(r"[\d_]+.*$", "", ms.name.split("/")[-1]) or ms.name
+    """The architecture family, as its source names it (timm's model module: resnet,
+    vision_transformer, convnext, ...; else the name with its size digits dropped)."""
+    return source_of(ms).family(ms)
 
 
 def _weights(ms: ModelSpec) -> tuple[str, bool, str]:

@@ -13,8 +13,18 @@ class Source:
     # whether `architecture` can run under torch.device("meta") (shapes without memory)
     builds_on_meta = True
 
+    def check_arch(self, ms: ModelSpec) -> None:
+        """Raise UnknownModelError when the architecture does not exist (tags not looked at)."""
+
     def check(self, ms: ModelSpec) -> None:
         """Raise UnknownModelError when the name, or the pretrained tag it names, does not exist."""
+        self.check_arch(ms)
+
+    def family(self, ms: ModelSpec) -> str:
+        """The architecture's family: its name with the size digits dropped (resnet50 -> resnet)."""
+        import re
+
+        return re.sub(r"[\d_]+.*$", "", ms.name.split("/")[-1]) or ms.name
 
     def preprocess(self, ms: ModelSpec) -> tuple[PreprocessSpec, float]:
         """(eval transform, crop_pct) without building the model or fetching weights."""

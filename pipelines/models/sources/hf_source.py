@@ -19,6 +19,9 @@ class HFSource(Source):
     name = "hf"
     builds_on_meta = False  # the config may need the hub; describe() reports no shapes
 
+    def family(self, ms: ModelSpec) -> str:
+        return ms.name.split("/")[-1].split("-")[0].lower()  # facebook/dinov2-large-... -> dinov2
+
     def preprocess(self, ms: ModelSpec):
         from pipelines.models.hf import processor_config, processor_spec
 

@@ -30,6 +30,11 @@ def lite0_weights_path() -> str:
 class Lite0Source(Source):
     name = "lite0"
 
+    def family(self, ms: ModelSpec) -> str:
+        from pipelines.models.sources.timm_source import TIMM
+
+        return TIMM.family(ms)  # timm's architecture
+
     def preprocess(self, ms: ModelSpec):
         return LITE0_PREPROCESS, crop_pct_of(LITE0_PREPROCESS)
 

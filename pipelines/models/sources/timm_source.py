@@ -15,11 +15,16 @@ def full_name(ms: ModelSpec) -> str:
 class TimmSource(Source):
     name = "timm"
 
-    def check(self, ms: ModelSpec) -> None:
+    def check_arch(self, ms: ModelSpec) -> None:
         import timm
 
         if not timm.is_model(ms.name):
             raise UnknownModelError(f"timm has no model {ms.name!r}.{suggest(ms.name, timm.list_models())}")
+
+    def check(self, ms: ModelSpec) -> None:
+        import timm
+
+        self.check_arch(ms)
         if ms.weights == "pretrained" or ms.tag:
             avail = timm.list_pretrained(f"{ms.name}.*")
             if not avail:
@@ -28,6 +33,12 @@ class TimmSource(Source):
             if ms.tag and f"{ms.name}.{ms.tag}" not in avail:
                 raise UnknownModelError(f"timm has no pretrained tag {ms.tag!r} for {ms.name!r}; "
                                         f"available: {', '.join(a.split('.', 1)[1] for a in avail)}")
+
+    def family(self, ms: ModelSpec) -> str:
+        """timm's model module (resnet, vision_transformer, convnext, ...)."""
+        from timm.models import _registry
+
+        return _registry._model_to_module.get(ms.name) or super().family(ms)
 
     def data_config(self, ms: ModelSpec) -> dict:
         """timm's resolved data config of the tag, as create_model would attach it."""

@@ -43,7 +43,7 @@ def transform_of(weights):
 class TorchvisionSource(Source):
     name = "torchvision"
 
-    def check(self, ms: ModelSpec) -> None:
+    def check_arch(self, ms: ModelSpec) -> None:
         weights_enum(ms)
 
     def preprocess(self, ms: ModelSpec):
