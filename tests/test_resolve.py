@@ -107,3 +107,14 @@ def test_hf_random_honours_num_classes():
         module = source_of(ms).architecture(ms)
     assert tuple(find_head(module).weight.shape) == (3, 2048)  # the paper's DINOv2 head on [CLS, mean patch]
     assert resolve(ms).preprocess == resolve("hf:facebook/dinov2-large-imagenet1k-1-layer").preprocess
+
+
+def test_an_uncached_hf_model_says_how_to_provide_its_weights(monkeypatch):
+    """hf's transform comes with its weights: offline and uncached, the message is about the
+    weights (exit 2 in the CLI), not transformers' 'can't load image processor'."""
+    pytest.importorskip("transformers")
+    from pipelines.models.hub import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="hf:sing-test/not-cached.*local checkpoint"):
+        load_classifier("hf:sing-test/not-cached")

@@ -85,7 +85,14 @@ def resolve(spec) -> Resolved:
     ms = _spec(spec)
     src = source_of(ms)
     src.check(ms)
-    pre, crop_pct = src.preprocess(ms)
+    try:
+        pre, crop_pct = src.preprocess(ms)
+    except OSError:
+        if ms.weights == "pretrained":  # e.g. hf: the processor config comes with the weights
+            from pipelines.models.weights import require_weights
+
+            require_weights(ms)  # uncached and unreachable: say so, and how to provide them
+        raise
     return Resolved(ms, src, pre, crop_pct)
 
 
