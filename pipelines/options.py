@@ -131,6 +131,12 @@ class StreamOptions(ReadOptions):
     shards: list[str] = opt(help="webdataset shards: glob(s), brace ranges {000..099} or fsspec URLs",
                             nargs="+")
     batch_size: int = opt(64, "images per model batch", identity=False, check=_at_least(1))
+    shards_per_task: int = opt(1, "shards each read task reads and each model-actor task scores, as one block: Ray "
+                                  "Data costs the driver ~10 ms of CPU per task, so many small shards (~1,000 "
+                                  "images) stream cheaper 4 to a task on many GPUs. Keep the tasks (shards / this) several "
+                                  "times the model actors (or the last tasks leave GPUs idle); memory in flight grows "
+                                  "with it. Results, and resumes, are the same for any value", identity=False,
+                               check=_at_least(1))
     num_actors: int | None = opt(None, "model actors per model (default: actors-per-gpu x GPUs, or 1 on CPUs)",
                                  identity=False, check=_at_least(1))
     device: str | None = opt(None, "cpu or cuda (default: cuda when the cluster has GPUs)", identity=False)

@@ -187,6 +187,25 @@ def test_rerun_of_finished_run_does_no_work_and_duplicates_nothing(data, transla
     assert _read(audited, "images").height == before
 
 
+def test_several_shards_per_task_score_and_write_alike(data, translator, audited, tmp_path):
+    """--shards-per-task 3: each read task and each model-actor task takes three whole shards as
+    one block (fewer tasks: less driver CPU); every shard is still written and committed on its
+    own, with the same rows, to the bit, as one shard per task."""
+    root, _ = data
+    out = tmp_path / "res"
+    assert sing(_audit_args(root, translator, out) + ["--shards-per-task", "3"]) == 0
+    man = json.loads((out / "runs" / "r1.json").read_text())
+    assert man["shards"]["written"] == man["shards"]["total"] >= 4
+    cols = ["shard", "key", "label", "pred", "as_deg", "is_deg", "pred_as_deg", "logit_drift", "null_norm_frac"]
+    assert _read(out, "images").select(cols).sort("shard", "key").equals(
+        _read(audited, "images").select(cols).sort("shard", "key"))
+    angles = ["shard", "key", "angle_before_deg", "angle_after_deg"]
+    assert queries.concept_rows(out).select(angles).sort("shard", "key", "angle_before_deg").equals(
+        queries.concept_rows(audited).select(angles).sort("shard", "key", "angle_before_deg"))
+    errs = ["shard", "key", "stage"]
+    assert _read(out, "errors").select(errs).sort(errs).equals(_read(audited, "errors").select(errs).sort(errs))
+
+
 def _audit_args(root, translator, out) -> list[str]:
     return ["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards",
             str(root / "shards" / "*.tar"), str(root / "broken" / "cut.tar"), "--out", str(out),
@@ -264,14 +283,15 @@ def one_per_shard(data):
 
 def test_kill_mid_run_then_rerun_gives_every_key_exactly_once(one_per_shard, translator, tmp_path):
     """The driver is SIGKILLed once the first shard is written (the actors may go on writing
-    until Ray ends them): the rerun resumes and every key is on disk exactly once."""
+    until Ray ends them; its tasks took 5 shards each): the rerun resumes, one shard to a task,
+    and every key is on disk exactly once."""
     out = tmp_path / "res"
     args = ["-q", "audit", "--model", CLASSIFIER, "--translator", str(translator), "--shards", one_per_shard,
             "--out", str(out), "--batch-size", "1"]
     kill = Path(__file__).parent / "scripts" / "kill_after.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    killed = subprocess.run([sys.executable, str(kill), "1", *args], env=env, capture_output=True, text=True,
-                            timeout=300)
+    killed = subprocess.run([sys.executable, str(kill), "1", *args, "--shards-per-task", "5"], env=env,
+                            capture_output=True, text=True, timeout=300)
     cmd = [sys.executable, "-m", "pipelines.cli", *args]
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILLed mid-run
     done_before = list(out.glob("images/**/*.parquet"))

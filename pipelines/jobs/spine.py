@@ -181,14 +181,7 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
     """The Ray Data stream over the shards `todo` (usually plan.todo): read tasks, then each
     actor in turn (the last one drops the image columns and, when the actors write, hands on
     the records alone). Returns the Dataset."""
-    from pipelines.stages.ray_session import configure_data_context, ensure_ray
-    from pipelines.stages.read import read_decode
-
-    ray = ensure_ray()
-    configure_data_context(opts.progress, opts.buffer_gb)
-    ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(read_decode, batch_size=1, num_cpus=1,
-                        fn_kwargs={"views": views, **read_options(opts), **(read_kwargs or {})})
+    ds = read_stage(todo, opts, views, read_kwargs)
     for i, spec in enumerate(actors):
         # window: each model's forward batches fixed by position in the shard (stages.windows)
         kwargs = {"device": opts.device, "threads": ap.torch_threads, "window": opts.batch_size, **spec.kwargs}
@@ -201,6 +194,20 @@ def stream(todo: list[str], opts, views, actors: list[ActorSpec], ap: ActorPlan,
                             num_cpus=ap.cpus_per_actor, num_gpus=ap.gpus_per_actor, fn_constructor_kwargs=kwargs,
                             **ACTOR_REMOTE_ARGS)
     return ds
+
+
+def read_stage(todo: list[str], opts, views, read_kwargs: dict | None = None):
+    """The read tasks: each reads opts.shards_per_task shards (in `todo` order) into one block,
+    whole shards only (no block splitting: stages.ray_session), so the model actors' tasks take
+    as many whole shards each: fewer tasks, less driver CPU per image."""
+    from pipelines.stages.ray_session import configure_data_context, ensure_ray
+    from pipelines.stages.read import read_decode
+
+    ray = ensure_ray()
+    configure_data_context(opts.progress, opts.buffer_gb)
+    ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
+    return ds.map_batches(read_decode, batch_size=getattr(opts, "shards_per_task", 1), num_cpus=1,
+                          fn_kwargs={"views": views, **read_options(opts), **(read_kwargs or {})})
 
 
 def chained(specs: list[ActorSpec]) -> list[ActorSpec]:

@@ -41,6 +41,7 @@ class ScaleConfig:
     cpus_per_node: float = 1.0
     actors: int = 1  # actors per model
     batch_size: int = 256
+    shards_per_task: tuple = (1,)  # each value a run of its own (1x and 10x each), compared
     gpu_rate: float = 12_000.0  # images/s per GPU and model (ResNet50 bf16 on one H100: docs/bench)
     work: str | None = None
 
@@ -124,7 +125,7 @@ class DriverProbe:
 
 
 def run_driver(shards: list[str], out: str, models: int, concepts: int, rate: float, actors: int,
-               batch_size: int) -> dict:
+               batch_size: int, shards_per_task: int = 1) -> dict:
     """One audit-shaped run with stand-in models, in this process (a driver joining
     RAY_ADDRESS)."""
     from pipelines.jobs import spine
@@ -132,7 +133,7 @@ def run_driver(shards: list[str], out: str, models: int, concepts: int, rate: fl
     from pipelines.jobs.bench.scale_stream import scale_stream
 
     probe = DriverProbe()
-    stats = scale_stream(shards, out, models, concepts, actors, batch_size, probe,
+    stats = scale_stream(shards, out, models, concepts, actors, batch_size, shards_per_task, probe,
                          lambda i, view, writer: spine.ActorSpec(StandInActor, {
                              "prefix": f"m{i}", "view": view, "n_concepts": concepts, "rate": rate, "seed": i,
                              "writer": writer}))
@@ -164,9 +165,9 @@ def _cluster(cfg: ScaleConfig):
     return cluster
 
 
-def _child(cluster, cfg: ScaleConfig, shards: list[str], out: str) -> dict:
+def _child(cluster, cfg: ScaleConfig, shards: list[str], out: str, per_task: int) -> dict:
     args = {"shards": shards, "out": out, "models": cfg.models, "concepts": cfg.concepts, "rate": cfg.rate,
-            "actors": cfg.actors, "batch_size": cfg.batch_size}
+            "actors": cfg.actors, "batch_size": cfg.batch_size, "shards_per_task": per_task}
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "SING_DERIVED_CACHE": "0"}
     proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench.scale", json.dumps(args)], env=env,
                           capture_output=True, text=True, timeout=3600)
@@ -176,25 +177,37 @@ def _child(cluster, cfg: ScaleConfig, shards: list[str], out: str) -> dict:
     return json.loads(lines[-1][len(CHILD_PREFIX):])
 
 
-def format_results(cfg: ScaleConfig, runs: dict[int, dict]) -> list[str]:
-    lines = [f"{'images':>9} {'shards':>6} {'driver CPU s/1k img':>20} {'us/img':>8} {'ms/shard':>9} {'img/s':>9} "
-             f"{'driver max img/s':>17} {'peak RSS MB':>12}"]
-    for mult, r in runs.items():
+def format_results(cfg: ScaleConfig, runs: dict[tuple[int, int], dict]) -> list[str]:
+    """runs: {(shards per task, size multiple): result}."""
+    lines = [f"{'images':>9} {'shards':>6} {'per task':>8} {'driver CPU s/1k img':>20} {'us/img':>8} {'ms/task':>8} "
+             f"{'img/s':>9} {'driver max img/s':>17} {'peak RSS MB':>12}"]
+    for (k, mult), r in runs.items():
         us = r["cpu_us_per_image"]
-        lines.append(f"{r['images']:>9,} {r['shards']:>6} {us / 1e3:>20.4f} {us:>8.1f} {us * cfg.per_shard / 1e3:>9.1f} "
-                     f"{r['images_per_s']:>9,.0f} {1e6 / us:>17,.0f} {r['peak_rss_mb']:>12.1f}")
-    us = max(r["cpu_us_per_image"] for r in runs.values())  # the costlier size
+        lines.append(f"{r['images']:>9,} {r['shards']:>6} {k:>8} {us / 1e3:>20.4f} {us:>8.1f} "
+                     f"{us * cfg.per_shard * k / 1e3:>8.1f} {r['images_per_s']:>9,.0f} {1e6 / us:>17,.0f} "
+                     f"{r['peak_rss_mb']:>12.1f}")
     lines.append(f"per image: {cfg.models} models x ({cfg.concepts} concepts + 1 image row); "
                  f"GPU rate {cfg.gpu_rate:,.0f} img/s per GPU and model")
-    for gpus in (8, 64):
-        need = gpus * cfg.gpu_rate / cfg.models  # images/s: each image takes one forward per model
-        cores = need * us / 1e6
-        lines.append(f"{gpus:>3} GPUs: {need:,.0f} img/s ask {cores:.3f} driver cores "
-                     f"({'within one core' if cores <= 1 else 'more than one driver core: the driver limits'})")
-    lo, hi = runs[min(runs)], runs[max(runs)]
-    lines.append(f"ratio: peak driver RSS {max(runs)}x/{min(runs)}x = {hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}; "
-                 f"driver CPU per image {max(runs)}x/{min(runs)}x = "
-                 f"{hi['cpu_us_per_image'] / lo['cpu_us_per_image']:.2f}")
+    sizes = sorted({m for _, m in runs})
+    for k in dict.fromkeys(k for k, _ in runs):
+        mine = {m: runs[(k, m)] for m in sizes if (k, m) in runs}
+        us = max(r["cpu_us_per_image"] for r in mine.values())  # the costlier size
+        for gpus in (8, 64):
+            need = gpus * cfg.gpu_rate / cfg.models  # images/s: each image takes one forward per model
+            cores = need * us / 1e6
+            lines.append(f"{k} shard(s) per task, {gpus:>3} GPUs: {need:,.0f} img/s ask {cores:.3f} driver cores "
+                         f"({'within one core' if cores <= 1 else 'more than one driver core: the driver limits'})")
+        lo, hi = mine[min(mine)], mine[max(mine)]
+        lines.append(f"ratio, {k} shard(s) per task: peak driver RSS {max(mine)}x/{min(mine)}x = "
+                     f"{hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}; driver CPU per image {max(mine)}x/{min(mine)}x = "
+                     f"{hi['cpu_us_per_image'] / lo['cpu_us_per_image']:.2f}")
+    base = [k for k, _ in runs][0]
+    for k in dict.fromkeys(k for k, _ in runs):
+        if k != base:
+            for m in sizes:
+                if (k, m) in runs and (base, m) in runs:
+                    lines.append(f"ratio: driver CPU per image, {k} vs {base} shard(s) per task at {m}x = "
+                                 f"{runs[(k, m)]['cpu_us_per_image'] / runs[(base, m)]['cpu_us_per_image']:.2f}")
     return lines
 
 
@@ -203,16 +216,17 @@ def bench_scale(cfg: ScaleConfig) -> dict:
     cluster = _cluster(cfg)
     runs = {}
     try:
-        for mult in cfg.sizes:
-            shards = scale_shards(work, cfg.images * mult, cfg.per_shard)
-            out = str(work / f"out_{mult}_{time.time_ns()}")
-            runs[mult] = {**_child(cluster, cfg, shards, out), "shards": len(shards)}
-            print(f"{mult}x: {json.dumps(runs[mult])}", flush=True)
+        for k in cfg.shards_per_task:
+            for mult in cfg.sizes:
+                shards = scale_shards(work, cfg.images * mult, cfg.per_shard)
+                out = str(work / f"out_{k}_{mult}_{time.time_ns()}")
+                runs[(k, mult)] = {**_child(cluster, cfg, shards, out, k), "shards": len(shards)}
+                print(f"{k} per task, {mult}x: {json.dumps(runs[(k, mult)])}", flush=True)
     finally:
         cluster.shutdown()
     for line in format_results(cfg, runs):
         print(line)
-    return {"config": asdict(cfg), "runs": runs}
+    return {"config": asdict(cfg), "runs": {f"{k}x{m}": r for (k, m), r in runs.items()}}
 
 
 def cli_args(p) -> None:
@@ -227,6 +241,9 @@ def cli_args(p) -> None:
     p.add_argument("--cpus-per-node", type=float, default=d.cpus_per_node, help="CPUs of each worker node")
     p.add_argument("--actors", type=int, default=d.actors, help="stand-in actors per model")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per actor batch")
+    p.add_argument("--shards-per-task", type=int, nargs="+", default=list(d.shards_per_task),
+                   help="shards per read/actor task (the audit's --shards-per-task); several values: a run each, "
+                        "compared")
     p.add_argument("--gpu-rate", type=float, default=d.gpu_rate, help="images/s one GPU scores per model, for "
                                                                        "the 8- and 64-GPU extrapolation")
     p.add_argument("--work", help="keep shards and outputs here (default: a temporary directory)")
@@ -235,7 +252,8 @@ def cli_args(p) -> None:
 def cli_run(a) -> int:
     cfg = ScaleConfig(images=a.images, sizes=tuple(a.sizes), per_shard=a.per_shard, models=a.models,
                       concepts=a.concepts, rate=a.rate, nodes=a.nodes, cpus_per_node=a.cpus_per_node,
-                      actors=a.actors, batch_size=a.batch_size, gpu_rate=a.gpu_rate, work=a.work)
+                      actors=a.actors, batch_size=a.batch_size, shards_per_task=tuple(a.shards_per_task),
+                      gpu_rate=a.gpu_rate, work=a.work)
     bench_scale(cfg)
     return 0
 

@@ -12,8 +12,8 @@ class ScaleOptions(StreamOptions, OutputOptions):
     pass
 
 
-def scale_stream(shards: list[str], out: str, models: int, concepts: int, actors: int, batch_size: int, probe,
-                 actor_spec) -> dict:
+def scale_stream(shards: list[str], out: str, models: int, concepts: int, actors: int, batch_size: int,
+                 shards_per_task: int, probe, actor_spec) -> dict:
     """actor_spec(i, view, writer) -> the i-th model's ActorSpec, writing through `writer` (the
     audit's own WriterSpec for a model of 1000 classes and `concepts` concepts)."""
     import functools
@@ -28,6 +28,7 @@ def scale_stream(shards: list[str], out: str, models: int, concepts: int, actors
     from pipelines.stages.shard_writer import WriterSpec
 
     opts = ScaleOptions(shards=shards, out=out, batch_size=batch_size, num_actors=actors, progress=False,
+                        shards_per_task=shards_per_task,
                         stall_timeout=600, threads=1)
     names = [f"concept {j}" for j in range(concepts)]
     slugs = [f"standin-{i}" for i in range(models)]
