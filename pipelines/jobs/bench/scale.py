@@ -42,6 +42,7 @@ class ScaleConfig:
     actors: int = 1  # actors per model
     batch_size: int = 256
     shards_per_task: tuple = (1,)  # each value a run of its own (1x and 10x each), compared
+    throttled: float = 0.0  # > 0: per K, one more run of the largest size at this rate, to split the CPU
     gpu_rate: float = 12_000.0  # images/s per GPU and model (ResNet50 bf16 on one H100: docs/bench)
     work: str | None = None
 
@@ -165,8 +166,8 @@ def _cluster(cfg: ScaleConfig):
     return cluster
 
 
-def _child(cluster, cfg: ScaleConfig, shards: list[str], out: str, per_task: int) -> dict:
-    args = {"shards": shards, "out": out, "models": cfg.models, "concepts": cfg.concepts, "rate": cfg.rate,
+def _child(cluster, cfg: ScaleConfig, shards: list[str], out: str, per_task: int, rate: float) -> dict:
+    args = {"shards": shards, "out": out, "models": cfg.models, "concepts": cfg.concepts, "rate": rate,
             "actors": cfg.actors, "batch_size": cfg.batch_size, "shards_per_task": per_task}
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "SING_DERIVED_CACHE": "0"}
     proc = subprocess.run([sys.executable, "-m", "pipelines.jobs.bench.scale", json.dumps(args)], env=env,
@@ -177,8 +178,22 @@ def _child(cluster, cfg: ScaleConfig, shards: list[str], out: str, per_task: int
     return json.loads(lines[-1][len(CHILD_PREFIX):])
 
 
-def format_results(cfg: ScaleConfig, runs: dict[tuple[int, int], dict]) -> list[str]:
-    """runs: {(shards per task, size multiple): result}."""
+def split_driver_cpu(free: dict, throttled: dict) -> tuple[float, float]:
+    """(a, b) of driver CPU = a * wall + b * images from two runs of the same images, one
+    free-running and one with throttled stand-ins (a longer wall): a, the share of a core that
+    Ray Data's executor spends whatever flows (polling); b, CPU-seconds per image (per-task
+    and per-record work). At r images/s the driver then needs a + r * b cores."""
+    dw = throttled["wall_s"] - free["wall_s"]
+    if dw <= 0:
+        raise ValueError("the throttled run must take longer than the free-running one")
+    a = max(0.0, (throttled["driver_cpu_s"] - free["driver_cpu_s"]) / dw)
+    b = max(0.0, (free["driver_cpu_s"] - a * free["wall_s"]) / free["measured_images"])
+    return a, b
+
+
+def format_results(cfg: ScaleConfig, runs: dict[tuple[int, int], dict], throttled: dict | None = None) -> list[str]:
+    """runs: {(shards per task, size multiple): result}; throttled: {shards per task: result of
+    the largest size with throttled stand-ins}, or None."""
     lines = [f"{'images':>9} {'shards':>6} {'per task':>8} {'driver CPU s/1k img':>20} {'us/img':>8} {'ms/task':>8} "
              f"{'img/s':>9} {'driver max img/s':>17} {'peak RSS MB':>12}"]
     for (k, mult), r in runs.items():
@@ -197,6 +212,14 @@ def format_results(cfg: ScaleConfig, runs: dict[tuple[int, int], dict]) -> list[
             cores = need * us / 1e6
             lines.append(f"{k} shard(s) per task, {gpus:>3} GPUs: {need:,.0f} img/s ask {cores:.3f} driver cores "
                          f"({'within one core' if cores <= 1 else 'more than one driver core: the driver limits'})")
+        if throttled and k in throttled:
+            a, b = split_driver_cpu(mine[max(mine)], throttled[k])
+            lines.append(f"{k} shard(s) per task, split: {100 * a:.1f}% of a core whatever flows + {b * 1e6:.1f} us "
+                         f"per image (throttled at {cfg.throttled:g} img/s per actor)")
+            for gpus in (8, 64):
+                need = gpus * cfg.gpu_rate / cfg.models
+                lines.append(f"{k} shard(s) per task, {gpus:>3} GPUs, from the split: {need:,.0f} img/s ask "
+                             f"{a + need * b:.3f} driver cores")
         lo, hi = mine[min(mine)], mine[max(mine)]
         lines.append(f"ratio, {k} shard(s) per task: peak driver RSS {max(mine)}x/{min(mine)}x = "
                      f"{hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}; driver CPU per image {max(mine)}x/{min(mine)}x = "
@@ -214,19 +237,26 @@ def format_results(cfg: ScaleConfig, runs: dict[tuple[int, int], dict]) -> list[
 def bench_scale(cfg: ScaleConfig) -> dict:
     work = Path(cfg.work or tempfile.mkdtemp(prefix="sing-scale-"))
     cluster = _cluster(cfg)
-    runs = {}
+    runs, throttled = {}, {}
     try:
         for k in cfg.shards_per_task:
             for mult in cfg.sizes:
                 shards = scale_shards(work, cfg.images * mult, cfg.per_shard)
                 out = str(work / f"out_{k}_{mult}_{time.time_ns()}")
-                runs[(k, mult)] = {**_child(cluster, cfg, shards, out, k), "shards": len(shards)}
+                runs[(k, mult)] = {**_child(cluster, cfg, shards, out, k, cfg.rate), "shards": len(shards)}
                 print(f"{k} per task, {mult}x: {json.dumps(runs[(k, mult)])}", flush=True)
+            if cfg.throttled > 0:
+                mult = max(cfg.sizes)
+                shards = scale_shards(work, cfg.images * mult, cfg.per_shard)
+                out = str(work / f"out_{k}_{mult}_throttled_{time.time_ns()}")
+                throttled[k] = {**_child(cluster, cfg, shards, out, k, cfg.throttled), "shards": len(shards)}
+                print(f"{k} per task, {mult}x throttled: {json.dumps(throttled[k])}", flush=True)
     finally:
         cluster.shutdown()
-    for line in format_results(cfg, runs):
+    for line in format_results(cfg, runs, throttled):
         print(line)
-    return {"config": asdict(cfg), "runs": {f"{k}x{m}": r for (k, m), r in runs.items()}}
+    return {"config": asdict(cfg), "runs": {f"{k}x{m}": r for (k, m), r in runs.items()},
+            "throttled": {str(k): r for k, r in throttled.items()}}
 
 
 def cli_args(p) -> None:
@@ -244,6 +274,9 @@ def cli_args(p) -> None:
     p.add_argument("--shards-per-task", type=int, nargs="+", default=list(d.shards_per_task),
                    help="shards per read/actor task (the audit's --shards-per-task); several values: a run each, "
                         "compared")
+    p.add_argument("--throttled", type=float, default=d.throttled,
+                   help="images/s per stand-in actor of one more run per K at the largest size: splits the driver's "
+                        "CPU into a time-based part and a per-image part, and extrapolates from the split")
     p.add_argument("--gpu-rate", type=float, default=d.gpu_rate, help="images/s one GPU scores per model, for "
                                                                        "the 8- and 64-GPU extrapolation")
     p.add_argument("--work", help="keep shards and outputs here (default: a temporary directory)")
@@ -252,7 +285,7 @@ def cli_args(p) -> None:
 def cli_run(a) -> int:
     cfg = ScaleConfig(images=a.images, sizes=tuple(a.sizes), per_shard=a.per_shard, models=a.models,
                       concepts=a.concepts, rate=a.rate, nodes=a.nodes, cpus_per_node=a.cpus_per_node,
-                      actors=a.actors, batch_size=a.batch_size, shards_per_task=tuple(a.shards_per_task),
+                      actors=a.actors, batch_size=a.batch_size, shards_per_task=tuple(a.shards_per_task), throttled=a.throttled,
                       gpu_rate=a.gpu_rate, work=a.work)
     bench_scale(cfg)
     return 0
