@@ -61,10 +61,14 @@ def _ratio_drop(kind):
     return stat
 
 
-def _interval(data: tuple, stat, confidence: float, n_resamples: int, seed: int) -> dict:
+def bootstrap_interval(data: tuple, stat, confidence: float, n_resamples: int, seed: int) -> dict:
+    """{estimate, low, high}: stat over `data` (arrays of one length, resampled together) and its
+    percentile bootstrap interval (scipy.stats.bootstrap, seeded, vectorized in batches that
+    bound memory); a bound is None when it cannot be had (fewer than 2 items, a non-finite
+    estimate or bound)."""
     from scipy.stats import bootstrap
 
-    est = float(stat(*data))
+    est = float(stat(*data)) if len(data[0]) else float("nan")
     if len(data[0]) < 2 or not np.isfinite(est):
         return {"estimate": est if np.isfinite(est) else None, "low": None, "high": None}
     res = bootstrap(data, stat, paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
@@ -82,9 +86,10 @@ def paired_intervals(pairs: dict[str, np.ndarray], ratio_kind: str, confidence: 
     None when it cannot be had (fewer than 2 pairs, a ratio undefined on the baseline)."""
     aa_b, is_b, aa_c, is_c = (pairs[k] for k in ("aa_b", "is_b", "aa_c", "is_c"))
     return {
-        "median_abs_as_increase_deg": _interval((aa_b, aa_c), _median_increase, confidence, n_resamples, seed),
-        f"{ratio_kind}_drop_rel": _interval((aa_b, is_b, aa_c, is_c), _ratio_drop(ratio_kind), confidence,
-                                            n_resamples, seed),
+        "median_abs_as_increase_deg": bootstrap_interval((aa_b, aa_c), _median_increase, confidence, n_resamples,
+                                                         seed),
+        f"{ratio_kind}_drop_rel": bootstrap_interval((aa_b, is_b, aa_c, is_c), _ratio_drop(ratio_kind), confidence,
+                                                     n_resamples, seed),
         "n_pairs": int(len(aa_b)), "confidence": confidence, "method": METHOD, "n_resamples": n_resamples,
         "seed": seed,
     }

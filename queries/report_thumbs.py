@@ -11,7 +11,7 @@ wanted key is found (webdataset keys are contiguous), never a full scan of the d
 Explain views (`sing report --explain-dir DIR`): every `sing explain --json DIR/NAME.json`
 result lists its images by shard and key; the view of an image is the contact sheet the run
 wrote (`--sheet`, recorded in the JSON, or DIR/NAME.html beside it) at the image's row anchor
-(pipelines.jobs.explain_render.explain_anchor), else the JSON itself. A sheet without a JSON
+(pipelines.models.thumbnails.explain_anchor), else the JSON itself. A sheet without a JSON
 beside it is found by its row anchors.
 """
 from __future__ import annotations

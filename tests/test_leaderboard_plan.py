@@ -60,3 +60,27 @@ def test_passes_group_models_by_eval_transform():
     got = [[c.model_string for c in p] for p in passes(cands, 2)]
     assert got == [["timm:mobilenetv3_small_050@random", "timm:lcnet_050@random"],
                    ["timm:mobilenetv3_small_075@random"], ["lite0"]]  # 224c-256r-bicubic twice, then Lite0's
+
+
+def test_ratio_intervals_match_a_naive_bootstrap():
+    """The row's 95% intervals of both IS/|AS| ratios (scipy's vectorized bootstrap, seeded)
+    against a plain loop over resamples with another generator: the same percentiles within
+    Monte Carlo error; too few images give no interval."""
+    import numpy as np
+
+    from pipelines.jobs.leaderboard.summary import ratio_intervals
+
+    rng = np.random.default_rng(7)
+    aa, i = np.abs(rng.normal(2.0, 1.0, 400)), np.abs(rng.normal(5.0, 2.0, 400))
+    got = ratio_intervals(aa, i, 4000)
+    boot = np.random.default_rng(123)
+    of_means, medians = [], []
+    for _ in range(4000):
+        idx = boot.integers(0, len(aa), len(aa))
+        of_means.append(i[idx].mean() / aa[idx].mean())
+        medians.append(np.median(i[idx] / aa[idx]))
+    for name, samples in (("ratio_of_means", of_means), ("median_ratio", medians)):
+        lo, hi = np.percentile(samples, [2.5, 97.5])
+        width = hi - lo
+        assert abs(got[f"{name}_lo"] - lo) < 0.1 * width and abs(got[f"{name}_hi"] - hi) < 0.1 * width, (name, got)
+    assert set(ratio_intervals(aa[:1], i[:1], 1000).values()) == {None}

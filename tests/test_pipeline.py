@@ -76,6 +76,7 @@ def test_fit_report_and_translator_equal_a_direct_solve(data, translator):
     # clean shards: nothing left out (a shard's end marker is not an error row)
     assert rep["errors"]["rows"] == 0 and rep["heldout_read_errors"] == 0
     assert len(rep["lambda_grid"]) == 13 and rep["heldout"]["mse"] == min(r["mse"] for r in rep["lambda_grid"])
+    assert 0 < rep["seconds"]["passes"] <= rep["seconds"]["total"]  # the file has both, as the returned report
     tr = load_translator(translator, source_model=CLASSIFIER, clip_model=CLIP)
     clf, clip = load_classifier(CLASSIFIER), load_clip(CLIP)
     # the report and the translator record the CLIP's full identity, activation included

@@ -19,13 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFile
 
-from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    import torch  # the read tasks import this module; torch would cost them ~275 MB each
 
-if TYPE_CHECKING:  # a model's eval transform as data; io sits below models
-    from pipelines.models.preprocess import PreprocessSpec
-
-if TYPE_CHECKING:  # the read tasks import this module; torch would cost them ~275 MB each
-    import torch
+    from pipelines.models.preprocess import PreprocessSpec  # a model's eval transform as data; io sits below models
 
 MAX_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS (warning threshold)
 

@@ -123,7 +123,7 @@ def run_demo(out: str, per_photo: int = 12, offline: bool = False) -> dict:
         print(f"translator: held-out cosine {fit['heldout']['mean_cosine']:.3f}, R^2 {fit['heldout']['r2']:.3f}; "
               f"zero-shot top-1 T(f) {fit['zero_shot_top1']['translated']:.2f} vs CLIP "
               f"{fit['zero_shot_top1']['clip']:.2f}")
-    vocab = Path(__file__).resolve().parents[1] / "vocab" / "concepts.txt"
+    from pipelines.models.text import DEFAULT_VOCABULARY as vocab
     man = run_audit(AuditOptions(models=[clf_spec], translators=[str(translator)], shards=shards,
                                 out=str(out_p / "results"), concepts=str(vocab)))
     print_summary(out_p / "results", man)

@@ -29,11 +29,10 @@ import torch
 from pipelines.errors import BadInput
 from pipelines.models.translator_file import load_translator
 from pipelines.models.class_names import resolve_class
+from pipelines.models.text import DEFAULT_VOCABULARY as DEFAULT_CONCEPTS
 from pipelines.options import PrecisionOptions, RankOptions, add_arguments, from_namespace, opt
 
 log = logging.getLogger("sing.explain")
-
-DEFAULT_CONCEPTS = Path(__file__).resolve().parents[1] / "vocab" / "concepts.txt"
 
 
 class ExplainError(BadInput):

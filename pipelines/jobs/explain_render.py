@@ -7,8 +7,7 @@ import html
 import io
 from pathlib import Path
 
-
-from pipelines.models.thumbnails import explain_anchor, thumbnail_jpeg  # noqa: E402,F401 - shared with the report
+from pipelines.models.thumbnails import explain_anchor, thumbnail_jpeg  # shared with the report
 
 
 def _fmt(v, spec=".2f") -> str:

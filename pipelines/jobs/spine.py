@@ -206,7 +206,7 @@ def read_stage(todo: list[str], opts, views, read_kwargs: dict | None = None):
     ray = ensure_ray()
     configure_data_context(opts.progress, opts.buffer_gb)
     ds = ray.data.from_items([{"path": s} for s in todo], override_num_blocks=len(todo))
-    return ds.map_batches(read_decode, batch_size=getattr(opts, "shards_per_task", 1), num_cpus=1,
+    return ds.map_batches(read_decode, batch_size=opts.shards_per_task, num_cpus=1,
                           fn_kwargs={"views": views, **read_options(opts), **(read_kwargs or {})})
 
 

@@ -25,7 +25,7 @@ from pipelines.models.checkpoints import apply_state_dict, load_state_dict_file,
 from pipelines.models.clip_source import TINY_CFG, ClipSource, identity, resolve_clip, weights_file
 from pipelines.models.weights import require_weights
 from pipelines.models.preprocess import PreprocessSpec
-from pipelines.models.registry import download_error, offline_error, seed_for
+from pipelines.models.registry import download_error, offline_error, seeded
 from pipelines.models.spec import UnknownModelError, parse_model_spec
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,7 @@ def load_clip(spec: str, device="cpu") -> ClipModel:
     src = resolve_clip(ms)
     tokenizer = _tokenizer(src)
     path = weights_file(src)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(ms.model_id))
-        module = _build(src, path)
+    module = seeded(ms, lambda: _build(src, path))  # a random init is the same in every process
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)

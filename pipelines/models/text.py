@@ -25,6 +25,10 @@ class VocabularyError(ValueError):
     pass
 
 
+# the project's concept vocabulary, shipped as package data (pyproject: pipelines/vocab/*.txt)
+DEFAULT_VOCABULARY = Path(__file__).resolve().parents[1] / "vocab" / "concepts.txt"
+
+
 def read_lines(path) -> list[str]:
     """One entry per line; blank lines and lines starting with '#' are ignored; duplicates refused.
     `path` may be an fsspec URL (downloaded to the cache first)."""

@@ -343,8 +343,8 @@ class ChainActor:
 
     def __init__(self, parts, drop_views=(), final=False, **common):
         last = len(parts) - 1
-        self.parts = [cls(**common, **kw, drop_views=drop_views if i == last else (), **({"final": final} if i == last
-                                                                                          else {}))
+        self.parts = [cls(**common, **kw, **({"drop_views": drop_views, "final": final} if i == last
+                                             else {"drop_views": ()}))
                       for i, (cls, kw) in enumerate(parts)]
 
     def __call__(self, batch: dict) -> dict:

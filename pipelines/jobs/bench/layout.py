@@ -25,10 +25,9 @@ LAYOUTS = ("long", "lists")
 
 
 def _vocabulary(k: int) -> list[str]:
-    from importlib.resources import files
+    from pipelines.models.text import DEFAULT_VOCABULARY, read_lines
 
-    real = [ln.strip() for ln in (files("pipelines") / "vocab" / "concepts.txt").read_text().splitlines()
-            if ln.strip() and not ln.startswith("#")]
+    real = read_lines(DEFAULT_VOCABULARY)
     return (real + [f"concept {j}" for j in range(len(real), k)])[:k]
 
 

@@ -50,7 +50,8 @@ def split_shards(cfg: FitOptions):
     train = expand_shards(cfg.shards)
     if cfg.heldout_shards:
         held = expand_shards(cfg.heldout_shards)
-        train = [s for s in train if s not in set(held)]
+        held_set = set(held)
+        train = [s for s in train if s not in held_set]
     else:
         if len(train) < 2:
             raise FitError(f"need at least 2 shards (some are held out to choose lambda), got {len(train)}; "

@@ -29,11 +29,11 @@ class _NoClip(Exception):
 
 
 def _targets(cfg: FitOptions, train, held):
-    """(CLIP model or None, embeddings cache or None, identity, MODEL string) of the targets."""
+    """(embeddings cache or None, its CLIP identity or None, CLIP MODEL string) of the targets."""
     from pipelines.io.shards import shard_name
 
     if not cfg.clip_embeddings:
-        return None, None, None, cfg.clip
+        return None, None, cfg.clip
     from pipelines.jobs.embed_images import ClipCache
     from pipelines.models.clip_source import as_identity, check_same_clip
 
@@ -47,7 +47,7 @@ def _targets(cfg: FitOptions, train, held):
         raise FitError(f"--clip-embeddings {cfg.clip_embeddings} has no embeddings for {len(missing)} of the fit's "
                        f"shards ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): run `sing embed-images "
                        f"--clip {cache.clip_model} --shards ... --out {cfg.clip_embeddings}` over them first")
-    return None, cache, ident, cache.clip_model
+    return cache, ident, cache.clip_model
 
 
 def _load(cfg: FitOptions):
@@ -117,11 +117,10 @@ def _logits(clf, f: np.ndarray) -> np.ndarray:
 
 
 def _solve(cfg: FitOptions, i: int, clf, stats, train_errors: list, held: tuple, clip, ident: dict, clip_model: str,
-           common: dict) -> dict:
-    """Model i's translator (lambda chosen on the held-out shards), saved, and its report."""
+           common: dict, t0: float) -> dict:
+    """Model i's translator (lambda chosen on the held-out shards), saved, and its report
+    (seconds: the passes', and the total from the passes' start to this model's report)."""
     from sing_ops import select_lambda
-
-    from pipelines.models.clip import TEMPLATES  # noqa: F401 - the templates' names are the report's
 
     fh, zh, yh, held_errors = held
     out = cfg.outs[i]
@@ -147,6 +146,7 @@ def _solve(cfg: FitOptions, i: int, clf, stats, train_errors: list, held: tuple,
         "errors": _errors_summary(train_errors + held_errors, out), "lambda": sel.best_lambda,
         "heldout": dict(sel.table[grid.index(sel.best_lambda)]), "lambda_grid": sel.table,
         "zero_shot_top1": zero_shot,
+        "seconds": {**common["seconds"], "total": round(time.perf_counter() - t0, 3)},
     }
     tr.metadata["fit_report"] = {k: report[k] for k in ("n_train", "n_heldout", "heldout", "zero_shot_top1")}
     report["translator_path"] = str(save_translator(tr, out))
@@ -165,7 +165,7 @@ def run_fits(cfg: FitOptions) -> list[dict]:
     started = utc_now()
     clfs, clip = _load(cfg)
     train, held = split_shards(cfg)
-    _, cache, ident, clip_model = _targets(cfg, train, held)
+    cache, ident, clip_model = _targets(cfg, train, held)
     if clip is not None:
         ident = clip.identity
     t0 = time.perf_counter()
@@ -196,9 +196,7 @@ def run_fits(cfg: FitOptions) -> list[dict]:
     reports = []
     for i, clf in enumerate(clfs):
         stats, train_errors = unpack_stats(blobs[i], clf.num_features, models.dim)
-        reports.append(_solve(cfg, i, clf, stats, train_errors, held_rows[i], clip, ident, clip_model, common))
-    for r in reports:
-        r["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+        reports.append(_solve(cfg, i, clf, stats, train_errors, held_rows[i], clip, ident, clip_model, common, t0))
     return reports
 
 

@@ -1,13 +1,10 @@
 """`sing leaderboard`'s options (one declaration for the CLI and the run id)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from pipelines.options import (DecodeOptions, PrecisionOptions, RankOptions, StreamOptions, _at_least, _templates,
                                opt)
-
-DEFAULT_VOCABULARY = "pipelines/vocab/concepts.txt"
 
 
 @dataclass
@@ -47,7 +44,3 @@ def sub_options(cls, opts: LeaderboardOptions, **fields):
     shared = {f.name: getattr(opts, f.name) for f in declared(type(opts)) if f.name in names}
     shared.pop("shards", None)
     return cls(**{**shared, **fields})
-
-
-def fields(opts) -> dict:
-    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}

@@ -69,14 +69,17 @@ def plan_models(models: list[str]) -> list[Candidate]:
         try:
             d = describe(s)
         except Exception as exc:  # noqa: BLE001 - an unknown model or tag is a row, not the end of the board
-            why = f"{type(exc).__name__}: {exc}"
-            out.append(Candidate(s, None, why if len(why) <= REASON_CHARS else why[:REASON_CHARS - 3] + "..."))
+            out.append(Candidate(s, None, _cell(f"{type(exc).__name__}: {exc}")))
             continue
         why = _why_not(d)
         if why:
             log.info("leaderboard: %s is skipped: %s", s, why)
-        out.append(Candidate(s, d, why if len(why) <= REASON_CHARS else why[:REASON_CHARS - 3] + "..."))
+        out.append(Candidate(s, d, _cell(why)))
     return out
+
+
+def _cell(why: str) -> str:
+    return why if len(why) <= REASON_CHARS else why[:REASON_CHARS - 3] + "..."
 
 
 def passes(candidates: list[Candidate], per_pass: int) -> list[list[Candidate]]:

@@ -36,9 +36,9 @@ def _dirs(opts: LeaderboardOptions) -> dict[str, str]:
 def _vocabulary(opts: LeaderboardOptions) -> str | None:
     if opts.concepts or not opts.top_concepts:
         return opts.concepts
-    from importlib.resources import files
+    from pipelines.models.text import DEFAULT_VOCABULARY
 
-    return str(files("pipelines") / "vocab" / "concepts.txt")
+    return str(DEFAULT_VOCABULARY)
 
 
 def _texts(opts: LeaderboardOptions, dirs: dict) -> tuple[str, str | None]:

@@ -65,24 +65,18 @@ def read_status(results: str, slug: str, board: str) -> str | None:
         return pq.read_table(fh, columns=["status"]).column("status")[0].as_py()
 
 
-def _interval(data: tuple, statistic, resamples: int) -> tuple[float | None, float | None]:
-    from scipy.stats import bootstrap
-
-    if len(data[0]) < 2:
-        return None, None
-    res = bootstrap(data, statistic, paired=len(data) > 1, vectorized=True, n_resamples=resamples,
-                    method="percentile", confidence_level=0.95, random_state=np.random.default_rng(SEED))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return (lo if math.isfinite(lo) else None), (hi if math.isfinite(hi) else None)
-
-
 def ratio_intervals(aa: np.ndarray, i: np.ndarray, resamples: int) -> dict:
-    """Both ratio definitions' 95% intervals over the scored images (|AS|, IS in degrees)."""
-    of_means = _interval((i, aa), lambda x, y, axis=-1: np.mean(x, axis=axis) / np.mean(y, axis=axis), resamples)
-    per_image = (i / aa)[aa > 0]
-    med = _interval((per_image,), lambda r, axis=-1: np.median(r, axis=axis), resamples)
-    return {"ratio_of_means_lo": of_means[0], "ratio_of_means_hi": of_means[1],
-            "median_ratio_lo": med[0], "median_ratio_hi": med[1]}
+    """Both ratio definitions' 95% intervals over the scored images (|AS|, IS in degrees), by the
+    nightly's bootstrap (queries.paired), seeded."""
+    from queries.paired import bootstrap_interval
+
+    with np.errstate(divide="ignore", invalid="ignore"):  # all |AS| zero: no interval, not a warning
+        of_means = bootstrap_interval((i, aa), lambda x, y, axis=-1: np.mean(x, axis=axis) / np.mean(y, axis=axis),
+                                      0.95, resamples, SEED)
+        per_image = (i / aa)[aa > 0]
+    med = bootstrap_interval((per_image,), lambda r, axis=-1: np.median(r, axis=axis), 0.95, resamples, SEED)
+    return {"ratio_of_means_lo": of_means["low"], "ratio_of_means_hi": of_means["high"],
+            "median_ratio_lo": med["low"], "median_ratio_hi": med["high"]}
 
 
 def _none(v):
